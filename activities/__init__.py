@@ -1,0 +1,32 @@
+"""One file per step of the apply; `build_activities` binds them to their dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from activities.base import Deps
+from activities.check_approval import CheckApproval
+from activities.check_host_allowlist import CheckHostAllowlist
+from activities.compose_up import ComposeUp
+from activities.guard_compose_path import GuardComposePath
+from activities.health_smoke import HealthSmoke
+from activities.persist_state import PersistState
+from activities.rollback import Rollback
+from activities.validate_plan import ValidatePlan
+
+
+def build_activities(deps: Deps) -> list[Callable[..., Any]]:
+    return [
+        ValidatePlan(deps).validate_plan,
+        CheckApproval(deps).check_approval,
+        GuardComposePath(deps).guard_compose_path,
+        CheckHostAllowlist(deps).check_host_allowlist,
+        ComposeUp(deps).compose_up,
+        HealthSmoke(deps).compose_ps,
+        PersistState(deps).persist_state,
+        Rollback(deps).rollback,
+    ]
+
+
+__all__ = ["Deps", "build_activities"]

@@ -1,0 +1,30 @@
+"""Step 6 activity: one read-only look at the service (the workflow polls)."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.base import StepActivities, step
+from platformctl import commands
+from platformctl.models import ComposePsInput, ServiceObservation
+from platformctl.policy.health import UnreadablePs, observe
+
+PS_TIMEOUT_S = 30
+
+
+class HealthSmoke(StepActivities):
+    @activity.defn(name="compose_ps")
+    @step
+    async def compose_ps(self, inp: ComposePsInput) -> ServiceObservation:
+        target = inp.target
+        command = commands.compose_ps(target.compose_path, target.compose_service)
+        out = await self.deps.transport.run(target.host, command, timeout_s=PS_TIMEOUT_S)
+        if out.returncode != 0:
+            # Not fatal by itself: the service may still come up before the deadline.
+            return ServiceObservation(
+                state="", health="", error=f"compose ps exited {out.returncode}: {out.stderr[-500:]}"
+            )
+        try:
+            return observe(out.stdout, target.compose_service)
+        except UnreadablePs as e:
+            return ServiceObservation(state="", health="", error=str(e))

@@ -1,0 +1,30 @@
+"""Step 1 activity: read the module file and validate the plan against it."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.base import StepActivities, step
+from platformctl.config import load_module
+from platformctl.models import ValidatedPlan, ValidatePlanInput
+from platformctl.policy.plan import is_destructive, plan_digest, validate_plan
+
+
+class ValidatePlan(StepActivities):
+    @activity.defn(name="validate_plan")
+    @step
+    async def validate_plan(self, inp: ValidatePlanInput) -> ValidatedPlan:
+        plan = inp.plan
+        module = load_module(self.deps.settings.platform_root, plan.module)
+        validate_plan(plan, module.compose_service)
+        return ValidatedPlan(
+            module=module.id,
+            host=module.host,
+            compose_file=module.spec.runtime.compose_file,
+            compose_service=module.compose_service,
+            up_timeout_seconds=module.spec.runtime.up_timeout_seconds,
+            health=module.spec.health,
+            plan_digest=plan_digest(plan),
+            has_changes=bool(plan.changes),
+            destructive=is_destructive(plan),
+        )

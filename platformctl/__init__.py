@@ -1,0 +1,1 @@
+"""Library code shared by the workflows and activities: models, policy, commands, transport."""

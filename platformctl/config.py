@@ -1,0 +1,137 @@
+"""Settings from the environment and the platform's files (read fresh per apply).
+
+A missing or broken file raises ToolError (our side is misconfigured); a file
+that parses but asks for something unsafe raises PolicyViolation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from platformctl.commands import SERVICE_NAME
+from platformctl.models import HealthConfig, HostConfig
+from platformctl.outcomes import PolicyViolation, ToolError
+
+MODULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+OPEN_PHASE = "05"
+DEFAULT_SACRED_PATHS = (".env", ".git/", "secrets/", "/etc/", "/root/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    temporal_address: str
+    namespace: str
+    task_queue: str
+    platform_root: Path
+    state_dir: Path
+    phase: str
+
+    @property
+    def execute_remote(self) -> bool:
+        return self.phase == OPEN_PHASE
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        root = Path(env.get("PLATFORM_ROOT") or os.getcwd()).resolve()
+        state = Path(env.get("PLATFORM_STATE_DIR") or root / ".platform" / "state")
+        return cls(
+            temporal_address=env.get("TEMPORAL_ADDRESS") or "localhost:7233",
+            namespace=env.get("TEMPORAL_NAMESPACE") or "default",
+            task_queue=env.get("PLATFORM_TASK_QUEUE") or "platform-apply",
+            platform_root=root,
+            state_dir=state.resolve(),
+            phase=env.get("PLATFORMCTL_PHASE", ""),
+        )
+
+
+class _Runtime(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    orchestrator: str
+    compose_file: str
+    compose_service: str | None = None
+    up_timeout_seconds: int = Field(default=300, gt=0, le=3600)
+
+
+class _ModuleSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    runtime: _Runtime
+    health: HealthConfig = HealthConfig()
+
+
+class ModuleFile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    host: str
+    spec: _ModuleSpec
+
+    @property
+    def compose_service(self) -> str:
+        return self.spec.runtime.compose_service or self.id
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise ToolError(f"cannot read {path.name}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ToolError(f"{path.name} is not valid YAML: {e}") from None
+
+
+def _brief(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+
+
+def load_module(root: Path, module_id: str) -> ModuleFile:
+    if not MODULE_ID.fullmatch(module_id):
+        raise PolicyViolation(f"invalid module id {module_id!r}: must match {MODULE_ID.pattern}")
+    path = root / "modules" / module_id / "module.yaml"
+    if not path.is_file():
+        raise PolicyViolation(f"unknown module {module_id!r}: no modules/{module_id}/module.yaml")
+    try:
+        module = ModuleFile.model_validate(_read_yaml(path))
+    except ValidationError as e:
+        raise ToolError(f"modules/{module_id}/module.yaml is invalid: {_brief(e)}") from None
+    if module.id != module_id:
+        raise PolicyViolation(f"modules/{module_id}/module.yaml declares id {module.id!r}: id and folder must agree")
+    if module.spec.runtime.orchestrator != "docker-compose":
+        raise PolicyViolation(f"module {module_id!r} uses orchestrator {module.spec.runtime.orchestrator!r}, not docker-compose")
+    if not SERVICE_NAME.fullmatch(module.compose_service):
+        raise PolicyViolation(f"invalid compose service name {module.compose_service!r}: must match {SERVICE_NAME.pattern}")
+    return module
+
+
+def load_hosts(root: Path) -> dict[str, HostConfig]:
+    data = _read_yaml(root / "hosts.yaml")
+    if not isinstance(data, dict) or not isinstance(data.get("hosts"), dict):
+        raise ToolError("hosts.yaml must be a mapping with a 'hosts' mapping")
+    hosts = {}
+    for name, entry in data["hosts"].items():
+        if not isinstance(entry, dict):
+            raise ToolError(f"hosts.yaml: host {name!r} must be a mapping")
+        try:
+            hosts[str(name)] = HostConfig.model_validate({**entry, "name": str(name)})
+        except ValidationError as e:
+            raise ToolError(f"hosts.yaml: host {name!r} is invalid: {_brief(e)}") from None
+    return hosts
+
+
+def load_sacred_paths(root: Path) -> tuple[str, ...]:
+    """The defaults always hold; policy.yaml can only add to them."""
+    path = root / "policy.yaml"
+    if not path.exists():
+        return DEFAULT_SACRED_PATHS
+    data = _read_yaml(path) or {}
+    paths = data.get("sacred_paths") if isinstance(data, dict) else None
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise ToolError("policy.yaml: sacred_paths must be a list of non-empty strings")
+    return DEFAULT_SACRED_PATHS + tuple(paths)

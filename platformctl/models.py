@@ -1,0 +1,221 @@
+"""Typed shapes: the contract's JSON (input, signals, result) and activity I/O.
+
+Free-text fields are `RedactedText`: pydantic runs the redactor whenever such a
+model is built, so an activity cannot return one holding a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from platformctl.redact import redact_and_cap
+
+RedactedText = Annotated[str, AfterValidator(redact_and_cap)]
+
+Action = Literal["create", "update", "restart", "recreate", "remove"]
+DESTRUCTIVE_ACTIONS = frozenset({"recreate", "remove"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- contract input and signals -------------------------------------------
+
+
+class Change(_Model):
+    target: str
+    action: Action
+    summary: RedactedText = ""
+
+
+class Plan(_Model):
+    module: str
+    source_sha: str
+    source_dirty: bool = False
+    exitCode: int | None = None  # the planner's own exit code; informational
+    changes: list[Change]
+
+
+class Approval(_Model):
+    approved_sha: str
+    approved_pr: int | None = None
+    approved_by: str = ""
+    allow_destructive: bool = False
+
+
+class Rejection(_Model):
+    reason: RedactedText = ""
+
+
+class ApplyInput(_Model):
+    plan: Plan
+    approval: Approval | None = None
+    approval_timeout_seconds: int = Field(default=86400, gt=0)
+
+
+# ---- contract result ------------------------------------------------------
+
+
+class RemoteRecord(_Model):
+    returncode: int | None
+    stdout: RedactedText
+    stderr: RedactedText
+    duration_s: float
+
+
+class HealthRecord(_Model):
+    state: str
+    health: str
+    observed_s: float
+
+
+class RollbackRecord(_Model):
+    reason: RedactedText
+    last_good_sha: str | None
+    state_artifact: str | None
+
+
+class ApplyResult(_Model):
+    status: str
+    exitCode: int
+    module: str | None = None
+    host: str | None = None
+    compose_service: str | None = None
+    command: RedactedText | None = None
+    remote: RemoteRecord | None = None
+    health: HealthRecord | None = None
+    state_artifact: str | None = None
+    rollback: RollbackRecord | None = None
+    error: RedactedText | None = None
+
+
+# ---- configuration files --------------------------------------------------
+
+
+class HealthConfig(_Model):
+    stable_seconds: int = Field(default=30, ge=0)
+    timeout_seconds: int = Field(default=180, gt=0)
+    poll_seconds: int = Field(default=5, gt=0)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> HealthConfig:
+        if self.stable_seconds >= self.timeout_seconds:
+            raise ValueError("health.stable_seconds must be less than health.timeout_seconds")
+        return self
+
+
+class HostConfig(BaseModel):
+    """One entry of hosts.yaml, the host allowlist."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    address: str
+    port: int = Field(default=22, gt=0, lt=65536)
+    user: str
+    remote_root: str
+    known_hosts: str = ""
+    client_key: str = ""
+    connect_timeout_seconds: float = Field(default=10, gt=0)
+    verify_checkout: bool = False
+
+
+# ---- activity inputs and outputs ------------------------------------------
+
+
+class ValidatePlanInput(_Model):
+    plan: Plan
+
+
+class ValidatedPlan(_Model):
+    """Everything later steps need, read once from module.yaml."""
+
+    module: str
+    host: str
+    compose_file: str
+    compose_service: str
+    up_timeout_seconds: int
+    health: HealthConfig
+    plan_digest: str
+    has_changes: bool
+    destructive: bool
+
+
+class CheckApprovalInput(_Model):
+    plan: Plan
+    approval: Approval
+
+
+class GuardComposePathInput(_Model):
+    host: str
+    compose_file: str
+
+
+class GuardedPath(_Model):
+    remote_root: str
+    compose_path: str  # absolute; exactly the path compose will be given
+
+
+class CheckHostInput(_Model):
+    host: str
+    guarded: GuardedPath
+    compose_service: str
+
+
+class Target(_Model):
+    """Where and what to run, fixed before anything runs."""
+
+    host: HostConfig
+    compose_path: str
+    compose_service: str
+    command: str  # rendered compose up, for the operator and the result
+    execute: bool  # the phase gate, read once so replays agree
+
+
+class ComposeUpInput(_Model):
+    target: Target
+    timeout_seconds: int
+
+
+class ComposeUpResult(_Model):
+    executed: bool
+    command: RedactedText
+    timed_out: bool = False
+    remote: RemoteRecord | None = None
+
+
+class ComposePsInput(_Model):
+    target: Target
+
+
+class ServiceObservation(_Model):
+    state: str  # "" when compose reports no container
+    health: str  # "" when the service has no healthcheck
+    error: RedactedText | None = None  # why this poll saw nothing
+
+
+class PersistStateInput(_Model):
+    result: ApplyResult
+    source_sha: str | None
+    approved_pr: int | None
+    plan_digest: str | None
+    workflow_id: str
+    run_id: str
+
+
+class PersistedState(_Model):
+    state_artifact: str | None
+
+
+class RollbackInput(_Model):
+    result: ApplyResult
+    source_sha: str
+    workflow_id: str
+
+
+class LockRequest(_Model):
+    module: str
+    holder_workflow_id: str

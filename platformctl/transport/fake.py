@@ -1,0 +1,70 @@
+"""A scripted transport for fast tests: records every command, runs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from platformctl.commands import RemoteCommand
+from platformctl.models import HostConfig
+from platformctl.transport.base import RemoteOutput
+
+Response = RemoteOutput | Exception | Callable[[float], Awaitable[RemoteOutput]]
+
+
+def ok(stdout: str = "", stderr: str = "") -> RemoteOutput:
+    return RemoteOutput(returncode=0, stdout=stdout, stderr=stderr, duration_s=0.01)
+
+
+def failed(returncode: int = 1, stderr: str = "error") -> RemoteOutput:
+    return RemoteOutput(returncode=returncode, stdout="", stderr=stderr, duration_s=0.01)
+
+
+def ps(service: str, state: str = "running", health: str = "healthy") -> RemoteOutput:
+    row = {"Name": f"core-{service}-1", "Service": service, "State": state, "Health": health, "ExitCode": 0}
+    return ok(json.dumps(row) + "\n")
+
+
+async def hang(timeout_s: float) -> RemoteOutput:
+    """A command that never finishes: killed at its timeout, like the SSH transport does."""
+    await asyncio.sleep(timeout_s)
+    return RemoteOutput(returncode=None, stdout="", stderr="", duration_s=timeout_s, timed_out=True)
+
+
+@dataclass
+class FakeTransport:
+    """Responses per command kind, used in order; the last one repeats."""
+
+
+    script: dict[str, list[Response]] = field(default_factory=dict)
+    calls: list[tuple[str, RemoteCommand]] = field(default_factory=list)
+    running: int = 0
+    max_running: int = 0
+
+    async def run(self, host: HostConfig, command: RemoteCommand, *, timeout_s: float) -> RemoteOutput:
+        self.calls.append((host.name, command))
+        responses = self.script.get(command.kind) or [self._default(command)]
+        response = responses.pop(0) if len(responses) > 1 else responses[0]
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            if isinstance(response, Exception):
+                raise response
+            if callable(response):
+                return await response(timeout_s)
+            return response
+        finally:
+            self.running -= 1
+
+    @staticmethod
+    def _default(command: RemoteCommand) -> RemoteOutput:
+        """Unscripted: every command succeeds and every service is healthy."""
+        return ps(command.argv[-1]) if command.kind == "compose_ps" else ok()
+
+    def commands(self, kind: str | None = None) -> list[str]:
+        return [c.render() for _, c in self.calls if kind is None or c.kind == kind]
+
+    async def close(self) -> None:
+        pass

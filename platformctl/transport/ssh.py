@@ -1,0 +1,256 @@
+"""The SSH transport: asyncssh, one pooled connection per host, pinned keys only.
+
+Trust is fixed by hosts.yaml and nothing else: the host key must match the
+pinned `known_hosts` (never trust on first use), the client authenticates
+with the configured key file only (no agent, no password, no keyboard
+interactive, no ~/.ssh/config), and the user is never root.
+
+A command that outlives its timeout is killed on the host in two ways, since
+neither works everywhere: a KILL "signal" request (OpenSSH >= 7.9 kills the
+session's process group, but refuses this for forced-command sessions) and
+closing the channel (which host/platform-gate, the forced command, watches
+for and answers by killing its command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+import asyncssh
+
+from platformctl.commands import RemoteCommand
+from platformctl.models import HostConfig
+from platformctl.transport.base import AuthenticationFailed, ConnectFailed, HostKeyMismatch, RemoteOutput
+
+MAX_CHANNELS = 8  # per connection; OpenSSH refuses the 11th with its default MaxSessions 10
+OUTPUT_CAP_BYTES = 1 << 20  # per stream; the tail is kept
+KEEPALIVE_INTERVAL_S = 15
+KEEPALIVE_COUNT_MAX = 3  # a silently dead host is noticed after ~45 s
+KILL_GRACE_S = 2.0  # how long to wait for the host to confirm a killed channel closed
+READ_CHUNK = 64 * 1024
+OPEN_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)  # a refused channel open is retried after each
+
+
+@dataclass
+class _Pooled:
+    conn: asyncssh.SSHClientConnection
+    trust: tuple[str, str]  # (known_hosts, client_key) the connection was made with
+    slots: asyncio.Semaphore  # open channels on this connection
+
+
+class _Tail:
+    """Keeps the last `cap` bytes of a stream and counts what it dropped."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        excess = len(self.data) - self.cap
+        if excess > 0:
+            del self.data[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        text = self.data.decode("utf-8", errors="replace")
+        return f"[... {self.dropped} bytes dropped ...]\n{text}" if self.dropped else text
+
+
+class _DroppedWhilePooled(Exception):
+    """The pooled connection was gone before the command's channel opened."""
+
+
+class SshTransport:
+    def __init__(self, *, max_channels: int = MAX_CHANNELS, output_cap_bytes: int = OUTPUT_CAP_BYTES):
+        self._max_channels = max_channels
+        self._output_cap = output_cap_bytes
+        self._pool: dict[tuple[str, str, int, str], _Pooled] = {}
+        self._locks: dict[tuple[str, str, int, str], asyncio.Lock] = {}
+
+    async def run(self, host: HostConfig, command: RemoteCommand, *, timeout_s: float) -> RemoteOutput:
+        """Run `command` on `host`. `timeout_s` counts from opening the channel;
+        waiting for a free channel slot on a busy connection is not included."""
+        try:
+            return await self._run_once(host, command, timeout_s, may_retry=True)
+        except _DroppedWhilePooled:
+            # Every command this worker sends is idempotent (compose up -d converges,
+            # the rest only read), so one retry on a new connection is safe.
+            return await self._run_once(host, command, timeout_s, may_retry=False)
+
+    async def _run_once(
+        self, host: HostConfig, command: RemoteCommand, timeout_s: float, *, may_retry: bool
+    ) -> RemoteOutput:
+        pooled = await self._connection(host)
+        async with pooled.slots:
+            started = time.monotonic()
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    process = await _open_process(pooled.conn, command.render())
+            except TimeoutError:
+                raise ConnectFailed(f"{host.name}: no channel opened within {timeout_s} s") from None
+            except (asyncssh.Error, OSError) as exc:
+                # A connection that died while pooled is only noticed when it is used.
+                if may_retry and pooled.conn.is_closed():
+                    raise _DroppedWhilePooled from None
+                raise ConnectFailed(f"{host.name}: cannot open a channel: {_describe(exc)}") from None
+            return await self._collect(host, process, deadline, started)
+
+    async def close(self) -> None:
+        pooled, self._pool = list(self._pool.values()), {}
+        for entry in pooled:
+            entry.conn.close()
+        for entry in pooled:
+            await entry.conn.wait_closed()
+
+    async def _collect(
+        self, host: HostConfig, process: asyncssh.SSHClientProcess, deadline: float, started: float
+    ) -> RemoteOutput:
+        stdout, stderr = _Tail(self._output_cap), _Tail(self._output_cap)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr))
+                await process.wait_closed()
+        except asyncio.CancelledError:
+            await _kill(process)  # a cancelled activity must not leave its command running
+            raise
+        except TimeoutError:
+            await _kill(process)
+            return RemoteOutput(
+                returncode=None,
+                stdout=stdout.text(),
+                stderr=stderr.text(),
+                duration_s=time.monotonic() - started,
+                timed_out=True,
+            )
+        except (asyncssh.Error, OSError) as exc:
+            process.close()
+            raise ConnectFailed(
+                f"{host.name}: connection lost while the command ran (it may have run): {_describe(exc)}"
+            ) from None
+        if process.returncode is None:  # the channel closed without an exit status
+            raise ConnectFailed(f"{host.name}: connection lost while the command ran (it may have run)")
+        return RemoteOutput(
+            returncode=process.returncode,
+            stdout=stdout.text(),
+            stderr=stderr.text(),
+            duration_s=time.monotonic() - started,
+        )
+
+    async def _connection(self, host: HostConfig) -> _Pooled:
+        key = (host.name, host.address, host.port, host.user)
+        trust = (host.known_hosts, host.client_key)
+        # One lock per host: concurrent first calls share one new connection.
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            pooled = self._pool.get(key)
+            if pooled and not pooled.conn.is_closed() and pooled.trust == trust:
+                return pooled
+            if pooled:
+                # Dropped, or hosts.yaml changed the pinned key: the old identity is no longer trusted.
+                pooled.conn.close()
+            conn = await _connect(host)
+            pooled = self._pool[key] = _Pooled(conn, trust, asyncio.Semaphore(self._max_channels))
+            return pooled
+
+
+async def _connect(host: HostConfig) -> asyncssh.SSHClientConnection:
+    if host.user == "root":
+        raise AuthenticationFailed(f"{host.name}: refusing to connect as root")
+    known_hosts = _pinned_host_keys(host)
+    client_key = _client_key(host)
+    try:
+        return await asyncssh.connect(
+            host.address,
+            host.port,
+            username=host.user,
+            known_hosts=known_hosts,
+            x509_trusted_certs=None,  # no X.509 CA may vouch for a host: the pin decides
+            client_keys=[client_key],
+            agent_path=None,
+            password=None,
+            kbdint_auth=False,
+            gss_auth=False,
+            host_based_auth=False,
+            preferred_auth="publickey",
+            config=[],  # ignore ~/.ssh/config: hosts.yaml is the whole truth
+            connect_timeout=host.connect_timeout_seconds,
+            keepalive_interval=KEEPALIVE_INTERVAL_S,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise HostKeyMismatch(
+            f"{host.name}: {host.address}:{host.port} did not present the pinned host key"
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise AuthenticationFailed(f"{host.name}: {host.address}:{host.port} refused the client key") from None
+    except (asyncssh.Error, OSError) as exc:  # OSError covers refused, unreachable, TimeoutError
+        raise ConnectFailed(f"{host.name}: cannot connect to {host.address}:{host.port}: {_describe(exc)}") from None
+
+
+def _pinned_host_keys(host: HostConfig) -> asyncssh.SSHKnownHosts:
+    """hosts.yaml holds either known_hosts lines or a path to a known_hosts file
+    (a path has no space; a line always does)."""
+    value = host.known_hosts.strip()
+    if not value:
+        raise HostKeyMismatch(f"{host.name}: no pinned host key (known_hosts is empty)")
+    try:
+        if " " in value:
+            return asyncssh.import_known_hosts(value + "\n")
+        return asyncssh.read_known_hosts(os.path.expanduser(value))
+    except (OSError, ValueError) as exc:
+        raise HostKeyMismatch(f"{host.name}: cannot read the pinned host keys: {type(exc).__name__}") from None
+
+
+def _client_key(host: HostConfig) -> asyncssh.SSHKey:
+    if not host.client_key:
+        raise AuthenticationFailed(f"{host.name}: no client_key configured")
+    path = os.path.expanduser(host.client_key)
+    try:
+        return asyncssh.read_private_key(path)
+    except (OSError, asyncssh.KeyImportError) as exc:
+        # The message names the file and the problem, never the key's content.
+        raise AuthenticationFailed(
+            f"{host.name}: cannot load client key {path} (missing, encrypted or invalid): {type(exc).__name__}"
+        ) from None
+
+
+async def _open_process(conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHClientProcess:
+    # sshd frees a session only after the main-loop pass that processes its
+    # channel close, so a channel opened right after several others closed can
+    # be refused ("no more sessions") although fewer than MaxSessions are open.
+    # A refused open runs nothing: on a live connection, wait briefly and retry.
+    for delay in OPEN_RETRY_DELAYS_S:
+        try:
+            return await conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
+        except asyncssh.ChannelOpenError:
+            if conn.is_closed():
+                raise
+        await asyncio.sleep(delay)
+    return await conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
+
+
+async def _drain(stream: asyncssh.SSHReader, tail: _Tail) -> None:
+    while chunk := await stream.read(READ_CHUNK):
+        tail.add(chunk)
+
+
+async def _kill(process: asyncssh.SSHClientProcess) -> None:
+    try:
+        process.kill()
+    except OSError:  # the channel closed in the meantime
+        pass
+    process.close()
+    try:
+        async with asyncio.timeout(KILL_GRACE_S):
+            await process.wait_closed()
+    except TimeoutError:
+        pass  # the host is unresponsive; the connection's keepalive will notice
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

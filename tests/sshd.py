@@ -1,0 +1,365 @@
+"""A real OpenSSH sshd per test host, for transport and end-to-end tests.
+
+Each host is its own sshd process (run by root, `-D -e -f <own config>`) on a
+free port of its own loopback address, with its own host key, one non-root
+deploy user, and `SetEnv PATH=tests/stand_in:...` so the stand-in `docker`
+and `git` answer instead of real ones and record every call in the host's
+state dir. Nothing here touches the system sshd or its config.
+
+Fixtures: `sshd_server` / `sshd_server2` (session scoped, 127.0.0.1 and
+127.0.0.2) and `sshd_host` / `sshd_host2`, the same servers reset to a clean
+state (no calls, default behaviours, fresh log) before each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from platformctl.models import HostConfig
+
+SSHD = "/usr/sbin/sshd"
+DEPLOY_USER = "platform-deploy"
+REPO = Path(__file__).resolve().parents[1]
+STAND_IN_BIN = REPO / "tests" / "stand_in"
+GATE = REPO / "host" / "platform-gate"
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+DEFAULT_HEAD_SHA = "0123456789abcdef0123456789abcdef01234567"
+COMPOSE_FILE = "compose/core/compose.yaml"
+
+
+def unavailable_reason() -> str | None:
+    """Why no test sshd can run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "the test sshd needs root (it runs its own sshd and creates the deploy user)"
+    if not os.access(SSHD, os.X_OK) or not shutil.which("ssh-keygen"):
+        return f"openssh-server is not installed ({SSHD} or ssh-keygen missing)"
+    return None
+
+
+def make_keypair(path: Path, comment: str = "platform-test") -> str:
+    """Write an ed25519 key pair at `path`; return the public "type base64" part."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    key_type, b64 = Path(f"{path}.pub").read_text().split()[:2]
+    return f"{key_type} {b64}"
+
+
+def known_hosts_pattern(address: str, port: int) -> str:
+    """How OpenSSH and asyncssh name a host in known_hosts."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+@dataclass
+class SshHost:
+    address: str
+    port: int
+    user: str
+    host_key_line: str  # "[addr]:port ssh-ed25519 AAAA...", ready for known_hosts
+    client_key_path: str
+    remote_root: str
+    state_dir: str
+    log_path: str
+    base_dir: str
+    process: subprocess.Popen = field(repr=False)
+
+    @property
+    def compose_path(self) -> str:
+        return f"{self.remote_root}/{COMPOSE_FILE}"
+
+    def host_config(self, name: str | None = None, **overrides) -> HostConfig:
+        values = dict(
+            name=name or f"test-{self.address}",
+            address=self.address,
+            port=self.port,
+            user=self.user,
+            remote_root=self.remote_root,
+            known_hosts=self.host_key_line,
+            client_key=self.client_key_path,
+            connect_timeout_seconds=5,
+        )
+        values.update(overrides)
+        return HostConfig(**values)
+
+    def calls(self) -> list[list[str]]:
+        """Every argv the stand-ins recorded since the last reset, in order."""
+        text = Path(self.state_dir, "calls.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines()]
+
+    def set_behaviour(self, service: str, behaviour: str) -> None:
+        Path(self.state_dir, "behaviour", service).write_text(behaviour + "\n")
+
+    def set_head_sha(self, sha: str) -> None:
+        Path(self.state_dir, "head_sha").write_text(sha + "\n")
+
+    def hang_pid(self) -> int | None:
+        """PID of the stand-in's latest `hang` process, once it has started."""
+        try:
+            return int(Path(self.state_dir, "hang.pid").read_text())
+        except FileNotFoundError:
+            return None
+
+    def connection_count(self) -> int:
+        """Connections that authenticated since the last reset."""
+        return Path(self.log_path).read_text(errors="replace").count("Accepted publickey for ")
+
+    def drop_connections(self) -> None:
+        """Kill every per-connection sshd child: clients see the connection drop."""
+        for pid in _descendants(self.process.pid):
+            _kill(pid)
+
+    def _kill_hung_stand_in(self) -> None:
+        pid = self.hang_pid()
+        if pid is None:
+            return
+        try:  # the PID may be long gone and reused: only kill our stand-in
+            ours = str(STAND_IN_BIN / "docker").encode() in Path("/proc", str(pid), "cmdline").read_bytes()
+        except FileNotFoundError:
+            ours = False
+        if ours:  # a failed test may have left it behind, possibly orphaned
+            _kill(pid)
+        Path(self.state_dir, "hang.pid").unlink()
+
+    def reset(self) -> None:
+        self._kill_hung_stand_in()
+        # Truncate in place: the files stay owned by the deploy user who writes them.
+        os.truncate(Path(self.state_dir, "calls.jsonl"), 0)
+        os.truncate(self.log_path, 0)  # sshd appends (O_APPEND), so this is safe
+        for path in Path(self.state_dir, "behaviour").iterdir():
+            path.unlink()
+        self.set_head_sha(DEFAULT_HEAD_SHA)
+
+    def stop(self) -> None:
+        self._kill_hung_stand_in()
+        self.drop_connections()
+        self.process.terminate()
+        self.process.wait(timeout=5)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def process_running(pid: int) -> bool:
+    """False once `pid` is gone. A zombie counts as gone: a killed process whose
+    parent died is reparented to PID 1, which may never reap it (containers),
+    and os.kill(pid, 0) still succeeds on it."""
+    try:
+        stat = Path("/proc", str(pid), "stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(predicate, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def eventually(predicate, timeout_s: float = 3.0) -> bool:
+    """wait_until for async tests: lets the event loop run while waiting."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path("/proc", entry, "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _ensure_user(user: str) -> pwd.struct_passwd:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        # A home directory keeps sshd from printing "Could not chdir" into every session.
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True)
+        entry = pwd.getpwnam(user)
+    # Without PAM a locked password field ("!") refuses even key logins; "*" is unlocked but unusable.
+    subprocess.run(["usermod", "-p", "*", user], check=True)
+    return entry
+
+
+def _openssh_version() -> tuple[int, int]:
+    out = subprocess.run([SSHD, "-V"], capture_output=True, text=True)
+    match = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stdout + out.stderr)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(host: SshHost, deadline_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if host.process.poll() is not None:
+            return False
+        try:
+            socket.create_connection((host.address, host.port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.005)
+    return False
+
+
+def start_sshd(address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: bool = False) -> SshHost:
+    """Start a test sshd on `address`. With `gate`, every login of the deploy
+    key runs host/platform-gate as a forced command, as on a production host."""
+    entry = _ensure_user(user)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation chroot
+
+    base = Path(tempfile.mkdtemp(prefix=f"sshd-{address}-"))
+    base.chmod(0o755)  # the deploy user reads authorized_keys and reaches its dirs
+    host_key_pub = make_keypair(base / "host_key", "test-sshd-host")
+    client_pub = make_keypair(base / "client_key", "platform-deploy-test")
+
+    remote_root = base / "opt-platform"
+    (remote_root / COMPOSE_FILE).parent.mkdir(parents=True)
+    (remote_root / COMPOSE_FILE).write_text("services:\n  redis:\n    image: redis:7\n")
+    state_dir = base / "state"
+    (state_dir / "behaviour").mkdir(parents=True)
+    (state_dir / "calls.jsonl").touch()
+    for path in [remote_root, *remote_root.rglob("*"), state_dir, state_dir / "calls.jsonl"]:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    restrictions = ""
+    if gate:
+        python = shutil.which("python3", path=SYSTEM_PATH)  # the venv's may sit under /root
+        bin_path = f"{STAND_IN_BIN}:{SYSTEM_PATH}"
+        restrictions = f'command="{python} {GATE} --path {bin_path} {remote_root}",restrict '
+    authorized_keys = base / "authorized_keys"
+    authorized_keys.write_text(f"{restrictions}{client_pub}\n")
+    authorized_keys.chmod(0o644)
+
+    log_path = base / "sshd.log"
+    log_path.touch()
+    # OpenSSH >= 9.8 blocks a source address after failed logins, and the
+    # auth-failure tests share 127.0.0.1 with every other test.
+    penalties = ["PerSourcePenalties no"] if _openssh_version() >= (9, 8) else []
+    last_error = ""
+    for _ in range(3):  # another process may grab the free port before sshd binds it
+        port = _free_port(address)
+        config = base / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {address}:{port}",
+                    f"HostKey {base / 'host_key'}",
+                    "PidFile none",
+                    f"AuthorizedKeysFile {authorized_keys}",
+                    "UsePAM no",
+                    "StrictModes no",  # keys live under /tmp, not in the user's home
+                    f"AllowUsers {user}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin no",
+                    "LogLevel VERBOSE",
+                    f"SetEnv PATH={STAND_IN_BIN}:{SYSTEM_PATH} STAND_IN_DIR={state_dir}",
+                    *penalties,
+                    "",
+                ]
+            )
+        )
+        process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config), "-E", str(log_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        host = SshHost(
+            address=address,
+            port=port,
+            user=user,
+            host_key_line=f"{known_hosts_pattern(address, port)} {host_key_pub}",
+            client_key_path=str(base / "client_key"),
+            remote_root=str(remote_root),
+            state_dir=str(state_dir),
+            log_path=str(log_path),
+            base_dir=str(base),
+            process=process,
+        )
+        if _wait_listening(host):
+            host.reset()
+            return host
+        process.kill()
+        process.wait()
+        last_error = log_path.read_text(errors="replace")
+    shutil.rmtree(base, ignore_errors=True)
+    raise RuntimeError(f"test sshd on {address} did not start:\n{last_error}")
+
+
+def serve(address: str, *, gate: bool = False):
+    """Fixture body: yield a started test sshd and stop it afterwards; skip
+    (with the reason) where no test sshd can run."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    host = start_sshd(address, gate=gate)
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd_server():
+    yield from serve("127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def sshd_server2():
+    yield from serve("127.0.0.2")
+
+
+@pytest.fixture
+def sshd_host(sshd_server: SshHost) -> SshHost:
+    sshd_server.reset()
+    return sshd_server
+
+
+@pytest.fixture
+def sshd_host2(sshd_server2: SshHost) -> SshHost:
+    sshd_server2.reset()
+    return sshd_server2

