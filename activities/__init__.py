@@ -14,6 +14,7 @@ from activities.health_smoke import HealthSmoke
 from activities.persist_state import PersistState
 from activities.rollback import Rollback
 from activities.validate_plan import ValidatePlan
+from activities.verify_checkout import VerifyCheckout
 
 
 def build_activities(deps: Deps) -> list[Callable[..., Any]]:
@@ -22,6 +23,7 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
         CheckApproval(deps).check_approval,
         GuardComposePath(deps).guard_compose_path,
         CheckHostAllowlist(deps).check_host_allowlist,
+        VerifyCheckout(deps).verify_checkout,
         ComposeUp(deps).compose_up,
         HealthSmoke(deps).compose_ps,
         PersistState(deps).persist_state,

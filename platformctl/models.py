@@ -175,6 +175,11 @@ class Target(_Model):
     execute: bool  # the phase gate, read once so replays agree
 
 
+class VerifyCheckoutInput(_Model):
+    target: Target
+    approved_sha: str
+
+
 class ComposeUpInput(_Model):
     target: Target
     timeout_seconds: int

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.persist_state import PersistState
     from activities.rollback import Rollback
     from activities.validate_plan import ValidatePlan
+    from activities.verify_checkout import VerifyCheckout
     from platformctl.client import SEARCH_ATTRIBUTES
     from platformctl.models import (
         ApplyInput,
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         Target,
         ValidatedPlan,
         ValidatePlanInput,
+        VerifyCheckoutInput,
     )
     from platformctl.outcomes import OUTCOMES, STATUS_BY_ERROR_TYPE
     from platformctl.policy.health import verdict
@@ -72,7 +74,8 @@ REMOTE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=4,
 )
-PS_STEP = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
+# Read-only remote steps (ps, git rev-parse).
+READ_STEP = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
 
 
 class _Stop(Exception):
@@ -144,6 +147,13 @@ class ApplyWorkflow:
             return await self._finish("dry_run")
         self._raise_if_rejected()
         async with self._module_lock(plan.module):
+            if target.host.verify_checkout:
+                await self._step(
+                    VerifyCheckout.verify_checkout,
+                    VerifyCheckoutInput(target=target, approved_sha=inp.plan.source_sha),
+                    remote=True,
+                    **READ_STEP,
+                )
             try:
                 # 5. Compose up with a timeout
                 self._phase = "applying"
@@ -223,7 +233,7 @@ class ApplyWorkflow:
         started = workflow.now()
         healthy_since = None
         while True:
-            seen = await self._step(HealthSmoke.compose_ps, ComposePsInput(target=target), remote=True, **PS_STEP)
+            seen = await self._step(HealthSmoke.compose_ps, ComposePsInput(target=target), remote=True, **READ_STEP)
             now = workflow.now()
             state = verdict(seen)
             healthy_since = (healthy_since or now) if state == "healthy" else None

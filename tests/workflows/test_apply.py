@@ -341,3 +341,30 @@ async def test_applies_of_one_module_never_overlap(harness):
     assert [o.status for o in outcomes] == ["applied", "applied"]
     assert harness.transport.commands("compose_up") == [COMMAND, COMMAND]
     assert harness.transport.max_running == 1
+
+
+# ---- verify_checkout --------------------------------------------------------------
+
+
+async def test_verify_checkout_confirms_the_host_holds_the_approved_commit(harness):
+    write_platform(harness.root, hosts={"rs2000": host_doc(harness.root, verify_checkout=True)})
+    harness.transport.script = {"git_head": [ok(stdout=SHA + "\n")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "applied"
+    assert harness.transport.commands()[:2] == ["git -C /opt/platform rev-parse HEAD", COMMAND]
+
+
+@pytest.mark.parametrize("answer", [ok(stdout=OTHER_SHA + "\n"), failed(128, "fatal: not a git repository")])
+async def test_verify_checkout_blocks_when_the_host_holds_something_else(harness, answer):
+    write_platform(harness.root, hosts={"rs2000": host_doc(harness.root, verify_checkout=True)})
+    harness.transport.script = {"git_head": [answer]}
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
+    assert harness.transport.commands() == ["git -C /opt/platform rev-parse HEAD"]
+    assert out.result["rollback"] is None  # nothing was changed, so nothing to roll back
+
+
+async def test_verify_checkout_is_off_by_default(harness):
+    out = await harness.apply(apply_input())
+    assert out.status == "applied"
+    assert harness.transport.commands("git_head") == []
