@@ -81,7 +81,9 @@ def start_dev_server(settings: Settings) -> subprocess.Popen | None:
         args += ["--dynamic-config-value", value]
     log.info("starting Temporal dev server at %s (Web UI http://%s:%d, data %s)",
              settings.temporal_address, host, port + 1000, db)
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    # Its own session: a Ctrl-C meant for the worker must not kill the server
+    # before the worker has finished its running activities.
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not _listening(settings.temporal_address):
         if proc.poll() is not None:
