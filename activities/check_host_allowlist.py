@@ -15,7 +15,7 @@ from platformctl import commands
 from platformctl.config import load_hosts
 from platformctl.models import CheckHostInput, Target
 from platformctl.outcomes import PolicyViolation, ToolError
-from platformctl.policy.hosts import check_host, is_inline_pin
+from platformctl.policy.hosts import check_host, is_inline_pin, pinned_key_lines
 
 
 class CheckHostAllowlist(StepActivities):
@@ -27,7 +27,7 @@ class CheckHostAllowlist(StepActivities):
             raise PolicyViolation(f"hosts.yaml changed remote_root of {inp.host!r} during this apply")
         if not is_inline_pin(host.known_hosts):
             pin = Path(host.known_hosts).expanduser()
-            if not pin.is_file() or not pin.read_text(encoding="utf-8").strip():
+            if not pin.is_file() or not pinned_key_lines(pin.read_text(encoding="utf-8")):
                 raise PolicyViolation(f"host {inp.host!r}: pinned known_hosts file {host.known_hosts!r} is missing or empty")
         if not Path(host.client_key).expanduser().is_file():
             raise ToolError(f"host {inp.host!r}: client_key {host.client_key!r} is not a readable file on this worker")

@@ -8,6 +8,7 @@ from activities.base import StepActivities, step
 from platformctl import commands
 from platformctl.models import ComposePsInput, ServiceObservation
 from platformctl.policy.health import UnreadablePs, observe
+from platformctl.redact import redact
 
 PS_TIMEOUT_S = 30
 
@@ -22,7 +23,7 @@ class HealthSmoke(StepActivities):
         if out.returncode != 0:
             # Not fatal by itself: the service may still come up before the deadline.
             return ServiceObservation(
-                state="", health="", error=f"compose ps exited {out.returncode}: {out.stderr[-500:]}"
+                state="", health="", error=f"compose ps exited {out.returncode}: {redact(out.stderr)[-500:]}"
             )
         try:
             return observe(out.stdout, target.compose_service)

@@ -9,6 +9,7 @@ from activities.base import StepActivities, step
 from platformctl import commands
 from platformctl.models import VerifyCheckoutInput
 from platformctl.outcomes import PolicyViolation
+from platformctl.redact import redact  # before cutting: a cut secret is no longer recognisable
 
 GIT_TIMEOUT_S = 30
 
@@ -22,7 +23,7 @@ class VerifyCheckout(StepActivities):
         head = out.stdout.strip()
         if out.returncode != 0:
             raise PolicyViolation(
-                f"cannot confirm the checkout on {host.name}: git rev-parse exited {out.returncode}: {out.stderr[-300:]}"
+                f"cannot confirm the checkout on {host.name}: git rev-parse exited {out.returncode}: {redact(out.stderr)[-300:]}"
             )
         if head != inp.approved_sha:
             raise PolicyViolation(

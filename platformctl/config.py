@@ -131,7 +131,9 @@ def load_sacred_paths(root: Path) -> tuple[str, ...]:
     if not path.exists():
         return DEFAULT_SACRED_PATHS
     data = _read_yaml(path) or {}
-    paths = data.get("sacred_paths") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ToolError("policy.yaml must be a mapping")
+    paths = data.get("sacred_paths") or []
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
         raise ToolError("policy.yaml: sacred_paths must be a list of non-empty strings")
     return DEFAULT_SACRED_PATHS + tuple(paths)

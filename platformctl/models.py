@@ -6,9 +6,9 @@ model is built, so an activity cannot return one holding a secret.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from platformctl.redact import redact_and_cap
 
@@ -41,7 +41,7 @@ class Plan(_Model):
 
 class Approval(_Model):
     approved_sha: str
-    approved_pr: int | None = None
+    approved_pr: StrictInt | None = None  # strict: JSON true must not count as PR #1
     approved_by: str = ""
     allow_destructive: bool = False
 
@@ -52,7 +52,7 @@ class Rejection(_Model):
 
 class ApplyInput(_Model):
     plan: Plan
-    approval: Approval | None = None
+    approval: dict[str, Any] | None = None  # parsed by the workflow: a bad one is a mismatch
     approval_timeout_seconds: int = Field(default=86400, gt=0)
 
 

@@ -97,8 +97,8 @@ class ApplyWorkflow:
     def __init__(self) -> None:
         self._phase = "validating"
         self._status = "running"
+        self._signalled_approval: Any = None  # raw: parsed like a given one, once it is used
         self._approval: Approval | None = None
-        self._approval_error: str | None = None
         self._rejection: Rejection | None = None
         self._input: ApplyInput | None = None
         self._plan: ValidatedPlan | None = None
@@ -131,8 +131,9 @@ class ApplyWorkflow:
         if not plan.has_changes:
             return await self._finish("no_changes")
         # 2. Check approval
-        approval = inp.approval or await self._await_approval(inp.approval_timeout_seconds)
-        await self._step(CheckApproval.check_approval, CheckApprovalInput(plan=inp.plan, approval=approval))
+        given = inp.approval if inp.approval is not None else await self._await_approval(inp.approval_timeout_seconds)
+        self._approval = self._parse_approval(given)
+        await self._step(CheckApproval.check_approval, CheckApprovalInput(plan=inp.plan, approval=self._approval))
         # 3. Resolve and guard the compose path
         guarded = await self._step(
             GuardComposePath.guard_compose_path, GuardComposePathInput(host=plan.host, compose_file=plan.compose_file)
@@ -190,21 +191,26 @@ class ApplyWorkflow:
         self._plan = plan
         workflow.upsert_search_attributes([PLATFORM_HOST.value_set(plan.host)])
 
-    async def _await_approval(self, timeout_s: int) -> Approval:
+    async def _await_approval(self, timeout_s: int) -> Any:
         self._phase = "awaiting_approval"
         try:
             await workflow.wait_condition(
-                lambda: self._approval is not None or self._approval_error is not None or self._rejection is not None,
+                lambda: self._signalled_approval is not None or self._rejection is not None,
                 timeout=timedelta(seconds=timeout_s),
             )
         except asyncio.TimeoutError:
             raise _Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
         self._raise_if_rejected()
-        if self._approval_error is not None:
-            raise _Stop("approval_mismatch", self._approval_error)
         self._phase = "validating"
-        assert self._approval is not None
-        return self._approval
+        return self._signalled_approval
+
+    @staticmethod
+    def _parse_approval(given: Any) -> Approval:
+        # Given or signalled, an approval that does not parse approves nothing.
+        try:
+            return Approval.model_validate(given)
+        except ValidationError as e:
+            raise _Stop("approval_mismatch", f"not a valid approval: {_brief(e)}") from None
 
     def _raise_if_rejected(self) -> None:
         if self._rejection is not None:
@@ -327,7 +333,7 @@ class ApplyWorkflow:
 
     def _persist_input(self, status: str) -> PersistStateInput:
         info = workflow.info()
-        approval = (self._input.approval if self._input else None) or self._approval
+        approval = self._approval
         return PersistStateInput(
             result=self._result(status, self._error),
             source_sha=self._input.plan.source_sha if self._input else None,
@@ -363,10 +369,8 @@ class ApplyWorkflow:
 
     @workflow.signal
     def approve(self, approval: Any) -> None:
-        try:
-            self._approval = Approval.model_validate(approval)
-        except ValidationError as e:
-            self._approval_error = f"approve signal is not a valid approval: {_brief(e)}"
+        if self._signalled_approval is None:  # the first one decides
+            self._signalled_approval = approval if approval is not None else {}
 
     @workflow.signal
     def reject(self, rejection: Any = None) -> None:

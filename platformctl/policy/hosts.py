@@ -36,6 +36,8 @@ def check_host(name: str, hosts: dict[str, HostConfig]) -> HostConfig:
     if not host.known_hosts.strip():
         raise PolicyViolation(f"host {name!r} has no pinned SSH host key (known_hosts)")
     if is_inline_pin(host.known_hosts):
+        if not pinned_key_lines(host.known_hosts):
+            raise PolicyViolation(f"host {name!r} has no pinned SSH host key (known_hosts holds only comments)")
         for line in pinned_key_lines(host.known_hosts):
             fields = line.split()
             key_at = 2 if fields[0].startswith("@") else 1

@@ -232,6 +232,8 @@ async def test_approval_expires_in_skipped_time(harness):
         (approval(pr=None), "approval_mismatch"),
         (approval(pr=0), "approval_mismatch"),
         (approval(pr=-3), "approval_mismatch"),
+        (approval(pr=True), "approval_mismatch"),
+        ({"approved_pr": 165}, "approval_mismatch"),
     ],
 )
 async def test_given_approval_must_match(harness, given, status):

@@ -1,0 +1,139 @@
+"""Step 1 policy: `validate_plan`, `is_destructive` and `plan_digest` (no Temporal)."""
+
+from __future__ import annotations
+
+import pytest
+
+from platformctl.models import Plan
+from platformctl.outcomes import PolicyViolation
+from platformctl.policy.plan import is_destructive, plan_digest, validate_plan
+from tests.platform_files import OTHER_SHA, SHA, change, plan
+
+SERVICE = "honcho-redis"
+
+
+def make(**over) -> Plan:
+    return Plan.model_validate(plan(**over))
+
+
+def test_a_clean_plan_for_its_own_service_passes():
+    validate_plan(make(), SERVICE)
+    validate_plan(make(changes=[]), SERVICE)
+
+
+@pytest.mark.parametrize(
+    "sha",
+    [
+        SHA[:39],
+        SHA + "0",
+        SHA.upper(),
+        "g" * 40,
+        "",
+        SHA[:20] + " " + SHA[21:],
+        SHA + "\n",
+    ],
+    ids=["39-chars", "41-chars", "upper-case", "not-hex", "empty", "space", "trailing-newline"],
+)
+def test_source_sha_must_be_40_lowercase_hex(sha):
+    with pytest.raises(PolicyViolation, match="source_sha must be 40 lowercase hex"):
+        validate_plan(make(sha=sha), SERVICE)
+
+
+def test_dirty_tree_is_rejected():
+    with pytest.raises(PolicyViolation, match="dirty tree"):
+        validate_plan(make(source_dirty=True), SERVICE)
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["../x", "Honcho", "-redis", "a_b", "a b", "a/b", "", "a" * 64, "redis\n", "$(id)"],
+)
+def test_module_id_must_match_the_regex(module):
+    with pytest.raises(PolicyViolation, match="invalid module id"):
+        validate_plan(make(module=module), SERVICE)
+
+
+@pytest.mark.parametrize("module", ["a", "0", "honcho-redis", "a" * 63])
+def test_module_id_edges_that_are_valid(module):
+    validate_plan(make(module=module), SERVICE)
+
+
+def test_a_change_to_another_modules_service_is_rejected():
+    other = make(changes=[change(), change(service="postgres")])
+    with pytest.raises(PolicyViolation, match="changes compose service 'postgres'.*split it into one plan per module"):
+        validate_plan(other, SERVICE)
+
+
+@pytest.mark.parametrize("service", ["", "honcho-redis-2", "Honcho-redis", "honcho-redis ", " honcho-redis"])
+def test_compose_service_target_must_name_exactly_this_service(service):
+    with pytest.raises(PolicyViolation, match="not this module's service"):
+        validate_plan(make(changes=[change(service=service)]), SERVICE)
+
+
+def test_targets_other_than_compose_services_are_allowed():
+    validate_plan(make(changes=[{"target": "module.honcho-redis", "action": "update"}]), SERVICE)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "",
+        "compose.service.honcho-redis\n",
+        "compose.service.honcho-redis\r",
+        "compose.service.honcho\tredis",
+        "compose.service.honcho-redis\x00",
+        "compose.service.honcho-redis\x1b[2J",
+        "compose.service.honcho-redis\x7f",
+    ],
+    ids=["empty", "newline", "carriage-return", "tab", "nul", "escape", "del"],
+)
+def test_empty_target_or_control_characters_are_rejected(target):
+    with pytest.raises(PolicyViolation, match="invalid change target"):
+        validate_plan(make(changes=[{"target": target, "action": "update"}]), SERVICE)
+
+
+@pytest.mark.parametrize(
+    "actions, destructive",
+    [
+        ([], False),
+        (["create", "update", "restart"], False),
+        (["recreate"], True),
+        (["remove"], True),
+        (["update", "remove"], True),
+    ],
+)
+def test_destructive_detection(actions, destructive):
+    assert is_destructive(make(changes=[change(action=a) for a in actions])) is destructive
+
+
+# ---- plan_digest --------------------------------------------------------------
+
+
+def test_digest_is_a_sha256_and_stable():
+    first = plan_digest(make())
+    assert first.startswith("sha256:") and len(first) == len("sha256:") + 64
+    assert plan_digest(make()) == first
+    # Key order in the input JSON does not matter: the digest is of a canonical form.
+    reordered = dict(reversed(list(plan().items())))
+    assert plan_digest(Plan.model_validate(reordered)) == first
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"sha": OTHER_SHA},
+        {"module": "postgres"},
+        {"source_dirty": True},
+        {"changes": []},
+        {"changes": [change(action="restart")]},
+        {"changes": [change(summary="bump image to 7.2.5")]},
+        {"changes": [change(), change()]},
+    ],
+    ids=["sha", "module", "dirty", "no-changes", "action", "summary", "extra-change"],
+)
+def test_digest_changes_with_the_plan(over):
+    assert plan_digest(make(**over)) != plan_digest(make())
+
+
+def test_digest_ignores_fields_the_plan_does_not_have():
+    assert plan_digest(make(note="ignored by the model")) == plan_digest(make())

@@ -1,0 +1,117 @@
+"""Determinism: histories of real applies replay against today's workflow code.
+
+Fresh histories (applied, unhealthy with rollback, approved by signal) catch
+non-determinism inside the code as it is now. The recorded history in
+`histories/applied.json` catches a change that would break workflows already
+running when a new worker is deployed.
+
+To record it again (only when a history change is intended, e.g. after a
+versioned migration), run:
+
+    RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_replay.py -q
+
+which makes `test_applied_history_replays` write its history to that file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from platformctl.transport.fake import ps
+from tests.platform_files import apply_input, approval
+from workflows import ALL_WORKFLOWS
+
+RECORDED = Path(__file__).parent / "histories" / "applied.json"
+
+
+async def replay(history: WorkflowHistory, workflows: list = ALL_WORKFLOWS) -> Exception | None:
+    replayer = Replayer(workflows=workflows, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    return result.replay_failure
+
+
+async def wait_until_awaiting_approval(handle) -> None:
+    for _ in range(200):
+        if (await handle.query("status"))["phase"] == "awaiting_approval":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the apply never started waiting for approval")
+
+
+def activity_types(history: WorkflowHistory) -> list[str]:
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+
+
+async def test_applied_history_replays(harness):
+    out = await harness.apply(apply_input())
+    assert out.status == "applied"
+    history = await out.handle.fetch_history()
+    assert await replay(history) is None
+    if os.environ.get("RECORD_HISTORIES") == "1":
+        RECORDED.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+
+
+async def test_unhealthy_history_with_rollback_replays(harness):
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "unhealthy")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "unhealthy" and out.result["rollback"] is not None
+    history = await out.handle.fetch_history()
+    assert "rollback" in activity_types(history)
+    assert await replay(history) is None
+
+
+async def test_history_that_waited_for_an_approve_signal_replays(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_until_awaiting_approval(handle)
+        await handle.signal("approve", approval())
+        out = await harness.outcome(handle)
+    assert out.status == "applied"
+    history = await out.handle.fetch_history()
+    assert any(e.HasField("workflow_execution_signaled_event_attributes") for e in history.events)
+    assert await replay(history) is None
+
+
+def recorded_history() -> WorkflowHistory:
+    return WorkflowHistory.from_json("apply-recorded", RECORDED.read_text())
+
+
+def test_recorded_history_is_a_complete_successful_apply():
+    history = recorded_history()
+    assert history.events[-1].HasField("workflow_execution_completed_event_attributes")
+    assert activity_types(history)[:5] == [
+        "validate_plan", "check_approval", "guard_compose_path", "check_host_allowlist", "compose_up",
+    ]
+    assert activity_types(history)[-1] == "persist_state"
+
+
+async def test_recorded_history_replays_against_current_code():
+    assert await replay(recorded_history()) is None
+
+
+@workflow.defn(name="ApplyWorkflow", sandboxed=False)
+class _ReorderedApplyWorkflow:
+    """A stand-in for a careless change: a timer where the history has an activity."""
+
+    @workflow.run
+    async def run(self, request: Any = None) -> None:
+        await workflow.sleep(timedelta(seconds=1))
+
+
+async def test_recorded_history_rejects_an_incompatible_change():
+    failure = await replay(recorded_history(), workflows=[_ReorderedApplyWorkflow])
+    assert isinstance(failure, workflow.NondeterminismError), failure
