@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -140,6 +141,13 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+    # The worker has shut down cleanly. Skip interpreter teardown: the SDK's
+    # Rust threads can still touch the GIL then and abort the process
+    # (temporalio/sdk-python#300), which would turn a clean stop into exit 134.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
