@@ -1,0 +1,354 @@
+"""Applies with the gate open: the real worker process, a real Temporal dev
+server, real OpenSSH sshds (tests/sshd.py) and the stand-in docker.
+
+Every host entry is what an operator would write in hosts.yaml: address,
+port, non-root user, remote_root, the pinned host key line and the client key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import runpy
+import time
+import uuid
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.common import SearchAttributeKey
+
+from tests.e2e.conftest import (
+    FAST_HEALTH,
+    closed_port,
+    compose_ps_argv,
+    compose_up_argv,
+    connection_attempts,
+    history_text,
+    ssh_host_entry,
+    write_hosts,
+    write_module,
+    wrong_host_key_line,
+)
+from tests.platform_files import SHA, apply_input, change, plan
+from tests.sshd import STAND_IN_BIN, SshHost, eventually, make_keypair, process_running
+
+PR = 165
+
+
+def request(module: str, service: str) -> dict:
+    return apply_input(plan(module=module, changes=[change(service)]))
+
+
+def workflow_id(tag: str) -> str:
+    return f"apply-e2e-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+async def activity_attempts(handle, activity_type: str) -> list[int]:
+    """The attempt number of every completed/failed run of `activity_type`
+    (Temporal records one ActivityTaskStarted per final attempt)."""
+    scheduled: dict[int, str] = {}
+    attempts = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs = event.activity_task_started_event_attributes
+            if scheduled.get(attrs.scheduled_event_id) == activity_type:
+                attempts.append(attrs.attempt)
+    return attempts
+
+
+def only_up_then_ps(host: SshHost, service: str, min_ps: int = 1) -> list[list[str]]:
+    calls = host.calls()
+    assert calls[:1] == [compose_up_argv(host, service)], calls
+    assert calls[1:] and all(c == compose_ps_argv(host, service) for c in calls[1:]), calls
+    assert len(calls) - 1 >= min_ps, calls
+    return calls
+
+
+@pytest.fixture
+def ssh_e2e(e2e, sshd_host):
+    write_hosts(e2e.root, {"h1": ssh_host_entry(sshd_host)})
+    return e2e
+
+
+# ---- success ---------------------------------------------------------------
+
+
+async def test_applied_runs_exactly_up_then_ps_and_records_state(ssh_e2e, sshd_host):
+    e2e = ssh_e2e
+    write_module(e2e.root, "e2e-ok", "h1", "svc-ok")
+    worker = await e2e.start_worker()
+    assert "EXECUTING remote commands" in worker.log()
+    wid = workflow_id("ok")
+
+    out = await e2e.outcome(await e2e.start(request("e2e-ok", "svc-ok"), workflow_id=wid))
+
+    assert out.status == "applied", out.result
+    r = out.result
+    assert r["exitCode"] == 9 and out.error_type is None and r["error"] is None and r["rollback"] is None
+    assert (r["module"], r["host"], r["compose_service"]) == ("e2e-ok", "h1", "svc-ok")
+    assert r["command"] == f"docker compose -f {sshd_host.compose_path} up -d svc-ok"
+    assert r["remote"]["returncode"] == 0
+    assert " Container core-svc-ok-1  Started" in r["remote"]["stderr"]
+    assert (r["health"]["state"], r["health"]["health"]) == ("running", "healthy")
+    assert r["health"]["observed_s"] >= FAST_HEALTH["stable_seconds"]
+    # Exactly the contract's command, then only read-only polls (>= 3 for a 2 s window polled every 1 s).
+    only_up_then_ps(sshd_host, "svc-ok", min_ps=3)
+    # One pooled connection carried the up and every ps.
+    assert sshd_host.connection_count() == 1
+
+    status_path = e2e.status_file("e2e-ok")
+    assert r["state_artifact"] == str(status_path)
+    status = json.loads(status_path.read_text())
+    assert status["module"] == "e2e-ok" and status["host"] == "h1" and status["compose_service"] == "svc-ok"
+    assert status["last_apply_sha"] == SHA and status["last_apply_pr"] == PR
+    assert status["workflow_id"] == wid and status["status"] == "applied"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", status["plan_digest"])
+    assert status["applied_at"]
+    audit = e2e.audit()
+    assert len(audit) == 1
+    line = audit[0]
+    assert (line["workflow_id"], line["status"], line["exitCode"]) == (wid, "applied", 9)
+    assert (line["source_sha"], line["approved_pr"], line["plan_digest"]) == (SHA, PR, status["plan_digest"])
+
+    attrs = (await out.handle.describe()).typed_search_attributes
+    assert attrs.get(SearchAttributeKey.for_keyword("PlatformStatus")) == "applied"
+    assert attrs.get(SearchAttributeKey.for_keyword("PlatformHost")) == "h1"
+
+
+# ---- the remote side fails -------------------------------------------------
+
+
+async def test_compose_up_fails_remote_failed_with_rollback(ssh_e2e, sshd_host):
+    e2e = ssh_e2e
+    write_module(e2e.root, "e2e-fail", "h1", "svc-fail")
+    sshd_host.set_behaviour("svc-fail", "fail")
+    worker = await e2e.start_worker()
+    wid = workflow_id("fail")
+
+    out = await e2e.outcome(await e2e.start(request("e2e-fail", "svc-fail"), workflow_id=wid))
+
+    assert (out.status, out.error_type, out.result["exitCode"]) == ("remote_failed", "RemoteFailed", 4)
+    r = out.result
+    assert r["remote"]["returncode"] == 1
+    assert "stand-in failure starting core-svc-fail-1" in r["remote"]["stderr"]
+    assert "exited with code 1" in r["error"]
+    assert r["rollback"] is not None and r["rollback"]["last_good_sha"] is None
+    assert sshd_host.calls() == [compose_up_argv(sshd_host, "svc-fail")]  # no health polls after a failed up
+    status = json.loads(e2e.status_file("e2e-fail").read_text())
+    assert status["status"] == "remote_failed" and status["last_apply_sha"] is None
+    assert status["last_failure"]["source_sha"] == SHA and status["last_failure"]["workflow_id"] == wid
+    assert [(a["workflow_id"], a["status"], a["exitCode"]) for a in e2e.audit()] == [(wid, "remote_failed", 4)]
+    assert "ROLLBACK module=e2e-fail" in worker.log()
+
+
+async def test_hung_compose_up_is_killed_at_its_timeout(ssh_e2e, sshd_host):
+    e2e = ssh_e2e
+    write_module(e2e.root, "e2e-hang", "h1", "svc-hang", up_timeout_seconds=2)
+    sshd_host.set_behaviour("svc-hang", "hang")
+    await e2e.start_worker()
+
+    out = await e2e.outcome(await e2e.start(request("e2e-hang", "svc-hang")), timeout_s=60)
+
+    assert (out.status, out.error_type, out.result["exitCode"]) == ("remote_failed", "RemoteFailed", 4)
+    assert out.seconds < 20, f"took {out.seconds:.1f} s for a 2 s timeout"
+    r = out.result
+    assert "still running after 2 seconds" in r["error"]
+    assert r["remote"]["returncode"] is None
+    assert "Container core-svc-hang-1  Creating" in r["remote"]["stderr"]  # output up to the kill is kept
+    assert r["rollback"] is not None
+    pid = sshd_host.hang_pid()
+    assert pid is not None
+    assert await eventually(lambda: not process_running(pid), 5), f"remote compose (pid {pid}) survived the timeout"
+    assert sshd_host.calls() == [compose_up_argv(sshd_host, "svc-hang")]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "state", "health", "min_s", "max_s"),
+    [
+        ("unhealthy", "running", "unhealthy", 5, 20),  # may recover, so it waits for timeout_seconds (5)
+        ("exited", "exited", "none", 0, 4),  # a stopped container will not come back: fail at the first poll
+    ],
+)
+async def test_unhealthy_after_up_rolls_back(ssh_e2e, sshd_host, behaviour, state, health, min_s, max_s):
+    e2e = ssh_e2e
+    service = f"svc-{behaviour}"
+    write_module(e2e.root, f"e2e-{behaviour}", "h1", service,
+                 health={"stable_seconds": 2, "timeout_seconds": 5, "poll_seconds": 1})
+    sshd_host.set_behaviour(service, behaviour)
+    await e2e.start_worker()
+
+    out = await e2e.outcome(await e2e.start(request(f"e2e-{behaviour}", service)), timeout_s=60)
+
+    assert (out.status, out.error_type, out.result["exitCode"]) == ("unhealthy", "Unhealthy", 4)
+    r = out.result
+    assert r["remote"]["returncode"] == 0
+    assert (r["health"]["state"], r["health"]["health"]) == (state, health)
+    assert r["rollback"] is not None and "did not stay healthy" in r["rollback"]["reason"]
+    assert min_s <= out.seconds < max_s, f"{behaviour}: unhealthy after {out.seconds:.1f} s"
+    only_up_then_ps(sshd_host, service)
+    assert json.loads(e2e.status_file(f"e2e-{behaviour}").read_text())["status"] == "unhealthy"
+    assert [a["status"] for a in e2e.audit()] == ["unhealthy"]
+
+
+# ---- secrets ---------------------------------------------------------------
+
+
+def stand_in_secrets() -> list[str]:
+    """The secret values inside the lines the stand-in prints for `secrets`."""
+    lines = runpy.run_path(str(STAND_IN_BIN / "docker"))["SECRET_LINES"]
+    found = []
+    for line in lines:
+        if m := re.search(r"://[^:/@]+:([^@]+)@", line):
+            found.append(m[1])
+        elif m := re.match(r"Authorization: Bearer (\S+)", line):
+            found.append(m[1])
+        elif m := re.match(r"[A-Z_]+=(\S+)", line):
+            found.append(m[1])
+        elif not line.startswith("-----"):
+            found.append(line)  # private key body
+    return found
+
+
+async def test_secrets_in_remote_output_never_reach_history_or_logs(ssh_e2e, sshd_host):
+    e2e = ssh_e2e
+    secrets = stand_in_secrets()
+    assert len(secrets) == 5 and "hunter2-stand-in" in secrets, secrets
+    write_module(e2e.root, "e2e-secrets", "h1", "svc-secrets")
+    sshd_host.set_behaviour("svc-secrets", "secrets")
+    worker = await e2e.start_worker()
+
+    out = await e2e.outcome(await e2e.start(request("e2e-secrets", "svc-secrets")))
+
+    assert out.status == "applied", out.result
+    stdout = out.result["remote"]["stdout"]
+    assert "POSTGRES_PASSWORD=" in stdout and "[REDACTED]" in stdout  # the output was captured, then redacted
+    history = history_text(await out.handle.fetch_history())
+    assert "POSTGRES_PASSWORD=" in history  # the decoded payloads are searched, not just base64
+    state_files = "".join(p.read_text() for p in e2e.state_dir.rglob("*") if p.is_file())
+    for secret in secrets:
+        assert secret not in history, f"secret {secret!r} is in the workflow history"
+        assert secret not in worker.log(), f"secret {secret!r} is in the worker's log"
+        assert secret not in state_files, f"secret {secret!r} is in the state files"
+
+
+# ---- trust and reachability --------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["wrong_host_key", "wrong_client_key", "closed_port"])
+async def test_unreachable_or_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tmp_path, fault):
+    e2e = ssh_e2e
+    entry = ssh_host_entry(sshd_host)
+    if fault == "wrong_host_key":
+        entry["known_hosts"] = wrong_host_key_line(sshd_host, tmp_path)
+        expected = "did not present the pinned host key"
+    elif fault == "wrong_client_key":
+        make_keypair(tmp_path / "stranger_key", "not-authorized")
+        entry["client_key"] = str(tmp_path / "stranger_key")
+        expected = "refused the client key"
+    else:
+        entry["port"] = closed_port(sshd_host.address)
+        expected = "cannot connect"
+    write_hosts(e2e.root, {"h1": entry})
+    write_module(e2e.root, "e2e-trust", "h1", "svc-trust")
+    await e2e.start_worker()
+    attempts_before = connection_attempts(sshd_host)
+
+    out = await e2e.outcome(await e2e.start(request("e2e-trust", "svc-trust")), timeout_s=90)
+
+    assert (out.status, out.error_type, out.result["exitCode"]) == ("remote_failed", "RemoteFailed", 4)
+    assert expected in out.result["error"], out.result["error"]
+    assert out.result["remote"] is None and out.result["rollback"] is not None
+    assert out.seconds < 60, f"took {out.seconds:.1f} s"
+    assert sshd_host.calls() == []
+    assert sshd_host.connection_count() == 0
+    up_attempts = await activity_attempts(out.handle, "compose_up")
+    if fault == "closed_port":
+        assert connection_attempts(sshd_host) == attempts_before
+    else:
+        # A wrong key is final: one connection, one attempt, no retry.
+        assert connection_attempts(sshd_host) - attempts_before == 1
+        assert up_attempts == [1], up_attempts
+        assert out.seconds < 10, f"took {out.seconds:.1f} s: was it retried?"
+
+
+# ---- the worker dies or stops mid-apply --------------------------------------
+
+
+async def test_kill_9_during_compose_up_then_a_new_worker_finishes(ssh_e2e, sshd_host):
+    """Temporal re-dispatches compose up after its 30 s heartbeat timeout;
+    compose up -d converges, so running it again is safe."""
+    e2e = ssh_e2e
+    write_module(e2e.root, "e2e-kill", "h1", "svc-kill")
+    sshd_host.set_behaviour("svc-kill", "slow")  # compose up takes ~1 s, then succeeds
+    first = await e2e.start_worker()
+    started = time.monotonic()
+    handle = await e2e.start(request("e2e-kill", "svc-kill"))
+    up = compose_up_argv(sshd_host, "svc-kill")
+
+    assert await eventually(lambda: up in sshd_host.calls(), 20), "compose up never started"
+    first.kill9()  # while the stand-in still sleeps in compose up
+    await e2e.start_worker()
+    out = await e2e.outcome(handle, timeout_s=120)
+    elapsed = time.monotonic() - started
+
+    assert out.status == "applied", out.result
+    assert out.result["exitCode"] == 9
+    # The first attempt was lost with the worker; the second one completed.
+    assert await activity_attempts(handle, "compose_up") == [2]
+    calls = sshd_host.calls()
+    assert calls.count(up) == 2
+    assert all(c == compose_ps_argv(sshd_host, "svc-kill") for c in calls if c != up)
+    assert sshd_host.connection_count() == 2  # one per worker
+    assert json.loads(e2e.status_file("e2e-kill").read_text())["status"] == "applied"
+    print(f"kill -9 recovery: applied {elapsed:.1f} s after start")
+    assert elapsed < 90
+
+
+async def test_sigterm_during_compose_up_lets_it_finish_and_a_new_worker_continues(ssh_e2e, sshd_host):
+    """Graceful shutdown: the running compose up completes (it is not cut off
+    and not run again); the next worker picks the apply up from there."""
+    e2e = ssh_e2e
+    write_module(e2e.root, "e2e-term", "h1", "svc-term")
+    sshd_host.set_behaviour("svc-term", "slow")  # compose up takes ~1 s
+    first = await e2e.start_worker()
+    handle = await e2e.start(request("e2e-term", "svc-term"))
+    up = compose_up_argv(sshd_host, "svc-term")
+
+    assert await eventually(lambda: up in sshd_host.calls(), 20), "compose up never started"
+    code, seconds = await first.terminate()
+    assert code == 0, f"exit {code} after {seconds:.1f} s:\n{first.log()}"
+    assert seconds >= 0.5, "the worker did not wait for the running compose up"
+    await e2e.start_worker()
+    out = await e2e.outcome(handle, timeout_s=60)
+
+    assert out.status == "applied", out.result
+    assert out.result["remote"]["returncode"] == 0
+    assert await activity_attempts(handle, "compose_up") == [1]
+    assert sshd_host.calls().count(up) == 1
+
+
+async def test_parallel_applies_on_two_hosts_use_one_connection_each(e2e, sshd_host, sshd_host2):
+    write_hosts(e2e.root, {"h1": ssh_host_entry(sshd_host), "h2": ssh_host_entry(sshd_host2)})
+    write_module(e2e.root, "e2e-par-a", "h1", "svc-a")
+    write_module(e2e.root, "e2e-par-b", "h2", "svc-b")
+    await e2e.start_worker()
+
+    handles = [await e2e.start(request("e2e-par-a", "svc-a")), await e2e.start(request("e2e-par-b", "svc-b"))]
+    started = time.monotonic()
+    a, b = await asyncio.gather(*(e2e.outcome(h) for h in handles))
+    elapsed = time.monotonic() - started
+
+    assert (a.status, a.result["host"], b.status, b.result["host"]) == ("applied", "h1", "applied", "h2")
+    assert a.result["command"] == f"docker compose -f {sshd_host.compose_path} up -d svc-a"
+    assert b.result["command"] == f"docker compose -f {sshd_host2.compose_path} up -d svc-b"
+    only_up_then_ps(sshd_host, "svc-a", min_ps=3)
+    only_up_then_ps(sshd_host2, "svc-b", min_ps=3)
+    assert sshd_host.connection_count() == 1 and sshd_host2.connection_count() == 1
+    # In parallel, not one after the other (each alone needs >= the 2 s stable window).
+    assert elapsed < 2 * (FAST_HEALTH["stable_seconds"] + 1) + 2, f"{elapsed:.1f} s"
+    for module, host in (("e2e-par-a", "h1"), ("e2e-par-b", "h2")):
+        status = json.loads(e2e.status_file(module).read_text())
+        assert (status["status"], status["host"]) == ("applied", host)

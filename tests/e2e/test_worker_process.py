@@ -1,0 +1,202 @@
+"""The real `worker.py` process against a real Temporal dev server, gate closed.
+
+Driven the way an operator or CI would: plain JSON input through the
+temporalio client and once through the `temporal` CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio.api.enums.v1 import EventType, IndexedValueType
+from temporalio.client import WorkflowFailureError
+from temporalio.common import SearchAttributeKey
+from temporalio.exceptions import ApplicationError
+
+from tests.e2e.conftest import (
+    NAMESPACE,
+    PLATFORM_ATTRIBUTES,
+    TEMPORAL_CLI,
+    connection_attempts,
+    ssh_host_entry,
+    write_hosts,
+    write_module,
+)
+from tests.platform_files import SHA, apply_input, change, plan
+
+MODULE = "e2e-dry"
+SERVICE = "dry-svc"
+
+
+def keyword(name: str) -> SearchAttributeKey:
+    return SearchAttributeKey.for_keyword(name)
+
+
+@pytest.fixture
+def platform(e2e, sshd_host):
+    write_hosts(e2e.root, {"h1": ssh_host_entry(sshd_host)})
+    write_module(e2e.root, MODULE, "h1", SERVICE)
+    return e2e
+
+
+def request(**over):
+    return apply_input(plan(module=MODULE, changes=[change(SERVICE)]), **over)
+
+
+@pytest.mark.parametrize("phase", [None, "5"], ids=["phase-unset", "phase-5"])
+async def test_gate_closed_is_a_dry_run_that_touches_no_host(platform, sshd_host, phase):
+    e2e = platform
+    worker = await e2e.start_worker(phase=phase)
+    assert "dry run" in worker.log()
+    attempts_before = connection_attempts(sshd_host)
+    workflow_id = f"apply-e2e-dry-{uuid.uuid4().hex[:8]}"
+
+    result = await e2e.client.execute_workflow(
+        "ApplyWorkflow", request(), id=workflow_id, task_queue=e2e.task_queue,
+        execution_timeout=timedelta(seconds=60),
+    )
+
+    assert isinstance(result, dict)
+    assert result["status"] == "dry_run" and result["exitCode"] == 0
+    assert result["command"] == f"docker compose -f {sshd_host.compose_path} up -d {SERVICE}"
+    assert (result["module"], result["host"], result["compose_service"]) == (MODULE, "h1", SERVICE)
+    assert result["remote"] is None and result["health"] is None and result["rollback"] is None
+    # Nothing reached the host: no docker call, not even a TCP connection.
+    assert sshd_host.calls() == []
+    assert connection_attempts(sshd_host) == attempts_before
+    # The outcome is audited, but no status file claims an apply.
+    audit = e2e.audit()
+    assert [(a["workflow_id"], a["status"], a["exitCode"]) for a in audit] == [(workflow_id, "dry_run", 0)]
+    assert not e2e.status_file(MODULE).exists()
+
+
+async def test_worker_registers_and_sets_search_attributes(platform, dev_server):
+    e2e = platform
+    assert not set(PLATFORM_ATTRIBUTES) & set(dev_server.initial_custom_attributes), (
+        "the dev server must start without the platform's search attributes, or this test proves nothing"
+    )
+    await e2e.start_worker(phase=None)
+
+    registered = await dev_server.custom_attributes()
+    for name in PLATFORM_ATTRIBUTES:
+        assert registered.get(name) == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD, (name, registered)
+
+    handle = await e2e.start(request())
+    assert (await handle.result())["status"] == "dry_run"
+    attrs = (await handle.describe()).typed_search_attributes
+    assert attrs.get(keyword("PlatformModule")) == MODULE
+    assert attrs.get(keyword("PlatformHost")) == "h1"
+    assert attrs.get(keyword("PlatformStatus")) == "dry_run"
+    # An operator can find it by them.
+    query = f'PlatformModule = "{MODULE}" AND PlatformStatus = "dry_run" AND WorkflowId = "{handle.id}"'
+    found = []
+    for _ in range(50):  # visibility is eventually consistent
+        found = [w.id async for w in e2e.client.list_workflows(query)]
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert found == [handle.id]
+
+
+async def test_no_changes_plan_ends_no_changes(platform, sshd_host):
+    e2e = platform
+    await e2e.start_worker(phase=None)
+    attempts_before = connection_attempts(sshd_host)
+    result = await e2e.client.execute_workflow(
+        "ApplyWorkflow", apply_input(plan(module=MODULE, changes=[])), id=f"apply-e2e-{uuid.uuid4().hex[:8]}",
+        task_queue=e2e.task_queue,
+    )
+    assert result["status"] == "no_changes" and result["exitCode"] == 0
+    assert result["command"] is None
+    assert sshd_host.calls() == [] and connection_attempts(sshd_host) == attempts_before
+    assert [a["status"] for a in e2e.audit()] == ["no_changes"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not an object",
+        ["a", "list"],
+        {},
+        {"plan": "not an object"},
+        {"plan": {"module": MODULE, "source_sha": SHA, "changes": "not a list"}},
+    ],
+    ids=["bare-string", "list", "no-plan", "plan-not-object", "changes-not-list"],
+)
+async def test_malformed_input_is_blocked_within_seconds(platform, sshd_host, bad):
+    e2e = platform
+    await e2e.start_worker(phase="05")  # even with the gate open
+    handle = await e2e.start(bad)
+    started = time.monotonic()
+    with pytest.raises(WorkflowFailureError) as caught:
+        await asyncio.wait_for(handle.result(), 20)
+    elapsed = time.monotonic() - started
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "PolicyViolation" and cause.non_retryable
+    detail = cause.details[0]
+    assert detail["status"] == "blocked" and detail["exitCode"] == 3
+    assert "invalid apply input" in detail["error"]
+    assert elapsed < 10, f"blocked only after {elapsed:.1f} s"
+    # Ended by the workflow itself, not by a workflow task failing in a loop.
+    events = [e async for e in handle.fetch_history_events()]
+    assert not [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    assert sshd_host.calls() == []
+
+
+SIGTERM_CYCLES = 12
+
+
+async def test_sigterm_exits_0_every_time(platform):
+    """SIGTERM is a graceful stop: exit 0, promptly, every time. Several cycles,
+    because the failure this guards against was intermittent: worker.py used
+    to abort (exit -6, "Fatal Python error: PyGILState_Release ... runtime
+    state: finalizing") in 5-25% of stops, after a clean shutdown, when
+    temporalio's Rust threads touched the finalizing interpreter
+    (temporalio/sdk-python#300)."""
+    e2e = platform
+    for cycle in range(SIGTERM_CYCLES):
+        worker = await e2e.start_worker(phase=None)
+        await asyncio.sleep(0.5)  # the abort was most frequent ~0.5-1 s after start
+        code, seconds = await worker.terminate()
+        log = worker.log()
+        assert code == 0, f"cycle {cycle}: exit {code} after {seconds:.2f} s of SIGTERM:\n{log}"
+        assert seconds < 5, f"cycle {cycle}: an idle worker took {seconds:.1f} s to stop"
+        assert "shutting down" in log and "Traceback" not in log, log
+
+
+async def _cli(*args: str, timeout_s: float = 60) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(TEMPORAL_CLI), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def test_operator_runs_applies_with_the_temporal_cli(platform, sshd_host, dev_server):
+    e2e = platform
+    await e2e.start_worker(phase=None)
+    common = ["--type", "ApplyWorkflow", "--task-queue", e2e.task_queue,
+              "--address", dev_server.address, "--namespace", NAMESPACE]
+
+    dirty = apply_input(plan(module=MODULE, changes=[change(SERVICE)], source_dirty=True))
+    code, out = await _cli("workflow", "execute", *common, "--workflow-id", f"cli-blocked-{uuid.uuid4().hex[:8]}",
+                           "--input", json.dumps(dirty))
+    assert code != 0, out
+    assert "FAILED" in out and "dirty tree" in out, out
+
+    code, out = await _cli("workflow", "execute", *common, "--workflow-id", f"cli-dry-{uuid.uuid4().hex[:8]}",
+                           "--input", json.dumps(request()), "--output", "json")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["status"] == "COMPLETED", shown
+    (result,) = shown["closeEvent"]["workflowExecutionCompletedEventAttributes"]["result"]
+    assert (result["status"], result["exitCode"]) == ("dry_run", 0)
+    assert result["command"] == f"docker compose -f {sshd_host.compose_path} up -d {SERVICE}"
+    assert sshd_host.calls() == []
