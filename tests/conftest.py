@@ -52,6 +52,7 @@ class Outcome:
     result: dict[str, Any]
     error_type: str | None
     handle: WorkflowHandle
+    seconds: float = 0.0  # wall time to the result, where a test measures it
 
 
 @dataclass

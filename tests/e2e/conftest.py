@@ -30,6 +30,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from tests.conftest import Outcome
 from tests.sshd import SshHost, make_keypair, known_hosts_pattern
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,15 +135,6 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-
-@dataclass
-class Outcome:
-    status: str
-    result: dict[str, Any]
-    error_type: str | None
-    handle: WorkflowHandle
-    seconds: float
 
 
 @dataclass
