@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from platformctl.commands import SERVICE_NAME
-from platformctl.models import HealthConfig, HostConfig
+from platformctl.models import HealthConfig, HostConfig, brief_errors
 from platformctl.outcomes import PolicyViolation, ToolError
 
 MODULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -87,10 +87,6 @@ def _read_yaml(path: Path) -> Any:
         raise ToolError(f"{path.name} is not valid YAML: {e}") from None
 
 
-def _brief(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
-
-
 def load_module(root: Path, module_id: str) -> ModuleFile:
     if not MODULE_ID.fullmatch(module_id):
         raise PolicyViolation(f"invalid module id {module_id!r}: must match {MODULE_ID.pattern}")
@@ -100,7 +96,7 @@ def load_module(root: Path, module_id: str) -> ModuleFile:
     try:
         module = ModuleFile.model_validate(_read_yaml(path))
     except ValidationError as e:
-        raise ToolError(f"modules/{module_id}/module.yaml is invalid: {_brief(e)}") from None
+        raise ToolError(f"modules/{module_id}/module.yaml is invalid: {brief_errors(e)}") from None
     if module.id != module_id:
         raise PolicyViolation(f"modules/{module_id}/module.yaml declares id {module.id!r}: id and folder must agree")
     if module.spec.runtime.orchestrator != "docker-compose":
@@ -121,7 +117,7 @@ def load_hosts(root: Path) -> dict[str, HostConfig]:
         try:
             hosts[str(name)] = HostConfig.model_validate({**entry, "name": str(name)})
         except ValidationError as e:
-            raise ToolError(f"hosts.yaml: host {name!r} is invalid: {_brief(e)}") from None
+            raise ToolError(f"hosts.yaml: host {name!r} is invalid: {brief_errors(e)}") from None
     return hosts
 
 

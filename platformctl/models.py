@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from platformctl.redact import redact_and_cap
 
 RedactedText = Annotated[str, AfterValidator(redact_and_cap)]
+
+def brief_errors(e: ValidationError) -> str:
+    """Where and what, per error: pydantic's own text echoes input values, which may be secrets."""
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'input'}: {err['msg']}" for err in e.errors())
+
 
 Action = Literal["create", "update", "restart", "recreate", "remove"]
 DESTRUCTIVE_ACTIONS = frozenset({"recreate", "remove"})

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         ValidatedPlan,
         ValidatePlanInput,
         VerifyCheckoutInput,
+        brief_errors,
     )
     from platformctl.outcomes import OUTCOMES, STATUS_BY_ERROR_TYPE
     from platformctl.policy.health import verdict
@@ -85,11 +86,6 @@ class _Stop(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _brief(e: ValidationError) -> str:
-    # Locations and messages only: pydantic's own text echoes the input values.
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'input'}: {err['msg']}" for err in e.errors())
 
 
 @workflow.defn(name="ApplyWorkflow")
@@ -181,7 +177,7 @@ class ApplyWorkflow:
             if isinstance(request, dict) and isinstance(request.get("plan"), dict):
                 module = request["plan"].get("module")
                 self._module = module[:64] if isinstance(module, str) else None
-            raise _Stop("blocked", f"invalid apply input: {_brief(e)}") from None
+            raise _Stop("blocked", f"invalid apply input: {brief_errors(e)}") from None
         self._input = inp
         self._module = inp.plan.module[:64]
         workflow.upsert_search_attributes([PLATFORM_MODULE.value_set(self._module)])
@@ -210,7 +206,7 @@ class ApplyWorkflow:
         try:
             return Approval.model_validate(given)
         except ValidationError as e:
-            raise _Stop("approval_mismatch", f"not a valid approval: {_brief(e)}") from None
+            raise _Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
 
     def _raise_if_rejected(self) -> None:
         if self._rejection is not None:
@@ -333,11 +329,10 @@ class ApplyWorkflow:
 
     def _persist_input(self, status: str) -> PersistStateInput:
         info = workflow.info()
-        approval = self._approval
         return PersistStateInput(
             result=self._result(status, self._error),
             source_sha=self._input.plan.source_sha if self._input else None,
-            approved_pr=approval.approved_pr if approval else None,
+            approved_pr=self._approval.approved_pr if self._approval else None,
             plan_digest=self._plan.plan_digest if self._plan else None,
             workflow_id=info.workflow_id,
             run_id=info.run_id,

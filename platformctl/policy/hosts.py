@@ -36,9 +36,10 @@ def check_host(name: str, hosts: dict[str, HostConfig]) -> HostConfig:
     if not host.known_hosts.strip():
         raise PolicyViolation(f"host {name!r} has no pinned SSH host key (known_hosts)")
     if is_inline_pin(host.known_hosts):
-        if not pinned_key_lines(host.known_hosts):
+        lines = pinned_key_lines(host.known_hosts)
+        if not lines:
             raise PolicyViolation(f"host {name!r} has no pinned SSH host key (known_hosts holds only comments)")
-        for line in pinned_key_lines(host.known_hosts):
+        for line in lines:
             fields = line.split()
             key_at = 2 if fields[0].startswith("@") else 1
             if line.startswith("@revoked") or len(fields) < key_at + 2 or not _KEY_TYPE.fullmatch(fields[key_at]):

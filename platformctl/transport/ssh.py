@@ -23,6 +23,7 @@ import asyncssh
 
 from platformctl.commands import RemoteCommand
 from platformctl.models import HostConfig
+from platformctl.policy.hosts import is_inline_pin
 from platformctl.transport.base import AuthenticationFailed, ConnectFailed, HostKeyMismatch, RemoteOutput
 
 MAX_CHANNELS = 8  # per connection; OpenSSH refuses the 11th with its default MaxSessions 10
@@ -193,13 +194,12 @@ async def _connect(host: HostConfig) -> asyncssh.SSHClientConnection:
 
 
 def _pinned_host_keys(host: HostConfig) -> asyncssh.SSHKnownHosts:
-    """hosts.yaml holds either known_hosts lines or a path to a known_hosts file
-    (a path has no space; a line always does)."""
+    """hosts.yaml holds either known_hosts lines or a path to a known_hosts file."""
     value = host.known_hosts.strip()
     if not value:
         raise HostKeyMismatch(f"{host.name}: no pinned host key (known_hosts is empty)")
     try:
-        if " " in value:
+        if is_inline_pin(value):
             return asyncssh.import_known_hosts(value + "\n")
         return asyncssh.read_known_hosts(os.path.expanduser(value))
     except (OSError, ValueError) as exc:
