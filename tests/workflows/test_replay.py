@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -101,6 +102,13 @@ def test_recorded_history_is_a_complete_successful_apply():
 
 async def test_recorded_history_replays_against_current_code():
     assert await replay(recorded_history()) is None
+
+
+@pytest.mark.parametrize("name", ["awaiting_approval", "waiting_for_lock", "mid_health_check"])
+async def test_recorded_in_flight_history_replays_against_current_code(name):
+    """Applies that were running when a new worker took over (see test_record_histories.py)."""
+    path = RECORDED.parent / f"{name}.json"
+    assert await replay(WorkflowHistory.from_json(name, path.read_text())) is None
 
 
 @workflow.defn(name="ApplyWorkflow", sandboxed=False)
