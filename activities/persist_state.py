@@ -1,66 +1,62 @@
 """Step 7 activity: record the outcome on the worker's disk.
 
 An applied outcome replaces the module's status file; every outcome, applied
-or not, appends one audit line.
+or not, appends one audit line. `platformctl.state` builds both records.
 """
 
 from __future__ import annotations
-
-from datetime import datetime, timezone
 
 from temporalio import activity
 
 from activities.base import StepActivities, step
 from platformctl.models import PersistedState, PersistStateInput
-from platformctl.state import append_audit, display_path, write_status
+from platformctl.outcomes import ToolError
+from platformctl.state import (
+    AuditLine,
+    StatusRecord,
+    append_audit,
+    display_path,
+    now_iso,
+    status_path,
+    write_status,
+)
+
+__all__ = ["PersistState", "now_iso"]
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _reason(e: Exception) -> str:
+    return str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
 
 
 class PersistState(StepActivities):
     @activity.defn(name="persist_state")
     @step
     async def persist_state(self, inp: PersistStateInput) -> PersistedState:
-        settings = self.deps.settings
+        state_dir = self.deps.settings.state_dir
         result = inp.result
         at = now_iso()
-        artifact = None
-        if result.status == "applied" and result.module:
-            path = write_status(
-                settings.state_dir,
-                result.module,
-                {
-                    "module": result.module,
-                    "host": result.host,
-                    "compose_service": result.compose_service,
-                    "last_apply_sha": inp.source_sha,
-                    "last_apply_pr": inp.approved_pr,
-                    "plan_digest": inp.plan_digest,
-                    "applied_at": at,
-                    "workflow_id": inp.workflow_id,
-                    "run_id": inp.run_id,
-                    "status": result.status,
-                    "command": result.command,
-                },
-            )
-            artifact = display_path(path, settings.platform_root)
-        append_audit(
-            settings.state_dir,
-            {
-                "at": at,
-                "workflow_id": inp.workflow_id,
-                "run_id": inp.run_id,
-                "module": result.module,
-                "host": result.host,
-                "status": result.status,
-                "exitCode": result.exitCode,
-                "source_sha": inp.source_sha,
-                "approved_pr": inp.approved_pr,
-                "plan_digest": inp.plan_digest,
-                "command": result.command,
-                "error": result.error,
-            },
+        line = AuditLine.of(inp, at)
+        if result.status != "applied":
+            # Whatever the outcome and however garbled its module id: one audit line, no status file.
+            append_audit(state_dir, line)
+            return PersistedState(state_artifact=None)
+
+        status_path(state_dir, result.module)  # a bad module id is refused before anything is written
+        live = (
+            f"compose up succeeded and the service is healthy on {result.host}, "
+            f"but its state could not be recorded"
         )
-        return PersistedState(state_artifact=artifact)
+        try:
+            path = write_status(state_dir, StatusRecord.applied(inp, at))
+        except Exception as e:
+            raise ToolError(
+                f"{live}: {_reason(e)}; the host runs {inp.source_sha}, the status file does not say so"
+            ) from None
+        try:
+            append_audit(state_dir, line)
+        except Exception as e:
+            raise ToolError(
+                f"{live}: {_reason(e)}; the host runs {inp.source_sha} and the status file says so, "
+                "but audit.jsonl has no line for it"
+            ) from None
+        return PersistedState(state_artifact=display_path(path, self.deps.settings.platform_root))

@@ -1,7 +1,8 @@
 """The rollback hook: runs on any failure after compose up started.
 
 A full automatic revert is a later step. For now it records the failure in
-the module's status file, keeps the last known good SHA, and says so loudly.
+the module's status file, keeps the last known good apply, and says so loudly
+(the ROLLBACK log line is written even when the record cannot be).
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.base import StepActivities, step
-from activities.persist_state import now_iso
 from platformctl.models import RollbackInput, RollbackRecord
-from platformctl.state import display_path, read_status, write_status
+from platformctl.redact import redact
+from platformctl.state import StatusRecord, display_path, now_iso, read_status, write_status
 
 
 class Rollback(StepActivities):
@@ -20,35 +21,28 @@ class Rollback(StepActivities):
     async def rollback(self, inp: RollbackInput) -> RollbackRecord:
         settings = self.deps.settings
         result = inp.result
-        module = result.module or ""
-        previous = read_status(settings.state_dir, module) or {}
-        last_good = previous.get("last_apply_sha")
-        record = {
-            "module": module,
-            "host": result.host,
-            "compose_service": result.compose_service,
-            "last_apply_sha": last_good,
-            "last_apply_pr": previous.get("last_apply_pr"),
-            "plan_digest": previous.get("plan_digest"),
-            "applied_at": previous.get("applied_at"),
-            "workflow_id": previous.get("workflow_id"),
-            "status": result.status,
-            "last_failure": {
-                "at": now_iso(),
-                "status": result.status,
-                "source_sha": inp.source_sha,
-                "workflow_id": inp.workflow_id,
-                "error": result.error,
-            },
-        }
-        path = write_status(settings.state_dir, module, record)
-        activity.logger.error(
-            "ROLLBACK module=%s host=%s status=%s sha=%s: %s. Last known good sha=%s. "
-            "No automatic revert yet: check the service on the host.",
-            module, result.host, result.status, inp.source_sha, result.error, last_good,
-        )
+        last_good: str | None = None
+        try:
+            previous = read_status(settings.state_dir, result.module)
+            last_good = previous.last_apply_sha if previous else None
+            path = write_status(settings.state_dir, StatusRecord.after_failure(previous, inp, now_iso()))
+        except Exception as e:
+            self._log(inp, last_good, f" The failure could not be recorded: {type(e).__name__}: {e}.")
+            raise
+        self._log(inp, last_good, "")
         return RollbackRecord(
             reason=result.error or result.status,
             last_good_sha=last_good,
             state_artifact=display_path(path, settings.platform_root),
+        )
+
+    @staticmethod
+    def _log(inp: RollbackInput, last_good: str | None, extra: str) -> None:
+        result = inp.result
+        activity.logger.error(
+            redact(
+                f"ROLLBACK module={result.module} host={result.host} status={result.status} "
+                f"sha={inp.source_sha}: {result.error}. Last known good sha={last_good}.{extra} "
+                "No automatic revert yet: check the service on the host."
+            )
         )

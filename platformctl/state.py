@@ -1,27 +1,240 @@
 """Durable records on the worker's disk: per-module status and the audit log.
 
-Status files are replaced atomically (write, fsync, rename, fsync the folder)
-so a crash leaves either the old record or the new one, never half of each.
+Each record on disk has one model here, and one function builds it from the
+activity's input, so the applied path and the rollback cannot drift apart:
+
+- `StatusRecord`, `$STATE_DIR/modules/<id>.status.json`: the module's last
+  good apply, plus `last_failure` after a failed one. Replaced atomically
+  (write, fsync, rename, fsync the folder) so a crash leaves either the old
+  record or the new one, never half of each.
+- `AuditLine`, one line of `$STATE_DIR/audit.jsonl` per apply outcome. A line
+  never joins another: a short write is truncated back and raised, and a line
+  appended after a torn one starts on a line of its own.
+
+Nothing is written outside the state dir: a status path is built only from a
+module id matching `MODULE_ID`, and every path must resolve inside the
+resolved state dir (a symlink out of it is refused), else PolicyViolation.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-def status_path(state_dir: Path, module: str) -> Path:
-    return state_dir / "modules" / f"{module}.status.json"
+from platformctl.config import MODULE_ID
+from platformctl.models import (
+    PersistStateInput,
+    RedactedText,
+    RollbackInput,
+    RollbackRecord,
+    brief_errors,
+)
+from platformctl.outcomes import PolicyViolation, ToolError
+
+AUDIT_FILE = "audit.jsonl"
+MODULES_DIR = "modules"
 
 
-def read_status(state_dir: Path, module: str) -> dict[str, Any] | None:
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _Record(BaseModel):
+    # Unknown keys (a newer worker's) are ignored on read, as elsewhere.
+    model_config = ConfigDict(extra="ignore")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---- status file ------------------------------------------------------------
+
+
+class FailureRecord(_Record):
+    """The last failed apply of a module (after compose up started)."""
+
+    at: str
+    status: str
+    source_sha: str | None = None
+    workflow_id: str | None = None
+    run_id: str | None = None
+    error: RedactedText | None = None
+    approved_by: RedactedText | None = None
+    approved_pr: int | None = None
+    plan_digest: str | None = None
+
+
+class StatusRecord(_Record):
+    """`modules/<id>.status.json`: the last good apply and the latest outcome.
+
+    `status` is the latest outcome; the `last_apply_*`, `plan_digest`,
+    `applied_at`, `workflow_id`, `run_id`, `command`, `approved_by` and
+    `checkout_verified` fields always describe the last *applied* run, even
+    when `status` is a failure (then `last_failure` says what went wrong).
+    """
+
+    module: str
+    host: str | None = None
+    compose_service: str | None = None
+    last_apply_sha: str | None = None
+    last_apply_pr: int | None = None
+    plan_digest: str | None = None
+    applied_at: str | None = None
+    workflow_id: str | None = None
+    run_id: str | None = None
+    status: str
+    command: RedactedText | None = None
+    approved_by: RedactedText | None = None
+    # False: the host opted out of verify_checkout, the SHA was not confirmed there.
+    checkout_verified: bool | None = None
+    last_failure: FailureRecord | None = None
+
+    @classmethod
+    def applied(cls, inp: PersistStateInput, at: str) -> StatusRecord:
+        result = inp.result
+        if result.module is None:
+            raise PolicyViolation("an applied outcome names no module")
+        return cls(
+            module=result.module,
+            host=result.host,
+            compose_service=result.compose_service,
+            last_apply_sha=inp.source_sha,
+            last_apply_pr=inp.approved_pr,
+            plan_digest=inp.plan_digest,
+            applied_at=at,
+            workflow_id=inp.workflow_id,
+            run_id=inp.run_id,
+            status=result.status,
+            command=result.command,
+            approved_by=inp.approved_by,
+            checkout_verified=result.checkout_verified,
+            last_failure=None,
+        )
+
+    @classmethod
+    def after_failure(cls, previous: StatusRecord | None, inp: RollbackInput, at: str) -> StatusRecord:
+        """The previous record's last good apply, with this failure as `status` and `last_failure`."""
+        result = inp.result
+        if result.module is None:
+            raise PolicyViolation("a failed outcome to roll back names no module")
+        good = previous or cls(module=result.module, status=result.status)
+        return cls(
+            module=result.module,
+            host=result.host,
+            compose_service=result.compose_service,
+            last_apply_sha=good.last_apply_sha,
+            last_apply_pr=good.last_apply_pr,
+            plan_digest=good.plan_digest,
+            applied_at=good.applied_at,
+            workflow_id=good.workflow_id,
+            run_id=good.run_id,
+            status=result.status,
+            command=good.command,
+            approved_by=good.approved_by,
+            checkout_verified=good.checkout_verified,
+            last_failure=FailureRecord(
+                at=at,
+                status=result.status,
+                source_sha=inp.source_sha,
+                workflow_id=inp.workflow_id,
+                run_id=inp.run_id,
+                error=result.error,
+                approved_by=inp.approved_by,
+                approved_pr=inp.approved_pr,
+                plan_digest=inp.plan_digest,
+            ),
+        )
+
+
+# ---- audit line ---------------------------------------------------------------
+
+
+class AuditLine(_Record):
+    """One line of `audit.jsonl`: one apply outcome, whatever it is."""
+
+    at: str
+    workflow_id: str
+    run_id: str | None = None
+    module: RedactedText | None = None  # as given: may be garbage from a blocked input
+    host: str | None = None
+    status: str
+    exitCode: int
+    source_sha: str | None = None
+    approved_pr: int | None = None
+    approved_by: RedactedText | None = None
+    rejected_by: RedactedText | None = None
+    plan_digest: str | None = None
+    command: RedactedText | None = None
+    error: RedactedText | None = None
+    checkout_verified: bool | None = None
+    rollback: RollbackRecord | None = None
+
+    @classmethod
+    def of(cls, inp: PersistStateInput, at: str) -> AuditLine:
+        result = inp.result
+        return cls(
+            at=at,
+            workflow_id=inp.workflow_id,
+            run_id=inp.run_id,
+            module=result.module,
+            host=result.host,
+            status=result.status,
+            exitCode=result.exitCode,
+            source_sha=inp.source_sha,
+            approved_pr=inp.approved_pr,
+            approved_by=inp.approved_by,
+            rejected_by=inp.rejected_by,
+            plan_digest=inp.plan_digest,
+            command=result.command,
+            error=result.error,
+            checkout_verified=result.checkout_verified,
+            rollback=result.rollback,
+        )
+
+
+# ---- paths ------------------------------------------------------------------------
+
+
+def _inside(state_dir: Path, path: Path) -> Path:
+    """`path`, if it resolves (symlinks followed) inside the resolved state dir."""
+    root = state_dir.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise PolicyViolation(f"refusing to write {path.name!r}: it resolves outside the state dir")
+    return path
+
+
+def status_path(state_dir: Path, module: Any) -> Path:
+    if not isinstance(module, str) or not MODULE_ID.fullmatch(module):
+        shown = module[:80] if isinstance(module, str) else module
+        raise PolicyViolation(f"no status file for module id {shown!r}: must match {MODULE_ID.pattern}")
+    return _inside(state_dir, state_dir / MODULES_DIR / f"{module}.status.json")
+
+
+def audit_path(state_dir: Path) -> Path:
+    return _inside(state_dir, state_dir / AUDIT_FILE)
+
+
+# ---- status: read and replace ---------------------------------------------------------
+
+
+def read_status(state_dir: Path, module: str) -> StatusRecord | None:
+    """The module's status record; None when it has none. A corrupt file raises ToolError."""
+    path = status_path(state_dir, module)
     try:
-        return json.loads(status_path(state_dir, module).read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    try:
+        return StatusRecord.model_validate_json(text)
+    except ValidationError as e:
+        raise ToolError(f"{MODULES_DIR}/{path.name} is unreadable: {brief_errors(e)}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -32,13 +245,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_status(state_dir: Path, module: str, record: dict[str, Any]) -> Path:
-    path = status_path(state_dir, module)
+def write_status(state_dir: Path, record: StatusRecord) -> Path:
+    path = status_path(state_dir, record.module)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{module}.", suffix=".tmp")
+    _inside(state_dir, path)  # again, now that the folders exist
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{record.module}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
+            json.dump(record.to_json(), f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -50,18 +264,58 @@ def write_status(state_dir: Path, module: str, record: dict[str, Any]) -> Path:
     return path
 
 
-def append_audit(state_dir: Path, entry: dict[str, Any]) -> Path:
-    path = state_dir / "audit.jsonl"
+# ---- audit: append one whole line -----------------------------------------------------
+
+
+class AuditWriteError(OSError):
+    """The audit line was not written whole (what was written was truncated back)."""
+
+
+def append_audit(state_dir: Path, line: AuditLine) -> Path:
+    """Append one line, whole or not at all.
+
+    Appenders (threads or worker processes) take an exclusive flock on the file
+    so checking its last byte, writing and truncating back are one step. A
+    previous line left torn (no final newline) is ended first, so the new line
+    stands alone; a short write is truncated back and raised.
+    """
+    path = audit_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode()
-    # One O_APPEND write per line: concurrent appenders never interleave lines.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    data = (json.dumps(line.to_json(), sort_keys=True, separators=(",", ":")) + "\n").encode()
+    # Read-write so the last byte can be read through the same (locked) descriptor.
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
     try:
-        os.write(fd, line)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            _truncate_back(fd, size, path)
+            raise
+        if written != len(data):
+            _truncate_back(fd, size, path)
+            raise AuditWriteError(
+                f"short write to {AUDIT_FILE}: {written} of {len(data)} bytes (disk full?); "
+                "the partial line was removed"
+            )
         os.fsync(fd)
     finally:
-        os.close(fd)
+        os.close(fd)  # also releases the lock
+    if size == 0:
+        _fsync_dir(path.parent)  # a new file's name is durable too
     return path
+
+
+def _truncate_back(fd: int, size: int, path: Path) -> None:
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as e:
+        raise AuditWriteError(
+            f"a torn line may remain at the end of {AUDIT_FILE} (offset {size}): could not truncate it: {e}"
+        ) from None
 
 
 def display_path(path: Path, root: Path) -> str:
