@@ -14,6 +14,13 @@ from platformctl.models import ServiceObservation
 
 Verdict = Literal["healthy", "waiting", "failed"]
 _FINAL_STATES = frozenset({"exited", "dead"})
+# What docker reports; anything else a host prints is stored as "unknown", never verbatim.
+_STATES = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
+_HEALTHS = frozenset({"", "starting", "healthy", "unhealthy"})
+
+
+def _known(value: object, known: frozenset[str]) -> str:
+    return value if isinstance(value, str) and value in known else "unknown"
 
 
 class UnreadablePs(ValueError):
@@ -41,7 +48,10 @@ def observe(stdout: str, service: str) -> ServiceObservation:
     rows = [r for r in _rows(stdout) if r.get("Service", service) == service]
     if not rows:
         return ServiceObservation(state="", health="")
-    observations = [ServiceObservation(state=str(r.get("State", "")), health=str(r.get("Health", ""))) for r in rows]
+    observations = [
+        ServiceObservation(state=_known(r.get("State", ""), _STATES), health=_known(r.get("Health", ""), _HEALTHS))
+        for r in rows
+    ]
     rank = {"failed": 0, "waiting": 1, "healthy": 2}
     return min(observations, key=lambda o: rank[verdict(o)])
 

@@ -12,7 +12,6 @@ from platformctl.outcomes import PolicyViolation
 
 SHA = re.compile(r"[0-9a-f]{40}")
 COMPOSE_SERVICE_TARGET = "compose.service."
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_plan(plan: Plan, compose_service: str) -> None:
@@ -23,17 +22,15 @@ def validate_plan(plan: Plan, compose_service: str) -> None:
         raise PolicyViolation(f"source_sha must be 40 lowercase hex characters, got {plan.source_sha!r}")
     if plan.source_dirty:
         raise PolicyViolation("plan was made from a dirty tree: commit first, then plan again")
+    ours = COMPOSE_SERVICE_TARGET + compose_service
     for change in plan.changes:
-        if not change.target or _CONTROL.search(change.target):
-            raise PolicyViolation(f"invalid change target {change.target!r}")
-        if change.target.startswith(COMPOSE_SERVICE_TARGET):
-            service = change.target[len(COMPOSE_SERVICE_TARGET) :]
-            if service != compose_service:
-                # Applying only our service would silently drop the other one.
-                raise PolicyViolation(
-                    f"plan for module {plan.module!r} changes compose service {service!r}, "
-                    f"which is not this module's service {compose_service!r}: split it into one plan per module"
-                )
+        # Fail closed: any other spelling (case, spaces, another kind of target)
+        # may be another module's change, and applying only ours would hide it.
+        if change.target != ours:
+            raise PolicyViolation(
+                f"plan for module {plan.module!r} has change target {change.target[:200]!r}; every target must be "
+                f"exactly {ours!r}: split a plan that touches anything else into one plan per module"
+            )
 
 
 def is_destructive(plan: Plan) -> bool:

@@ -141,3 +141,11 @@ def test_json_that_is_not_objects_raises_unreadable(stdout):
 )
 def test_verdict_table(state, health, expected):
     assert verdict(ServiceObservation(state=state, health=health)) == expected
+
+
+@pytest.mark.parametrize("field", ["State", "Health"])
+def test_state_and_health_a_host_prints_are_never_stored_verbatim(field):
+    row = {"Service": "honcho-redis", "State": "running", "Health": "healthy", field: "password=hunter2 AKIAXXXX"}
+    seen = observe(json.dumps(row), "honcho-redis")
+    assert "hunter2" not in seen.model_dump_json()
+    assert getattr(seen, field.lower()) == "unknown" and verdict(seen) == "waiting"

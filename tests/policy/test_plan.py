@@ -60,18 +60,24 @@ def test_module_id_edges_that_are_valid(module):
 
 def test_a_change_to_another_modules_service_is_rejected():
     other = make(changes=[change(), change(service="postgres")])
-    with pytest.raises(PolicyViolation, match="changes compose service 'postgres'.*split it into one plan per module"):
+    with pytest.raises(PolicyViolation, match="target 'compose.service.postgres'.*one plan per module"):
         validate_plan(other, SERVICE)
 
 
 @pytest.mark.parametrize("service", ["", "honcho-redis-2", "Honcho-redis", "honcho-redis ", " honcho-redis"])
 def test_compose_service_target_must_name_exactly_this_service(service):
-    with pytest.raises(PolicyViolation, match="not this module's service"):
+    with pytest.raises(PolicyViolation, match="must be exactly 'compose.service.honcho-redis'"):
         validate_plan(make(changes=[change(service=service)]), SERVICE)
 
 
-def test_targets_other_than_compose_services_are_allowed():
-    validate_plan(make(changes=[{"target": "module.honcho-redis", "action": "update"}]), SERVICE)
+@pytest.mark.parametrize(
+    "target",
+    ["module.honcho-redis", "Compose.Service.honcho-redis", "COMPOSE.SERVICE.honcho-redis", "compose.services.honcho-redis",
+     "compose.service.honcho-redis.extra", "compose.service.*", "compose.volume.honcho-redis"],
+)
+def test_any_other_spelling_of_a_target_fails_closed(target):
+    with pytest.raises(PolicyViolation, match="must be exactly"):
+        validate_plan(make(changes=[{"target": target, "action": "update"}]), SERVICE)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +94,7 @@ def test_targets_other_than_compose_services_are_allowed():
     ids=["empty", "newline", "carriage-return", "tab", "nul", "escape", "del"],
 )
 def test_empty_target_or_control_characters_are_rejected(target):
-    with pytest.raises(PolicyViolation, match="invalid change target"):
+    with pytest.raises(PolicyViolation, match="must be exactly"):
         validate_plan(make(changes=[{"target": target, "action": "update"}]), SERVICE)
 
 
