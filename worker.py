@@ -104,9 +104,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         client,
         task_queue=settings.task_queue,
         workflows=ALL_WORKFLOWS,
-        activities=build_activities(Deps(settings=settings, transport=transport)),
+        activities=build_activities(Deps(settings=settings, transport=transport, client=client)),
         graceful_shutdown_timeout=timedelta(seconds=20),
+        # A cancel reaches an activity only in a heartbeat's reply: send them
+        # often enough that a cancelled compose up stops within seconds.
+        max_heartbeat_throttle_interval=timedelta(seconds=2),
+        default_heartbeat_throttle_interval=timedelta(seconds=2),
     )
+    if settings.approval_key_file is None:
+        log.warning("approvals are NOT authenticated: anyone who can reach namespace %s can approve an apply "
+                    "(set PLATFORM_APPROVAL_KEY_FILE to accept only approvals signed by CI)", settings.namespace)
+    else:
+        settings.approval_key()  # a missing or unusable key stops the worker here, not an apply later
+        log.info("approvals must be signed with the key in %s", settings.approval_key_file)
     mode = "EXECUTING remote commands" if settings.execute_remote else "dry run (set PLATFORMCTL_PHASE=05 to execute)"
     log.info("worker polling %s on %s/%s; platform root %s; state %s; %s",
              settings.task_queue, settings.temporal_address, settings.namespace,

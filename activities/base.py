@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from platformctl.config import Settings
-from platformctl.outcomes import ApplyError
+from platformctl.outcomes import ApplyError, PolicyViolation
 from platformctl.redact import redact
 from platformctl.transport import Transport, TransportError
+
+# The contract's workflows: the only ones whose activity tasks this worker runs.
+CONTRACT_WORKFLOWS = frozenset({"ApplyWorkflow"})
+HEARTBEAT_EVERY_S = 1.0
 
 T = TypeVar("T")
 I = TypeVar("I")
@@ -25,6 +31,37 @@ I = TypeVar("I")
 class Deps:
     settings: Settings
     transport: Transport
+    client: Client  # to confirm which task queue a workflow runs on
+    # Workflow runs confirmed as ours; a run never changes task queue or type.
+    confirmed_runs: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
+
+    async def authorize(self) -> None:
+        """Act only for a contract workflow running on this worker's task queue.
+
+        The activity task names the workflow that scheduled it (the server fills
+        that in, the scheduler cannot); whether that workflow runs on our task
+        queue takes one describe per run. A workflow on another queue, or a
+        standalone activity, gets a non-retryable refusal before anything runs.
+        """
+        info = activity.info()
+        if not info.workflow_id or info.workflow_type not in CONTRACT_WORKFLOWS:
+            raise PolicyViolation(
+                f"activity {info.activity_type} refused: scheduled by {info.workflow_type or 'no workflow'}, "
+                "not by one of this worker's workflows"
+            )
+        run = (info.workflow_id, info.workflow_run_id or "")
+        if run in self.confirmed_runs:
+            self.confirmed_runs.move_to_end(run)
+            return
+        desc = await self.client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id).describe()
+        if desc.task_queue != self.settings.task_queue or desc.workflow_type != info.workflow_type:
+            raise PolicyViolation(
+                f"activity {info.activity_type} refused: workflow {info.workflow_id} runs on task queue "
+                f"{desc.task_queue!r}, not this worker's {self.settings.task_queue!r}"
+            )
+        self.confirmed_runs[run] = None
+        if len(self.confirmed_runs) > 4096:
+            self.confirmed_runs.popitem(last=False)
 
 
 class StepActivities:
@@ -44,6 +81,7 @@ def step(fn: Callable[[StepActivities, I], Awaitable[T]]) -> Callable[[StepActiv
     @functools.wraps(fn)
     async def wrapper(self: StepActivities, inp: I) -> T:
         try:
+            await self.deps.authorize()
             return await fn(self, inp)
         except ApplyError as e:
             raise ApplicationError(redact(str(e)), type=e.error_type, non_retryable=True) from None
@@ -63,8 +101,9 @@ def step(fn: Callable[[StepActivities, I], Awaitable[T]]) -> Callable[[StepActiv
 
 
 @contextlib.asynccontextmanager
-async def heartbeating(every_s: float = 5.0) -> AsyncIterator[None]:
-    """Heartbeat while a long call runs, so a lost worker is noticed quickly."""
+async def heartbeating(every_s: float = HEARTBEAT_EVERY_S) -> AsyncIterator[None]:
+    """Heartbeat while a long call runs: a lost worker is noticed, and a cancel
+    request (delivered only in a heartbeat's reply) is seen within seconds."""
 
     async def beat() -> None:
         while True:

@@ -1,12 +1,15 @@
-"""Step 2 activity: the approval must be for this exact plan."""
+"""Step 2 activity: the approval must be for this exact plan, and signed when
+the worker has a signing key."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 from temporalio import activity
 
 from activities.base import StepActivities, step
 from platformctl.models import CheckApprovalInput
-from platformctl.policy.approval import check_approval
+from platformctl.policy.approval import check_approval, check_signature
 
 
 class CheckApproval(StepActivities):
@@ -14,3 +17,4 @@ class CheckApproval(StepActivities):
     @step
     async def check_approval(self, inp: CheckApprovalInput) -> None:
         check_approval(inp.plan, inp.approval)
+        check_signature(self.deps.settings.approval_key(), inp.plan.module, inp.approval, datetime.now(timezone.utc))

@@ -11,11 +11,11 @@ from pathlib import Path
 from temporalio import activity
 
 from activities.base import StepActivities, step
-from platformctl import commands
 from platformctl.config import load_hosts
 from platformctl.models import CheckHostInput, Target
 from platformctl.outcomes import PolicyViolation, ToolError
 from platformctl.policy.hosts import check_host, is_inline_pin, pinned_key_lines
+from platformctl.target import make_target
 
 
 class CheckHostAllowlist(StepActivities):
@@ -31,11 +31,4 @@ class CheckHostAllowlist(StepActivities):
                 raise PolicyViolation(f"host {inp.host!r}: pinned known_hosts file {host.known_hosts!r} is missing or empty")
         if not Path(host.client_key).expanduser().is_file():
             raise ToolError(f"host {inp.host!r}: client_key {host.client_key!r} is not a readable file on this worker")
-        command = commands.compose_up(inp.guarded.compose_path, inp.compose_service)
-        return Target(
-            host=host,
-            compose_path=inp.guarded.compose_path,
-            compose_service=inp.compose_service,
-            command=command.render(),
-            execute=self.deps.settings.execute_remote,
-        )
+        return make_target(host, inp.guarded.compose_path, inp.compose_service, self.deps.settings.execute_remote)

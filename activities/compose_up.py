@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from temporalio import activity
 
 from activities.base import StepActivities, heartbeating, step
 from platformctl import commands
 from platformctl.models import ComposeUpInput, ComposeUpResult, RemoteRecord
+from platformctl.outcomes import ApprovalMismatch
+from platformctl.policy.approval import check_signature
+from platformctl.target import check_unchanged
 
 
 class ComposeUp(StepActivities):
@@ -14,11 +19,18 @@ class ComposeUp(StepActivities):
     @step
     async def compose_up(self, inp: ComposeUpInput) -> ComposeUpResult:
         target = inp.target
+        settings = self.deps.settings
         # Built again from the guarded parts, never taken from a string.
         command = commands.compose_up(target.compose_path, target.compose_service)
         # The gate is enforced where the I/O happens, whatever the workflow asked.
-        if not (target.execute and self.deps.settings.execute_remote):
+        if not (target.execute and settings.execute_remote):
             return ComposeUpResult(executed=False, command=command.render())
+        # The last word before a host changes: the files still give this target,
+        # and the approval is for this SHA, unexpired, and signed when a key is set.
+        check_unchanged(settings, inp.module, target)
+        if inp.approval.approved_sha != inp.source_sha:
+            raise ApprovalMismatch(f"approval is for {inp.approval.approved_sha[:64]!r}, not {inp.source_sha[:64]!r}")
+        check_signature(settings.approval_key(), inp.module, inp.approval, datetime.now(timezone.utc))
         activity.logger.info("running on %s: %s", target.host.name, command.render())
         async with heartbeating():
             out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)

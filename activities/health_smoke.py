@@ -9,6 +9,7 @@ from platformctl import commands
 from platformctl.models import ComposePsInput, ServiceObservation
 from platformctl.policy.health import UnreadablePs, observe
 from platformctl.redact import redact
+from platformctl.target import check_unchanged
 
 PS_TIMEOUT_S = 30
 
@@ -18,6 +19,7 @@ class HealthSmoke(StepActivities):
     @step
     async def compose_ps(self, inp: ComposePsInput) -> ServiceObservation:
         target = inp.target
+        check_unchanged(self.deps.settings, inp.module, target)
         command = commands.compose_ps(target.compose_path, target.compose_service)
         out = await self.deps.transport.run(target.host, command, timeout_s=PS_TIMEOUT_S)
         if out.returncode != 0:

@@ -10,6 +10,7 @@ from platformctl import commands
 from platformctl.models import VerifyCheckoutInput
 from platformctl.outcomes import PolicyViolation
 from platformctl.redact import redact  # before cutting: a cut secret is no longer recognisable
+from platformctl.target import check_unchanged
 
 GIT_TIMEOUT_S = 30
 
@@ -18,6 +19,7 @@ class VerifyCheckout(StepActivities):
     @activity.defn(name="verify_checkout")
     @step
     async def verify_checkout(self, inp: VerifyCheckoutInput) -> None:
+        check_unchanged(self.deps.settings, inp.module, inp.target)
         host = inp.target.host
         out = await self.deps.transport.run(host, commands.git_head(host.remote_root), timeout_s=GIT_TIMEOUT_S)
         head = out.stdout.strip()

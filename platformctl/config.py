@@ -21,6 +21,9 @@ from platformctl.outcomes import PolicyViolation, ToolError
 
 MODULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 OPEN_PHASE = "05"
+# A module file that parses but asks for more than the contract's bounds is
+# refused as policy (blocked); one that does not parse is our own tool_error.
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "value_error"})
 DEFAULT_SACRED_PATHS = (".env", ".git/", "secrets/", "/etc/", "/root/")
 
 
@@ -32,6 +35,7 @@ class Settings:
     platform_root: Path
     state_dir: Path
     phase: str
+    approval_key_file: Path | None = None  # PLATFORM_APPROVAL_KEY_FILE: only signed approvals count
 
     @property
     def execute_remote(self) -> bool:
@@ -49,7 +53,20 @@ class Settings:
             platform_root=root,
             state_dir=state.resolve(),
             phase=env.get("PLATFORMCTL_PHASE", ""),
+            approval_key_file=Path(env["PLATFORM_APPROVAL_KEY_FILE"]) if env.get("PLATFORM_APPROVAL_KEY_FILE") else None,
         )
+
+    def approval_key(self) -> bytes | None:
+        """Read fresh for every check, so a rotated key needs no restart."""
+        if self.approval_key_file is None:
+            return None
+        try:
+            key = self.approval_key_file.read_bytes().strip()
+        except OSError as e:
+            raise ToolError(f"cannot read PLATFORM_APPROVAL_KEY_FILE: {e.strerror}") from None
+        if len(key) < 16:
+            raise ToolError("PLATFORM_APPROVAL_KEY_FILE holds fewer than 16 bytes: not a usable signing key")
+        return key
 
 
 class _Runtime(BaseModel):
@@ -57,7 +74,7 @@ class _Runtime(BaseModel):
     orchestrator: str
     compose_file: str
     compose_service: str | None = None
-    up_timeout_seconds: int = Field(default=300, gt=0, le=3600)
+    up_timeout_seconds: int = Field(default=300, ge=1, le=3600)
 
 
 class _ModuleSpec(BaseModel):
@@ -96,6 +113,8 @@ def load_module(root: Path, module_id: str) -> ModuleFile:
     try:
         module = ModuleFile.model_validate(_read_yaml(path))
     except ValidationError as e:
+        if any(err["type"] in _BOUND_ERRORS for err in e.errors()):
+            raise PolicyViolation(f"modules/{module_id}/module.yaml is past a bound: {brief_errors(e)}") from None
         raise ToolError(f"modules/{module_id}/module.yaml is invalid: {brief_errors(e)}") from None
     if module.id != module_id:
         raise PolicyViolation(f"modules/{module_id}/module.yaml declares id {module.id!r}: id and folder must agree")

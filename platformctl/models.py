@@ -8,11 +8,29 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from platformctl.redact import redact_and_cap
 
 RedactedText = Annotated[str, AfterValidator(redact_and_cap)]
+
+# The contract's input bounds: no string over 4 KiB, no more than 1,000 changes,
+# no approval wait over 30 days (the whole input is capped at 256 KiB before parsing).
+MAX_INPUT_BYTES = 256 * 1024
+MAX_INPUT_DEPTH = 16
+MAX_CHANGES = 1000
+MAX_APPROVAL_WAIT_S = 30 * 86400
+BoundedStr = Annotated[str, StringConstraints(max_length=4096)]
 
 def brief_errors(e: ValidationError) -> str:
     """Where and what, per error: pydantic's own text echoes input values, which may be secrets."""
@@ -31,34 +49,37 @@ class _Model(BaseModel):
 
 
 class Change(_Model):
-    target: str
+    target: BoundedStr
     action: Action
-    summary: RedactedText = ""
+    summary: Annotated[BoundedStr, AfterValidator(redact_and_cap)] = ""
 
 
 class Plan(_Model):
-    module: str
-    source_sha: str
-    source_dirty: bool = False
+    module: BoundedStr
+    source_sha: BoundedStr
+    source_dirty: StrictBool = False
     exitCode: int | None = None  # the planner's own exit code; informational
-    changes: list[Change]
+    changes: list[Change] = Field(max_length=MAX_CHANGES)
 
 
 class Approval(_Model):
-    approved_sha: str
+    approved_sha: BoundedStr
     approved_pr: StrictInt | None = None  # strict: JSON true must not count as PR #1
-    approved_by: str = ""
-    allow_destructive: bool = False
+    approved_by: Annotated[BoundedStr, AfterValidator(redact_and_cap)] | None = None
+    allow_destructive: StrictBool = False
+    expires_at: BoundedStr | None = None  # ISO-8601 UTC; part of what a signature covers
+    signature: BoundedStr | None = None  # hex HMAC-SHA256, when the worker has a key
 
 
 class Rejection(_Model):
-    reason: RedactedText = ""
+    reason: Annotated[BoundedStr, AfterValidator(redact_and_cap)] = ""
+    rejected_by: Annotated[BoundedStr, AfterValidator(redact_and_cap)] = ""
 
 
 class ApplyInput(_Model):
     plan: Plan
     approval: dict[str, Any] | None = None  # parsed by the workflow: a bad one is a mismatch
-    approval_timeout_seconds: int = Field(default=86400, gt=0)
+    approval_timeout_seconds: StrictInt = Field(default=86400, gt=0, le=MAX_APPROVAL_WAIT_S)
 
 
 # ---- contract result ------------------------------------------------------
@@ -95,15 +116,17 @@ class ApplyResult(_Model):
     state_artifact: str | None = None
     rollback: RollbackRecord | None = None
     error: RedactedText | None = None
+    # False when the host opted out of verify_checkout: the SHA was not confirmed on the host.
+    checkout_verified: bool | None = None
 
 
 # ---- configuration files --------------------------------------------------
 
 
 class HealthConfig(_Model):
-    stable_seconds: int = Field(default=30, ge=0)
-    timeout_seconds: int = Field(default=180, gt=0)
-    poll_seconds: int = Field(default=5, gt=0)
+    stable_seconds: int = Field(default=30, ge=0, le=3600)
+    timeout_seconds: int = Field(default=180, ge=1, le=3600)
+    poll_seconds: int = Field(default=5, ge=1, le=300)
 
     @model_validator(mode="after")
     def _window_fits(self) -> HealthConfig:
@@ -124,8 +147,9 @@ class HostConfig(BaseModel):
     remote_root: str
     known_hosts: str = ""
     client_key: str = ""
-    connect_timeout_seconds: float = Field(default=10, gt=0)
-    verify_checkout: bool = False
+    connect_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    # On by default: an apply records the approved SHA, so the host must hold it.
+    verify_checkout: StrictBool = True
 
 
 # ---- activity inputs and outputs ------------------------------------------
@@ -178,16 +202,23 @@ class Target(_Model):
     compose_service: str
     command: str  # rendered compose up, for the operator and the result
     execute: bool  # the phase gate, read once so replays agree
+    # Compose's project name (the compose file's folder): runs of one project never overlap.
+    # Empty only in targets of applies started before it was added.
+    project: str = ""
 
 
 class VerifyCheckoutInput(_Model):
     target: Target
     approved_sha: str
+    module: str  # the remote steps re-derive their target from the platform files by module
 
 
 class ComposeUpInput(_Model):
     target: Target
     timeout_seconds: int
+    module: str
+    source_sha: str
+    approval: Approval  # compose up re-checks it: SHA, expiry, and the signature when a key is set
 
 
 class ComposeUpResult(_Model):
@@ -199,6 +230,7 @@ class ComposeUpResult(_Model):
 
 class ComposePsInput(_Model):
     target: Target
+    module: str
 
 
 class ServiceObservation(_Model):
@@ -214,6 +246,8 @@ class PersistStateInput(_Model):
     plan_digest: str | None
     workflow_id: str
     run_id: str
+    approved_by: str | None = None
+    rejected_by: str | None = None
 
 
 class PersistedState(_Model):
@@ -224,8 +258,15 @@ class RollbackInput(_Model):
     result: ApplyResult
     source_sha: str
     workflow_id: str
+    run_id: str | None = None  # None only in inputs of applies started before it was added
+    approved_pr: int | None = None
+    approved_by: str | None = None
+    plan_digest: str | None = None
 
 
 class LockRequest(_Model):
-    module: str
+    module: str  # the holder's module (for the operator); the lock itself is per project
     holder_workflow_id: str
+    host: str = ""
+    project: str = ""
+    queue: list[str] = []  # waiters handed on by the previous holder, first in line first

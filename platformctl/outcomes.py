@@ -27,7 +27,11 @@ OUTCOMES: dict[str, Outcome] = {
     "approval_expired": Outcome(5, "ApprovalExpired"),
     "rejected": Outcome(5, "ApplyRejected"),
     "destructive_needs_approval": Outcome(6, "DestructiveNeedsApproval"),
+    # Closes as Canceled in Temporal's terms, so it has no ApplicationError type.
+    "cancelled": Outcome(5, None),
 }
+
+SUCCESS = frozenset({"applied", "no_changes", "dry_run"})
 
 STATUS_BY_ERROR_TYPE = {o.error_type: s for s, o in OUTCOMES.items() if o.error_type}
 
@@ -60,6 +64,10 @@ class Unhealthy(ApplyError):
 
 class ApprovalMismatch(ApplyError):
     status = "approval_mismatch"
+
+
+class ApprovalExpired(ApplyError):
+    status = "approval_expired"
 
 
 class DestructiveNeedsApproval(ApplyError):

@@ -19,7 +19,7 @@ from activities import Deps, build_activities
 from platformctl.client import SEARCH_ATTRIBUTES
 from platformctl.config import Settings
 from platformctl.transport.fake import FakeTransport
-from tests.platform_files import write_platform
+from tests.platform_files import SHA, write_platform
 from workflows import ALL_WORKFLOWS
 
 # Real OpenSSH sshd hosts with the stand-in docker (see tests/sshd.py).
@@ -61,8 +61,9 @@ class Harness:
 
     client: Client
     root: Path
-    transport: FakeTransport = field(default_factory=FakeTransport)
+    transport: FakeTransport = field(default_factory=lambda: FakeTransport(head=SHA))
     phase: str = "05"
+    approval_key_file: Path | None = None
     task_queue: str = field(default_factory=lambda: f"tq-{uuid.uuid4()}")
 
     @property
@@ -74,6 +75,7 @@ class Harness:
             platform_root=self.root,
             state_dir=self.root / ".platform" / "state",
             phase=self.phase,
+            approval_key_file=self.approval_key_file,
         )
 
     def worker(self) -> Worker:
@@ -81,7 +83,7 @@ class Harness:
             self.client,
             task_queue=self.task_queue,
             workflows=ALL_WORKFLOWS,
-            activities=build_activities(Deps(settings=self.settings, transport=self.transport)),
+            activities=build_activities(Deps(settings=self.settings, transport=self.transport, client=self.client)),
         )
 
     async def start(self, request: Any, workflow_id: str | None = None) -> WorkflowHandle:

@@ -3,18 +3,31 @@
 Every step is an activity; any step that says no raises `_Stop`, which ends
 the apply with a contract status. Nothing here does I/O or reads a clock
 outside `workflow.*`.
+
+It is registered as the worker's dynamic workflow so that its input and
+messages arrive as raw payloads: it decodes them itself, within the
+contract's bounds, and ends a bad input `blocked` instead of failing its
+workflow task forever. A workflow type this worker does not know fails at
+once for the same reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, AsyncIterator
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -52,13 +65,20 @@ with workflow.unsafe.imports_passed_through():
         VerifyCheckoutInput,
         brief_errors,
     )
-    from platformctl.outcomes import OUTCOMES, STATUS_BY_ERROR_TYPE
+    from platformctl.outcomes import OUTCOMES, STATUS_BY_ERROR_TYPE, SUCCESS
+    from platformctl.payload import UnreadablePayload, decode_json
+    from platformctl.policy.approval import check_approval
     from platformctl.policy.health import verdict
     from workflows.module_lock import ModuleLockWorkflow, lock_workflow_id
+    from workflows.project_lock import ENQUEUE, LOCK_FREE, RELEASE, ProjectLockWorkflow, project_lock_id, workflow_ids
 
+T = TypeVar("T")
+
+APPLY_WORKFLOW = "ApplyWorkflow"
 PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
 
-SUCCESS = frozenset({"applied", "no_changes", "dry_run"})
+# Applies started before the per-project lock keep the per-module lock they began with.
+PROJECT_LOCK_PATCH = "project-lock"
 LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
 
@@ -88,13 +108,14 @@ class _Stop(Exception):
         self.message = message
 
 
-@workflow.defn(name="ApplyWorkflow")
+@workflow.defn(dynamic=True)
 class ApplyWorkflow:
     def __init__(self) -> None:
         self._phase = "validating"
         self._status = "running"
-        self._signalled_approval: Any = None  # raw: parsed like a given one, once it is used
+        self._signalled_approval: Any = None  # decoded, parsed like a given one once it is used
         self._approval: Approval | None = None
+        self._approval_verdict: str | None = None  # "" accepted, else why not: answers the approve Update
         self._rejection: Rejection | None = None
         self._input: ApplyInput | None = None
         self._plan: ValidatedPlan | None = None
@@ -105,22 +126,35 @@ class ApplyWorkflow:
         self._state_artifact: str | None = None
         self._rollback: RollbackRecord | None = None
         self._error: str | None = None
+        self._checkout_verified: bool | None = None
+        self._lock_id: str | None = None
+        self._lock_free: list[str] | None = None  # the queue handed to us when our turn came
 
     @workflow.run
-    async def run(self, request: Any = None) -> ApplyResult:
+    async def run(self, args: Sequence[RawValue]) -> ApplyResult:
+        if workflow.info().workflow_type != APPLY_WORKFLOW:
+            raise ApplicationError(
+                f"unknown workflow type {workflow.info().workflow_type[:100]!r}: this task queue runs {APPLY_WORKFLOW}",
+                type="UnknownWorkflowType",
+                non_retryable=True,
+            )
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
         try:
-            result = await self._apply(request)
+            result = await self._apply(args)
         except _Stop as stop:
             result = await self._finish(stop.status, stop.message)
+        except asyncio.CancelledError:
+            # Canceled in Temporal's terms; recorded like every other outcome.
+            await self._finish("cancelled", self._error or "cancel requested before compose up started")
+            raise
         if result.status in SUCCESS:
             return result
         raise ApplicationError(
             result.error or result.status, result, type=OUTCOMES[result.status].error_type, non_retryable=True
         )
 
-    async def _apply(self, request: Any) -> ApplyResult:
-        inp = self._parse(request)
+    async def _apply(self, args: Sequence[RawValue]) -> ApplyResult:
+        inp = self._parse(args)
         # 1. Validate plan
         plan = await self._step(ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan))
         self._known_target(plan)
@@ -128,8 +162,7 @@ class ApplyWorkflow:
             return await self._finish("no_changes")
         # 2. Check approval
         given = inp.approval if inp.approval is not None else await self._await_approval(inp.approval_timeout_seconds)
-        self._approval = self._parse_approval(given)
-        await self._step(CheckApproval.check_approval, CheckApprovalInput(plan=inp.plan, approval=self._approval))
+        await self._check_approval(inp, given)
         # 3. Resolve and guard the compose path
         guarded = await self._step(
             GuardComposePath.guard_compose_path, GuardComposePathInput(host=plan.host, compose_file=plan.compose_file)
@@ -143,14 +176,9 @@ class ApplyWorkflow:
         if not target.execute:
             return await self._finish("dry_run")
         self._raise_if_rejected()
-        async with self._module_lock(plan.module):
-            if target.host.verify_checkout:
-                await self._step(
-                    VerifyCheckout.verify_checkout,
-                    VerifyCheckoutInput(target=target, approved_sha=inp.plan.source_sha),
-                    remote=True,
-                    **READ_STEP,
-                )
+        async with self._project_lock(target):
+            await self._verify_checkout(target, inp.plan.source_sha)
+            self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
                 # 5. Compose up with a timeout
                 self._phase = "applying"
@@ -158,19 +186,30 @@ class ApplyWorkflow:
                 # 6. Post-apply health smoke
                 self._phase = "health_check"
                 self._health = await self._health_smoke(target, plan.health)
-                # 7. Persist state
+                # 7. Persist state (a cancel arriving now is too late: the service is live)
                 self._phase = "persisting"
-                persisted = await self._step(PersistState.persist_state, self._persist_input("applied"))
+                persisted = await self._uncancellable(
+                    self._step(PersistState.persist_state, self._persist_input("applied"))
+                )
                 self._state_artifact = persisted.state_artifact
             except _Stop as stop:
-                self._phase = "rolling_back"
-                await self._run_rollback(stop)
+                await self._roll_back(stop.status, stop.message)
+                raise
+            except asyncio.CancelledError:
+                self._error = f"cancelled during {self._phase}, after compose up started"
+                await self._roll_back("cancelled", self._error)
                 raise
         return self._done("applied")
 
     # ---- steps ------------------------------------------------------------
 
-    def _parse(self, request: Any) -> ApplyInput:
+    def _parse(self, args: Sequence[RawValue]) -> ApplyInput:
+        if len(args) != 1:
+            raise _Stop("blocked", f"invalid apply input: expected one JSON object, got {len(args)} arguments")
+        try:
+            request = decode_json(args[0].payload)
+        except UnreadablePayload as e:
+            raise _Stop("blocked", f"invalid apply input: {e}") from None
         try:
             inp = ApplyInput.model_validate(request)
         except ValidationError as e:
@@ -200,27 +239,55 @@ class ApplyWorkflow:
         self._phase = "validating"
         return self._signalled_approval
 
-    @staticmethod
-    def _parse_approval(given: Any) -> Approval:
-        # Given or signalled, an approval that does not parse approves nothing.
+    async def _check_approval(self, inp: ApplyInput, given: Any) -> None:
         try:
-            return Approval.model_validate(given)
-        except ValidationError as e:
-            raise _Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
+            # Given or signalled, an approval that does not parse approves nothing.
+            try:
+                self._approval = Approval.model_validate(given)
+            except ValidationError as e:
+                raise _Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
+            await self._step(CheckApproval.check_approval, CheckApprovalInput(plan=inp.plan, approval=self._approval))
+        except _Stop as stop:
+            self._approval_verdict = stop.message
+            raise
+        self._approval_verdict = ""
 
     def _raise_if_rejected(self) -> None:
         if self._rejection is not None:
-            raise _Stop("rejected", f"rejected: {self._rejection.reason or 'no reason given'}")
+            who = f" by {self._rejection.rejected_by}" if self._rejection.rejected_by else ""
+            raise _Stop("rejected", f"rejected{who}: {self._rejection.reason or 'no reason given'}")
+
+    async def _verify_checkout(self, target: Target, sha: str) -> None:
+        if not target.host.verify_checkout:
+            self._checkout_verified = False  # the host opted out: the result and audit line say so
+            return
+        await self._step(
+            VerifyCheckout.verify_checkout,
+            VerifyCheckoutInput(target=target, approved_sha=sha, module=self._plan.module if self._plan else ""),
+            remote=True,
+            **READ_STEP,
+        )
+        self._checkout_verified = True
 
     async def _compose_up(self, target: Target, timeout_s: int) -> None:
+        assert self._plan is not None and self._input is not None and self._approval is not None
         up = await self._step(
             ComposeUp.compose_up,
-            ComposeUpInput(target=target, timeout_seconds=timeout_s),
+            ComposeUpInput(
+                target=target,
+                timeout_seconds=timeout_s,
+                module=self._plan.module,
+                source_sha=self._input.plan.source_sha,
+                approval=self._approval,
+            ),
             remote=True,
             # The transport kills the command at timeout_s; this only catches a lost worker.
             start_to_close_timeout=timedelta(seconds=timeout_s + 60),
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=REMOTE_RETRY,
+            # A cancel returns only once the command is gone on the host, so the
+            # rollback never overlaps it.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         self._command = up.command
         self._remote = up.remote
@@ -232,10 +299,13 @@ class ApplyWorkflow:
 
     async def _health_smoke(self, target: Target, cfg: HealthConfig) -> HealthRecord:
         """Poll with durable timers until healthy for a stable window, or fail."""
+        module = self._plan.module if self._plan else ""
         started = workflow.now()
         healthy_since = None
         while True:
-            seen = await self._step(HealthSmoke.compose_ps, ComposePsInput(target=target), remote=True, **READ_STEP)
+            seen = await self._step(
+                HealthSmoke.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
+            )
             now = workflow.now()
             state = verdict(seen)
             healthy_since = (healthy_since or now) if state == "healthy" else None
@@ -253,9 +323,78 @@ class ApplyWorkflow:
                 )
             await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
 
+    # ---- the project lock -------------------------------------------------
+
     @asynccontextmanager
-    async def _module_lock(self, module: str) -> AsyncIterator[None]:
-        """Hold the module's lock; wait up to LOCK_WAIT for another apply to finish."""
+    async def _project_lock(self, target: Target) -> AsyncIterator[None]:
+        """Hold the lock of the target's compose project on its host.
+
+        Waits up to LOCK_WAIT; a reject or cancel while waiting ends the apply.
+        """
+        assert self._plan is not None
+        if not workflow.patched(PROJECT_LOCK_PATCH):
+            async with self._module_lock_v1(self._plan.module):
+                yield
+            return
+        me = workflow.info().workflow_id
+        lock_id = project_lock_id(target.host.name, target.project)
+        deadline = workflow.now() + LOCK_WAIT
+        queue: list[str] = []  # handed to us by the previous holder
+        while True:
+            self._raise_if_rejected()
+            try:
+                handle = await workflow.start_child_workflow(
+                    ProjectLockWorkflow.run,
+                    LockRequest(
+                        module=self._plan.module, holder_workflow_id=me,
+                        host=target.host.name, project=target.project, queue=queue,
+                    ),
+                    id=lock_id,
+                    parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
+                    static_summary=f"lock {target.host.name}/{target.project}: held by {me}",
+                )
+                break
+            except WorkflowAlreadyStartedError:
+                pass
+            self._phase, self._lock_id = "waiting_for_lock", lock_id
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                raise _Stop(
+                    "blocked",
+                    f"compose project {target.project!r} on {target.host.name} is locked by another apply ({lock_id}) "
+                    f"that did not finish within {int(LOCK_WAIT.total_seconds())} seconds",
+                )
+            self._lock_free = None
+            try:
+                await workflow.get_external_workflow_handle(lock_id).signal(ENQUEUE, [me, *queue])
+            except FailureError:
+                continue  # the holder finished in between: try again at once
+            queue = []
+            try:
+                await workflow.wait_condition(
+                    lambda: self._lock_free is not None or self._rejection is not None,
+                    timeout=min(LOCK_POLL, remaining),
+                )
+            except asyncio.TimeoutError:
+                continue
+            queue = self._lock_free or []
+        self._lock_id = lock_id
+        try:
+            yield
+        finally:
+            await self._uncancellable(self._release(handle))
+
+    @staticmethod
+    async def _release(handle: workflow.ChildWorkflowHandle) -> None:
+        try:
+            await handle.signal(RELEASE)
+            await handle  # closed means handed on: the next apply starts at once
+        except FailureError as e:  # terminated or failed: it holds nothing either way
+            workflow.logger.warning("lock %s closed abnormally: %s", handle.id, e)
+
+    @asynccontextmanager
+    async def _module_lock_v1(self, module: str) -> AsyncIterator[None]:
+        """The per-module lock of applies started before PROJECT_LOCK_PATCH."""
         lock_id = lock_workflow_id(module)
         deadline = workflow.now() + LOCK_WAIT
         while True:
@@ -274,31 +413,43 @@ class ApplyWorkflow:
                         f"another apply of module {module!r} holds its lock ({lock_id}) "
                         f"and did not finish within {int(LOCK_WAIT.total_seconds())} seconds",
                     ) from None
-                self._phase = "applying"
-                await workflow.sleep(LOCK_POLL)
+                self._phase, self._lock_id = "waiting_for_lock", lock_id
+                try:  # the same timer as a sleep, but a reject ends the wait
+                    await workflow.wait_condition(lambda: self._rejection is not None, timeout=LOCK_POLL)
+                except asyncio.TimeoutError:
+                    pass
+                self._raise_if_rejected()
         try:
             yield
         finally:
-            await handle.signal(ModuleLockWorkflow.release)
-            await handle  # released means closed: the next apply can start it at once
+            await self._uncancellable(self._release(handle))
 
-    async def _run_rollback(self, stop: _Stop) -> None:
-        self._status = stop.status
+    # ---- endings ----------------------------------------------------------
+
+    async def _roll_back(self, status: str, message: str) -> None:
+        self._phase = "rolling_back"
+        self._status = status
         try:
-            self._rollback = await self._step(
-                Rollback.rollback,
-                RollbackInput(
-                    result=self._result(stop.status, stop.message),
-                    source_sha=self._input.plan.source_sha if self._input else "",
-                    workflow_id=workflow.info().workflow_id,
-                ),
-                **LOCAL_STEP,
+            self._rollback = await self._uncancellable(
+                self._step(
+                    Rollback.rollback,
+                    RollbackInput(
+                        result=self._result(status, message),
+                        source_sha=self._input.plan.source_sha if self._input else "",
+                        workflow_id=workflow.info().workflow_id,
+                        run_id=workflow.info().run_id,
+                        approved_pr=self._approval.approved_pr if self._approval else None,
+                        approved_by=self._approval.approved_by if self._approval else None,
+                        plan_digest=self._plan.plan_digest if self._plan else None,
+                    ),
+                    **LOCAL_STEP,
+                )
             )
             self._state_artifact = self._rollback.state_artifact
         except _Stop as failed:
             workflow.logger.error("rollback could not record the failure: %s", failed.message)
             self._rollback = RollbackRecord(
-                reason=f"{stop.message} (rollback record failed: {failed.message})",
+                reason=f"{message} (rollback record failed: {failed.message})",
                 last_good_sha=None,
                 state_artifact=None,
             )
@@ -307,7 +458,7 @@ class ApplyWorkflow:
         """End a non-applied outcome: one audit line, then the result."""
         self._error = message
         try:
-            await self._step(PersistState.persist_state, self._persist_input(status))
+            await self._uncancellable(self._step(PersistState.persist_state, self._persist_input(status)))
         except _Stop as failed:
             # The outcome stands; losing its audit line must not hide it.
             workflow.logger.error("audit line for %s not written: %s", status, failed.message)
@@ -321,11 +472,23 @@ class ApplyWorkflow:
             return await workflow.execute_activity_method(method, arg, **(options or LOCAL_STEP))
         except ActivityError as e:
             cause = e.cause
+            if isinstance(cause, CancelledError):
+                raise asyncio.CancelledError() from None  # our own cancel, come back from the activity
             if isinstance(cause, ApplicationError) and cause.type in STATUS_BY_ERROR_TYPE:
                 raise _Stop(STATUS_BY_ERROR_TYPE[cause.type], cause.message) from None
             status = "remote_failed" if remote else "tool_error"
             detail = cause.message if cause is not None else e.message
             raise _Stop(status, f"{method.__name__} failed: {detail}") from None
+
+    @staticmethod
+    async def _uncancellable(step: Awaitable[T]) -> T:
+        """Finish `step` even when a cancel request arrives meanwhile: records and
+        lock releases must not be cut short. The caller's cancel is handled after."""
+        task = asyncio.ensure_future(step)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            return await task
 
     def _persist_input(self, status: str) -> PersistStateInput:
         info = workflow.info()
@@ -336,6 +499,8 @@ class ApplyWorkflow:
             plan_digest=self._plan.plan_digest if self._plan else None,
             workflow_id=info.workflow_id,
             run_id=info.run_id,
+            approved_by=self._approval.approved_by if self._approval else None,
+            rejected_by=self._rejection.rejected_by if self._rejection else None,
         )
 
     def _result(self, status: str, error: str | None = None) -> ApplyResult:
@@ -352,6 +517,7 @@ class ApplyWorkflow:
             state_artifact=self._state_artifact,
             rollback=self._rollback,
             error=error,
+            checkout_verified=self._checkout_verified,
         )
 
     def _done(self, status: str) -> ApplyResult:
@@ -361,18 +527,47 @@ class ApplyWorkflow:
         return self._result(status, self._error)
 
     # ---- messages ---------------------------------------------------------
+    # Signals and updates arrive raw: a payload of any shape, or any number of
+    # them, is handled here and never fails the workflow task.
 
-    @workflow.signal
-    def approve(self, approval: Any) -> None:
-        if self._signalled_approval is None:  # the first one decides
-            self._signalled_approval = approval if approval is not None else {}
+    @workflow.signal(dynamic=True)
+    def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        if name == "approve":
+            if self._signalled_approval is None:  # the first one decides
+                self._signalled_approval = _first_json(args, default={})
+        elif name == "reject":
+            self._rejection = _rejection(_first_json(args, default={}))
+        elif name == LOCK_FREE:
+            self._lock_free = workflow_ids(args)
+        else:
+            workflow.logger.warning("ignored unknown signal %r", name[:100])
 
-    @workflow.signal
-    def reject(self, rejection: Any = None) -> None:
+    @workflow.update(dynamic=True)
+    async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
+        """`approve` as an Update: answers once the approval has been checked."""
+        if self._signalled_approval is None:
+            self._signalled_approval = _first_json(args, default={})
+        await workflow.wait_condition(lambda: self._approval_verdict is not None)
+        if self._approval_verdict:
+            raise ApplicationError(self._approval_verdict, type="ApprovalMismatch", non_retryable=True)
+        return {"accepted": True, "workflow_id": workflow.info().workflow_id}
+
+    @on_update.validator
+    def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
+        """Refuse at once, with the reason, what cannot approve this apply."""
+        if name != "approve":
+            raise ApplicationError(f"unknown update {name[:100]!r}: this workflow takes 'approve'")
+        if self._input is None:
+            raise ApplicationError("the apply has not read its plan yet: try again in a moment")
+        if self._phase != "awaiting_approval" or self._signalled_approval is not None:
+            raise ApplicationError(f"the apply is not waiting for an approval (phase {self._phase})")
         try:
-            self._rejection = Rejection.model_validate(rejection or {})
-        except ValidationError:
-            self._rejection = Rejection(reason="(reject signal payload was not an object)")
+            approval = Approval.model_validate(_first_json(args, default={}))
+            check_approval(self._input.plan, approval)
+        except ValidationError as e:
+            raise ApplicationError(f"not a valid approval: {brief_errors(e)}", type="ApprovalMismatch") from None
+        except Exception as e:  # the policy's own refusal, with its reason
+            raise ApplicationError(str(e), type=getattr(e, "error_type", "ApprovalMismatch")) from None
 
     @workflow.query
     def status(self) -> dict[str, Any]:
@@ -386,4 +581,24 @@ class ApplyWorkflow:
             "command": self._command,
             "health": self._health.model_dump() if self._health else None,
             "error": self._error,
+            "lock": self._lock_id,
+            "approved_by": self._approval.approved_by if self._approval else None,
+            "checkout_verified": self._checkout_verified,
         }
+
+
+def _first_json(args: Sequence[RawValue], default: Any) -> Any:
+    """The first argument of a message, decoded; anything unreadable reads as `default`."""
+    try:
+        value = decode_json(args[0].payload) if args else None
+    except UnreadablePayload:
+        return default
+    return default if value is None else value
+
+
+def _rejection(value: Any) -> Rejection:
+    # A reject whose payload does not parse still rejects.
+    try:
+        return Rejection.model_validate(value)
+    except ValidationError:
+        return Rejection(reason="(reject payload was not a valid object)")

@@ -1,16 +1,68 @@
-"""Step 2: is this approval for exactly this plan, and enough for its actions?"""
+"""Step 2: is this approval for exactly this plan, and enough for its actions?
+
+With a signing key, an approval counts only when CI signed it: the signature
+is the hex HMAC-SHA256 over the compact, key-sorted JSON of {module,
+approved_sha, approved_pr, approved_by, allow_destructive, expires_at}, so
+access to the Temporal namespace alone cannot approve an apply.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import datetime, timezone
 
 from platformctl.models import DESTRUCTIVE_ACTIONS, Approval, Plan
 from platformctl.outcomes import ApprovalMismatch, DestructiveNeedsApproval
 from platformctl.policy.plan import SHA, is_destructive
 
+def signing_payload(module: str, approval: Approval) -> bytes:
+    """The exact bytes CI signs: absent fields as null, allow_destructive as false."""
+    fields = {
+        "module": module,
+        "approved_sha": approval.approved_sha,
+        "approved_pr": approval.approved_pr,
+        "approved_by": approval.approved_by,
+        "allow_destructive": approval.allow_destructive,
+        "expires_at": approval.expires_at,
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign(key: bytes, module: str, approval: Approval) -> str:
+    return hmac.new(key, signing_payload(module, approval), hashlib.sha256).hexdigest()
+
+
+def _expiry(approval: Approval) -> datetime | None:
+    if approval.expires_at is None:
+        return None
+    try:
+        at = datetime.fromisoformat(approval.expires_at)
+    except ValueError:
+        raise ApprovalMismatch(f"approval expires_at is not an ISO-8601 time: {approval.expires_at[:64]!r}") from None
+    if at.utcoffset() is None:
+        raise ApprovalMismatch("approval expires_at must carry a time zone (UTC, e.g. 2026-11-27T12:00:00Z)")
+    return at.astimezone(timezone.utc)
+
+
+def check_signature(key: bytes | None, module: str, approval: Approval, now: datetime) -> None:
+    """Raise ApprovalMismatch for an expired approval, or one not signed with `key`."""
+    expiry = _expiry(approval)
+    if expiry is not None and now >= expiry:
+        raise ApprovalMismatch(f"approval expired at {expiry.isoformat()}")
+    if key is None:
+        return
+    if not approval.signature:
+        raise ApprovalMismatch("approval is not signed, and this worker accepts only signed approvals")
+    if not hmac.compare_digest(approval.signature.lower(), sign(key, module, approval)):
+        raise ApprovalMismatch("approval signature does not match: not signed with this worker's key, or altered")
+
 
 def check_approval(plan: Plan, approval: Approval) -> None:
     if not SHA.fullmatch(approval.approved_sha) or approval.approved_sha != plan.source_sha:
         raise ApprovalMismatch(
-            f"approval is for {approval.approved_sha!r}, but the plan is for {plan.source_sha!r}"
+            f"approval is for {approval.approved_sha[:64]!r}, but the plan is for {plan.source_sha[:64]!r}"
         )
     if approval.approved_pr is None or approval.approved_pr <= 0:
         raise ApprovalMismatch(f"approval names no usable pull request number (got {approval.approved_pr!r})")

@@ -39,13 +39,14 @@ class FakeTransport:
 
 
     script: dict[str, list[Response]] = field(default_factory=dict)
+    head: str = ""  # what an unscripted `git rev-parse HEAD` prints: the host's checkout
     calls: list[tuple[str, RemoteCommand]] = field(default_factory=list)
     running: int = 0
     max_running: int = 0
 
     async def run(self, host: HostConfig, command: RemoteCommand, *, timeout_s: float) -> RemoteOutput:
         self.calls.append((host.name, command))
-        responses = self.script.get(command.kind) or [self._default(command)]
+        responses = self.script.get(command.kind) or [self._default(command, self.head)]
         response = responses.pop(0) if len(responses) > 1 else responses[0]
         self.running += 1
         self.max_running = max(self.max_running, self.running)
@@ -59,9 +60,11 @@ class FakeTransport:
             self.running -= 1
 
     @staticmethod
-    def _default(command: RemoteCommand) -> RemoteOutput:
-        """Unscripted: every command succeeds and every service is healthy."""
-        return ps(command.argv[-1]) if command.kind == "compose_ps" else ok()
+    def _default(command: RemoteCommand, head: str) -> RemoteOutput:
+        """Unscripted: every command succeeds, every service is healthy, the checkout is at `head`."""
+        if command.kind == "compose_ps":
+            return ps(command.argv[-1])
+        return ok(head + "\n") if command.kind == "git_head" else ok()
 
     def commands(self, kind: str | None = None) -> list[str]:
         return [c.render() for _, c in self.calls if kind is None or c.kind == kind]

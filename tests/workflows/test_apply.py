@@ -61,12 +61,12 @@ async def test_applied_runs_exactly_the_contract_commands_and_persists(harness):
     assert len(harness.transport.commands("compose_ps")) == 7
     assert out.result["state_artifact"] == ".platform/state/modules/honcho-redis.status.json"
     state = read_status(harness.settings.state_dir, "honcho-redis")
-    assert state["last_apply_sha"] == SHA and state["last_apply_pr"] == 165 and state["status"] == "applied"
-    assert state["workflow_id"] == out.handle.id and state["plan_digest"].startswith("sha256:")
-    assert state["host"] == "rs2000" and state["compose_service"] == "honcho-redis" and state["applied_at"]
+    assert state.last_apply_sha == SHA and state.last_apply_pr == 165 and state.status == "applied"
+    assert state.workflow_id == out.handle.id and state.plan_digest.startswith("sha256:")
+    assert state.host == "rs2000" and state.compose_service == "honcho-redis" and state.applied_at
     assert [a["status"] for a in audit_lines(harness)] == ["applied"]
     desc = await out.handle.describe()
-    attrs = {k.name: v for k, v in desc.typed_search_attributes}
+    attrs = {k.name: v for k, v in desc.typed_search_attributes if k.name.startswith("Platform")}
     assert attrs == {"PlatformModule": "honcho-redis", "PlatformHost": "rs2000", "PlatformStatus": "applied"}
 
 
@@ -98,6 +98,7 @@ async def test_remote_failure_rolls_back_and_keeps_last_good_sha(harness):
     await harness.apply(apply_input(approval_=approval()))  # a good apply first
     harness.transport.calls.clear()
     harness.transport.script = {"compose_up": [failed(1, "Error response from daemon: pull access denied")]}
+    harness.transport.head = OTHER_SHA
     out = await harness.apply(apply_input(plan(sha=OTHER_SHA), approval(sha=OTHER_SHA, pr=170)))
 
     assert (out.status, out.result["exitCode"], out.error_type) == ("remote_failed", 4, "RemoteFailed")
@@ -105,8 +106,8 @@ async def test_remote_failure_rolls_back_and_keeps_last_good_sha(harness):
     assert out.result["rollback"]["last_good_sha"] == SHA
     assert harness.transport.commands("compose_ps") == []
     state = read_status(harness.settings.state_dir, "honcho-redis")
-    assert state["last_apply_sha"] == SHA and state["status"] == "remote_failed"
-    assert state["last_failure"]["source_sha"] == OTHER_SHA
+    assert state.last_apply_sha == SHA and state.status == "remote_failed"
+    assert state.last_failure.source_sha == OTHER_SHA
     assert [a["status"] for a in audit_lines(harness)] == ["applied", "remote_failed"]
 
 
@@ -182,7 +183,7 @@ async def test_approval_by_signal(harness):
         await handle.signal("approve", approval())
         out = await harness.outcome(handle)
     assert out.status == "applied"
-    assert read_status(harness.settings.state_dir, "honcho-redis")["last_apply_pr"] == 165
+    assert read_status(harness.settings.state_dir, "honcho-redis").last_apply_pr == 165
 
 
 async def test_signalled_approval_for_another_sha_is_a_mismatch(harness):
@@ -330,14 +331,14 @@ async def test_applies_of_one_module_never_overlap(harness):
         first = await harness.start(apply_input(), workflow_id="apply-first")
         await wait_for_phase(first, "applying")
         for _ in range(100):  # until the first one is inside compose up
-            if harness.transport.calls:
+            if harness.transport.commands("compose_up"):
                 break
             await asyncio.sleep(0.05)
         second = await harness.start(apply_input(), workflow_id="apply-second")
         await asyncio.sleep(1.0)
         # The second waits for the lock: compose up has still run only once.
         assert harness.transport.commands("compose_up") == [COMMAND]
-        assert (await second.query("status"))["phase"] == "applying"
+        assert (await second.query("status"))["phase"] == "waiting_for_lock"
         release.set()
         outcomes = [await harness.outcome(first), await harness.outcome(second)]
     assert [o.status for o in outcomes] == ["applied", "applied"]
@@ -366,7 +367,16 @@ async def test_verify_checkout_blocks_when_the_host_holds_something_else(harness
     assert out.result["rollback"] is None  # nothing was changed, so nothing to roll back
 
 
-async def test_verify_checkout_is_off_by_default(harness):
+async def test_verify_checkout_is_on_by_default(harness):
+    harness.transport.head = OTHER_SHA  # the host's checkout is not the approved commit
     out = await harness.apply(apply_input())
-    assert out.status == "applied"
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
+    assert harness.transport.commands() == ["git -C /opt/platform rev-parse HEAD"]
+
+
+async def test_an_explicit_opt_out_is_recorded_as_unverified(harness):
+    write_platform(harness.root, hosts={"rs2000": host_doc(harness.root, verify_checkout=False)})
+    out = await harness.apply(apply_input())
+    assert out.status == "applied" and out.result["checkout_verified"] is False
     assert harness.transport.commands("git_head") == []
+    assert audit_lines(harness)[-1]["checkout_verified"] is False

@@ -89,9 +89,9 @@ async def test_other_orchestrator_is_blocked(harness):
     await assert_stopped_before_any_host(harness, apply_input(), "blocked", "not docker-compose")
 
 
-async def test_health_window_longer_than_its_timeout_is_a_tool_error(harness):
+async def test_health_window_longer_than_its_timeout_is_blocked(harness):
     write_platform(harness.root, modules=[module_doc(health={"stable_seconds": 300, "timeout_seconds": 180})])
-    await assert_stopped_before_any_host(harness, apply_input(), "tool_error", "stable_seconds must be less than")
+    await assert_stopped_before_any_host(harness, apply_input(), "blocked", "stable_seconds must be less than")
 
 
 @pytest.mark.parametrize("host", ["rs9000", "RS2000", "../rs2000", "-oProxyCommand=x"])
@@ -161,17 +161,21 @@ async def test_host_entry_with_an_unknown_key_is_a_tool_error(harness):
         (plan(module="../x"), r"invalid module id '\.\./x'"),
         (plan(module="honcho-redis/../x"), "invalid module id"),
         (plan(module="postgres"), "unknown module 'postgres'"),
-        (plan(changes=[change(), change(service="postgres")]), "split it into one plan per module"),
-        (plan(changes=[change(service="postgres")]), "changes compose service 'postgres'"),
+        (plan(changes=[change(), change(service="postgres")]), "one plan per module"),
+        (plan(changes=[change(service="postgres")]), "target 'compose.service.postgres'"),
         (plan(source_dirty=True), "dirty tree"),
         (plan(sha="abc123"), "source_sha must be 40 lowercase hex"),
         (plan(sha=SHA.upper()), "source_sha must be 40 lowercase hex"),
         (plan(sha="z" * 40), "source_sha must be 40 lowercase hex"),
-        (plan(changes=[{"target": "compose.service.honcho-redis\nx", "action": "update"}]), "invalid change target"),
+        (plan(changes=[{"target": "compose.service.honcho-redis\nx", "action": "update"}]), "must be exactly"),
+        (plan(changes=[{"target": "Compose.Service.honcho-redis", "action": "update"}]), "must be exactly"),
+        (plan(changes=[{"target": " compose.service.honcho-redis", "action": "update"}]), "must be exactly"),
+        (plan(changes=[{"target": "module.honcho-redis", "action": "update"}]), "must be exactly"),
     ],
     ids=[
         "module-traversal", "module-nested-traversal", "unknown-module", "multi-module", "other-module-only",
         "dirty-tree", "short-sha", "upper-sha", "non-hex-sha", "target-newline",
+        "target-other-case", "target-leading-space", "target-module-kind",
     ],
 )
 async def test_hostile_plan_is_blocked(harness, plan_, message):

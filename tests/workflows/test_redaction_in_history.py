@@ -85,7 +85,7 @@ async def lock_history(harness, history: WorkflowHistory) -> WorkflowHistory:
         for e in history.events
         if e.HasField("child_workflow_execution_started_event_attributes")
     ]
-    assert [s.workflow_id for s in started] == ["platform-lock-honcho-redis"]
+    assert [s.workflow_id for s in started] == ["platform-lock:rs2000:core"]
     return await harness.client.get_workflow_handle(started[0].workflow_id, run_id=started[0].run_id).fetch_history()
 
 

@@ -1,0 +1,408 @@
+"""The merge blockers against anyone who can reach the namespace: callers that
+skip the workflow, inputs and messages that would wedge it, rejects and
+cancels at every point before compose up, overlapping compose projects,
+and forged approvals. Time-skipping server, fake transport, gate open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from temporalio import workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.worker import Worker
+
+from platformctl.models import Approval
+from platformctl.policy.approval import sign
+from platformctl.state import read_status
+from platformctl.transport.fake import hang, ok, ps
+from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, change, host_doc, module_doc, plan, write_platform
+from tests.workflows.test_apply import COMMAND, audit_lines, wait_for_phase
+
+# ---- 1. activities act only for this worker's own workflows ------------------------
+
+
+@workflow.defn(name="ApplyWorkflow", sandboxed=False)
+class RogueApply:
+    """Named like ours, but run by another worker on another task queue."""
+
+    @workflow.run
+    async def run(self, req: dict) -> str:
+        try:
+            await workflow.execute_activity(
+                req["activity"], req["input"], task_queue=req["queue"],
+                start_to_close_timeout=timedelta(seconds=10), retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+        except ActivityError as e:
+            assert isinstance(e.cause, ApplicationError)
+            return f"{e.cause.type}: {e.cause.message}"
+        return "ran"
+
+
+def hand_made_target(root) -> dict:
+    host = {**host_doc(root), "name": "evil", "address": "10.9.9.9", "user": "deploy"}
+    return {
+        "host": host, "compose_path": "/etc/compose.yml", "compose_service": "x",
+        "command": "docker compose -f /etc/compose.yml up -d x", "execute": True,
+    }
+
+
+@pytest.mark.parametrize("activity", ["compose_up", "compose_ps", "verify_checkout", "persist_state", "rollback"])
+async def test_an_activity_scheduled_by_a_workflow_on_another_queue_runs_nothing(harness, activity):
+    target = hand_made_target(harness.root)
+    inputs = {
+        "compose_up": {"target": target, "timeout_seconds": 5, "module": "honcho-redis", "source_sha": SHA,
+                       "approval": approval()},
+        "compose_ps": {"target": target, "module": "honcho-redis"},
+        "verify_checkout": {"target": target, "approved_sha": SHA, "module": "honcho-redis"},
+        "persist_state": {"result": {"status": "applied", "exitCode": 9, "module": "../../etc"},
+                          "source_sha": SHA, "approved_pr": 1, "plan_digest": None, "workflow_id": "w", "run_id": "r"},
+        "rollback": {"result": {"status": "unhealthy", "exitCode": 4, "module": "honcho-redis"},
+                     "source_sha": SHA, "workflow_id": "w"},
+    }
+    rogue_queue = f"rogue-{uuid.uuid4()}"
+    async with harness.worker(), Worker(harness.client, task_queue=rogue_queue, workflows=[RogueApply]):
+        said = await harness.client.execute_workflow(
+            "ApplyWorkflow", {"activity": activity, "input": inputs[activity], "queue": harness.task_queue},
+            id=f"rogue-{uuid.uuid4()}", task_queue=rogue_queue,
+        )
+    assert said.startswith("PolicyViolation: ") and "not this worker's" in said, said
+    assert harness.transport.calls == []
+    assert not harness.settings.state_dir.exists()
+
+
+async def test_a_remote_step_refuses_when_hosts_yaml_changed_under_the_apply(harness):
+    async def edit_hosts_then_answer(timeout_s: float):
+        write_platform(harness.root, hosts={"rs2000": host_doc(harness.root, address="10.6.6.6")})
+        return ok()
+
+    harness.transport.script = {"compose_up": [edit_hosts_then_answer]}
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
+    assert "no longer give the host" in out.result["error"]
+    assert harness.transport.commands("compose_ps") == []  # the poll was refused before it ran
+    assert out.result["rollback"] is not None
+
+
+# ---- 2. no input wedges a workflow ----------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def raw_json(value: Any) -> RawValue:
+    """JSON as a caller may send it: the client's own converter refuses deep nesting."""
+    return RawValue(Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(value).encode()))
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (apply_input(approval_timeout_seconds=10**14), "approval_timeout_seconds"),
+        (apply_input(approval_timeout_seconds=30 * 86400 + 1), "approval_timeout_seconds"),
+        (apply_input(extra=nested(300)), "nests deeper"),
+        (apply_input(plan(changes=[change(summary="x" * 4000)] * 500)), "bytes, over the"),
+        (apply_input(plan(changes=[change()] * 1001)), "changes"),
+        (apply_input(plan(module="m" * 5000)), "plan.module"),
+    ],
+    ids=["timeout-1e14", "timeout-over-30-days", "nested-300", "plan-2mb", "1001-changes", "5k-string"],
+)
+async def test_input_past_a_bound_is_blocked_within_seconds(harness, request_, message):
+    out = await harness.apply(raw_json(request_))
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
+    assert message in out.result["error"], out.result["error"]
+    assert harness.transport.calls == []
+    assert [a["status"] for a in audit_lines(harness)] == ["blocked"]
+
+
+async def test_two_start_arguments_are_blocked(harness):
+    async with harness.worker():
+        handle = await harness.client.start_workflow(
+            "ApplyWorkflow", args=[apply_input(), apply_input()], id=f"apply-{uuid.uuid4()}", task_queue=harness.task_queue
+        )
+        out = await harness.outcome(handle)
+    assert out.status == "blocked" and "got 2 arguments" in out.result["error"]
+
+
+async def test_a_module_file_past_a_bound_is_blocked(harness):
+    write_platform(harness.root, modules=[module_doc(health={"poll_seconds": 10**14, "timeout_seconds": 60})])
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation") and harness.transport.calls == []
+
+
+async def test_an_unknown_workflow_type_fails_at_once(harness):
+    async with harness.worker():
+        with pytest.raises(WorkflowFailureError) as e:
+            await harness.client.execute_workflow(
+                "ReapplyWorkflw", {}, id=f"x-{uuid.uuid4()}", task_queue=harness.task_queue,
+                execution_timeout=timedelta(seconds=30),
+            )
+    assert isinstance(e.value.cause, ApplicationError) and e.value.cause.type == "UnknownWorkflowType"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[approval(), approval()], [], [nested(300)], ["not an object"]],
+    ids=["two-arguments", "no-argument", "nested-300", "string"],
+)
+async def test_any_approve_signal_shape_is_handled_without_a_wedge(harness, args):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        await handle.signal("approve", args=[raw_json(a) for a in args])
+        out = await harness.outcome(handle)
+    expected = "applied" if args and args[0] == approval() else "approval_mismatch"
+    assert out.status == expected, out.result["error"]
+
+
+async def test_an_unreadable_reject_still_rejects(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        await handle.signal("reject", args=[raw_json(nested(300)), "extra"])
+        out = await harness.outcome(handle)
+    assert out.status == "rejected" and harness.transport.calls == []
+
+
+# ---- 3. a reject holds at every point before compose up -------------------------------
+
+
+async def test_a_reject_while_waiting_for_the_lock_stops_the_apply(harness):
+    release = asyncio.Event()
+
+    async def slow_up(timeout_s: float):
+        await release.wait()
+        return ok()
+
+    harness.transport.script = {"compose_up": [slow_up, ok()]}
+    async with harness.worker():
+        first = await harness.start(apply_input(), workflow_id=f"first-{uuid.uuid4()}")
+        await wait_for_phase(first, "applying")
+        second = await harness.start(apply_input())
+        await wait_for_phase(second, "waiting_for_lock")
+        await second.signal("reject", {"reason": "not today", "rejected_by": "ops"})
+        out = await harness.outcome(second)
+        release.set()
+        assert (await harness.outcome(first)).status == "applied"
+    assert (out.status, out.error_type) == ("rejected", "ApplyRejected")
+    assert "by ops" in out.result["error"]
+    assert harness.transport.commands("compose_up") == [COMMAND]
+    assert [a.get("rejected_by") for a in audit_lines(harness) if a["status"] == "rejected"] == ["ops"]
+
+
+async def test_a_reject_during_verify_checkout_stops_the_apply(harness):
+    handle_box: list = []
+
+    async def git_then_reject(timeout_s: float):
+        await handle_box[0].signal("reject", {"reason": "wrong window"})
+        return ok(SHA + "\n")
+
+    harness.transport.script = {"git_head": [git_then_reject]}
+    async with harness.worker():
+        handle_box.append(await harness.start(apply_input()))
+        out = await harness.outcome(handle_box[0])
+    assert out.status == "rejected"
+    assert harness.transport.commands("compose_up") == []
+
+
+# ---- 4. a cancel leaves a trace, and rolls back once compose up started -----------
+
+
+async def test_a_cancel_during_compose_up_kills_it_then_rolls_back_and_records(harness):
+    harness.transport.script = {"compose_up": [hang]}
+    async with harness.worker():
+        handle = await harness.start(apply_input())
+        for _ in range(200):
+            if harness.transport.running:
+                break
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as e:
+            await handle.result()
+    assert isinstance(e.value.cause, CancelledError)
+    assert harness.transport.running == 0
+    [line] = audit_lines(harness)
+    assert line["status"] == "cancelled" and line["exitCode"] == 5
+    state = read_status(harness.settings.state_dir, "honcho-redis")
+    assert state.status == "cancelled" and state.last_failure.status == "cancelled"
+    attrs = {k.name: v for k, v in (await handle.describe()).typed_search_attributes}
+    assert attrs["PlatformStatus"] == "cancelled"
+
+
+async def test_a_cancel_while_awaiting_approval_is_recorded(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert [a["status"] for a in audit_lines(harness)] == ["cancelled"]
+    assert harness.transport.calls == []
+
+
+# ---- 8. one compose project at a time, handed over at once ------------------------
+
+
+def two_modules(root, file_a: str, file_b: str) -> None:
+    # no health window: a timer in the holder's apply would let time skip past the waiter's retry
+    health = {"stable_seconds": 0, "timeout_seconds": 10}
+    write_platform(root, modules=[
+        module_doc("svc-a", compose_file=file_a, compose_service="a", health=health),
+        module_doc("svc-b", compose_file=file_b, compose_service="b", health=health),
+    ])
+
+
+def plan_for(module: str, service: str) -> dict:
+    return apply_input(plan(module=module, changes=[change(service=service)]))
+
+
+async def run_two(harness) -> list:
+    gate = asyncio.Event()
+
+    async def slow_up(timeout_s: float):
+        await gate.wait()
+        return ok()
+
+    harness.transport.script = {"compose_up": [slow_up, slow_up]}
+    async with harness.worker():
+        a = await harness.start(plan_for("svc-a", "a"), workflow_id=f"a-{uuid.uuid4()}")
+        await wait_for_phase(a, "applying")
+        b = await harness.start(plan_for("svc-b", "b"), workflow_id=f"b-{uuid.uuid4()}")
+        await asyncio.sleep(1.0)
+        phase_b = (await b.query("status"))["phase"]
+        gate.set()
+        outs = [await harness.outcome(a), await harness.outcome(b)]
+    assert [o.status for o in outs] == ["applied", "applied"]
+    return [phase_b, outs]
+
+
+async def test_two_modules_of_one_compose_project_take_turns(harness):
+    # compose names a project after the file's folder: both are project "core"
+    two_modules(harness.root, "a/core/x.yml", "b/core/y.yml")
+    phase_b, (_, b) = await run_two(harness)
+    assert phase_b == "waiting_for_lock" and harness.transport.max_running == 1
+    events = (await b.handle.fetch_history()).events
+    # handed over by the holder's lock, not found by the 10 s retry
+    found_taken = next(i for i, e in enumerate(events) if e.HasField("start_child_workflow_execution_failed_event_attributes"))
+    handed = next(i for i, e in enumerate(events) if e.workflow_execution_signaled_event_attributes.signal_name == "lock_free")
+    assert not any(e.HasField("timer_fired_event_attributes") for e in events[found_taken:handed])
+
+
+async def test_different_compose_projects_run_in_parallel(harness):
+    two_modules(harness.root, "a/core/x.yml", "a/web/y.yml")
+    phase_b, _ = await run_two(harness)
+    assert phase_b in ("applying", "health_check") and harness.transport.max_running == 2
+
+
+async def test_the_lock_shows_its_holder_and_queue(harness):
+    project = f"p{uuid.uuid4().hex[:12]}"
+    write_platform(harness.root, modules=[module_doc(compose_file=f"{project}/compose.yaml")])
+    gate = asyncio.Event()
+
+    async def slow_up(timeout_s: float):
+        await gate.wait()
+        return ok()
+
+    harness.transport.script = {"compose_up": [slow_up, ok(), ok()]}
+    async with harness.worker():
+        first = await harness.start(apply_input(), workflow_id="holder-1")
+        await wait_for_phase(first, "applying")
+        waiters = [await harness.start(apply_input(), workflow_id=f"waiter-{i}") for i in (1, 2)]
+        for w in waiters:
+            await wait_for_phase(w, "waiting_for_lock")
+        lock = harness.client.get_workflow_handle(f"platform-lock:rs2000:{project}")
+        state = await lock.query("state")
+        waiting_status = await waiters[0].query("status")
+        gate.set()
+        for h in [first, *waiters]:
+            assert (await harness.outcome(h)).status == "applied"
+    assert state["holder"] == "holder-1" and sorted(state["waiting"]) == ["waiter-1", "waiter-2"]
+    assert waiting_status["lock"] == f"platform-lock:rs2000:{project}"
+
+
+# ---- 10. only signed approvals count when the worker has a key ---------------------
+
+
+@pytest.fixture
+def key(harness, tmp_path) -> bytes:
+    path = tmp_path / "approval.key"
+    path.write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    harness.approval_key_file = path
+    return b"0123456789abcdef0123456789abcdef"
+
+
+def signed(key: bytes, **over: Any) -> dict:
+    raw = approval(**over)
+    raw["signature"] = sign(key, "honcho-redis", Approval.model_validate(raw))
+    return raw
+
+
+async def test_a_signed_approval_applies(harness, key):
+    assert (await harness.apply(apply_input(approval_=signed(key)))).status == "applied"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda key: approval(), "not signed"),
+        (lambda key: {**signed(key), "approved_pr": 166}, "signature does not match"),
+        (lambda key: {**signed(key), "allow_destructive": True}, "signature does not match"),
+        (lambda key: signed(b"another key, not the worker's"), "signature does not match"),
+        (lambda key: signed(key, expires_at="2020-01-01T00:00:00Z"), "expired"),
+        (lambda key: signed(key, expires_at="2030-01-01T00:00:00"), "time zone"),
+    ],
+    ids=["unsigned", "altered-pr", "altered-destructive", "other-key", "expired", "naive-expiry"],
+)
+async def test_an_unsigned_altered_or_expired_approval_is_a_mismatch(harness, key, make, message):
+    out = await harness.apply(apply_input(approval_=make(key)))
+    assert (out.status, out.error_type) == ("approval_mismatch", "ApprovalMismatch")
+    assert message in out.result["error"] and harness.transport.calls == []
+
+
+async def test_compose_up_checks_the_signature_again(harness, key):
+    """An approval that expires while the apply waits for its lock never runs."""
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=3)).isoformat()
+    gate = asyncio.Event()
+
+    async def slow_up(timeout_s: float):
+        await gate.wait()
+        return ok()
+
+    harness.transport.script = {"compose_up": [slow_up, ok()]}
+    async with harness.worker():
+        first = await harness.start(apply_input(approval_=signed(key)), workflow_id=f"first-{uuid.uuid4()}")
+        await wait_for_phase(first, "applying")
+        second = await harness.start(apply_input(approval_=signed(key, expires_at=soon)))
+        await wait_for_phase(second, "waiting_for_lock")
+        await asyncio.sleep(3.5)
+        gate.set()
+        out = await harness.outcome(second)
+    assert out.status == "approval_mismatch" and "expired" in out.result["error"]
+    assert harness.transport.commands("compose_up") == [COMMAND]
+
+
+# ---- the approve Update -----------------------------------------------------------
+
+
+async def test_the_approve_update_refuses_a_wrong_sha_at_once_and_accepts_the_right_one(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        with pytest.raises(WorkflowUpdateFailedError) as e:
+            await handle.execute_update("approve", approval(sha=OTHER_SHA))
+        assert "plan is for" in str(e.value.cause)
+        assert (await handle.query("status"))["phase"] == "awaiting_approval"  # still waiting
+        accepted = await handle.execute_update("approve", approval())
+        out = await harness.outcome(handle)
+    assert accepted["accepted"] is True and out.status == "applied"
