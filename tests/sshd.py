@@ -2,9 +2,12 @@
 
 Each host is its own sshd process (run by root, `-D -e -f <own config>`) on a
 free port of its own loopback address, with its own host key, one non-root
-deploy user, and `SetEnv PATH=tests/stand_in:...` so the stand-in `docker`
-and `git` answer instead of real ones and record every call in the host's
-state dir. Nothing here touches the system sshd or its config.
+deploy user, and `SetEnv PATH=<base>/bin:...` so the stand-in `docker` and
+`git` answer instead of real ones and record every call in the host's state
+dir. Everything the deploy user runs (the stand-ins, the gate) is copied into
+the host's own world-readable base dir: the checkout may sit where that user
+cannot reach (root's home, a 0700 temp dir). Nothing here touches the system
+sshd or its config.
 
 Fixtures: `sshd_server` / `sshd_server2` (session scoped, 127.0.0.1 and
 127.0.0.2) and `sshd_host` / `sshd_host2`, the same servers reset to a clean
@@ -34,7 +37,8 @@ from platformctl.models import HostConfig
 SSHD = "/usr/sbin/sshd"
 DEPLOY_USER = "platform-deploy"
 REPO = Path(__file__).resolve().parents[1]
-STAND_IN_BIN = REPO / "tests" / "stand_in"
+STAND_IN_BIN = REPO / "tests" / "stand_in"  # the sources; hosts run copies
+STAND_INS = ("docker", "git")
 GATE = REPO / "host" / "platform-gate"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_HEAD_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -77,6 +81,7 @@ class SshHost:
     state_dir: str
     log_path: str
     base_dir: str
+    bin_dir: str  # the stand-ins the deploy user runs
     process: subprocess.Popen = field(repr=False)
 
     @property
@@ -129,7 +134,7 @@ class SshHost:
         if pid is None:
             return
         try:  # the PID may be long gone and reused: only kill our stand-in
-            ours = str(STAND_IN_BIN / "docker").encode() in Path("/proc", str(pid), "cmdline").read_bytes()
+            ours = str(Path(self.bin_dir, "docker")).encode() in Path("/proc", str(pid), "cmdline").read_bytes()
         except FileNotFoundError:
             ours = False
         if ours:  # a failed test may have left it behind, possibly orphaned
@@ -245,14 +250,52 @@ def _wait_listening(host: SshHost, deadline_s: float = 5.0) -> bool:
     return False
 
 
-def start_sshd(address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: bool = False) -> SshHost:
+def _install(source: Path, target: Path) -> None:
+    """Copy a program the deploy user runs; 0755 whatever the checkout's umask was."""
+    shutil.copyfile(source, target)
+    target.chmod(0o755)
+
+
+def _check_stand_ins(entry: pwd.struct_passwd, path: str, bin_dir: Path) -> None:
+    """Fail loudly unless the deploy user, on the sessions' PATH, gets the
+    stand-ins: else the machine's real docker would answer the tests."""
+    for name in STAND_INS:
+        found = subprocess.run(
+            [name],  # looked up on env's PATH, as the user's shell would
+            env={"PATH": path},  # no STAND_IN_DIR: a stand-in says so and exits 125
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=os.getgrouplist(entry.pw_name, entry.pw_gid),
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+        if (found.returncode, found.stderr) != (125, f"stand-in {name}: STAND_IN_DIR is not set\n"):
+            raise RuntimeError(
+                f"{entry.pw_name} running `{name}` on PATH={path} did not get {bin_dir / name}: "
+                f"exit {found.returncode}, stdout {found.stdout[:300]!r}, stderr {found.stderr[:300]!r}"
+            )
+
+
+def start_sshd(
+    address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: bool = False, sacred: tuple[str, ...] = ()
+) -> SshHost:
     """Start a test sshd on `address`. With `gate`, every login of the deploy
-    key runs host/platform-gate as a forced command, as on a production host."""
+    key runs host/platform-gate as a forced command, as on a production host,
+    with `--sacred` for each of `sacred`."""
     entry = _ensure_user(user)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation chroot
 
     base = Path(tempfile.mkdtemp(prefix=f"sshd-{address}-"))
     base.chmod(0o755)  # the deploy user reads authorized_keys and reaches its dirs
+    bin_dir = base / "bin"
+    bin_dir.mkdir()
+    bin_dir.chmod(0o755)  # mkdir's mode is cut down by the umask
+    for name in STAND_INS:
+        _install(STAND_IN_BIN / name, bin_dir / name)
+    session_path = f"{bin_dir}:{SYSTEM_PATH}"
+    _check_stand_ins(entry, session_path, bin_dir)
     host_key_pub = make_keypair(base / "host_key", "test-sshd-host")
     client_pub = make_keypair(base / "client_key", "platform-deploy-test")
 
@@ -268,8 +311,11 @@ def start_sshd(address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: boo
     restrictions = ""
     if gate:
         python = shutil.which("python3", path=SYSTEM_PATH)  # the venv's may sit under /root
-        bin_path = f"{STAND_IN_BIN}:{SYSTEM_PATH}"
-        restrictions = f'command="{python} {GATE} --path {bin_path} {remote_root}",restrict '
+        _install(GATE, base / "platform-gate")
+        options = "".join(f" --sacred {path}" for path in sacred)
+        restrictions = (
+            f'command="{python} {base / "platform-gate"} --path {session_path}{options} {remote_root}",restrict '
+        )
     authorized_keys = base / "authorized_keys"
     authorized_keys.write_text(f"{restrictions}{client_pub}\n")
     authorized_keys.chmod(0o644)
@@ -296,9 +342,11 @@ def start_sshd(address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: boo
                     "PubkeyAuthentication yes",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
-                    "PermitRootLogin no",
+                    # A uid-0 key with a forced command gets in, as on hosts with
+                    # the default prohibit-password: the gate must refuse it itself.
+                    f"PermitRootLogin {'forced-commands-only' if gate else 'no'}",
                     "LogLevel VERBOSE",
-                    f"SetEnv PATH={STAND_IN_BIN}:{SYSTEM_PATH} STAND_IN_DIR={state_dir}",
+                    f"SetEnv PATH={session_path} STAND_IN_DIR={state_dir}",
                     *penalties,
                     "",
                 ]
@@ -320,6 +368,7 @@ def start_sshd(address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: boo
             state_dir=str(state_dir),
             log_path=str(log_path),
             base_dir=str(base),
+            bin_dir=str(bin_dir),
             process=process,
         )
         if _wait_listening(host):
@@ -332,13 +381,13 @@ def start_sshd(address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: boo
     raise RuntimeError(f"test sshd on {address} did not start:\n{last_error}")
 
 
-def serve(address: str, *, gate: bool = False):
-    """Fixture body: yield a started test sshd and stop it afterwards; skip
-    (with the reason) where no test sshd can run."""
+def serve(address: str, **options):
+    """Fixture body: yield a started test sshd (start_sshd's `options`) and
+    stop it afterwards; skip (with the reason) where no test sshd can run."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    host = start_sshd(address, gate=gate)
+    host = start_sshd(address, **options)
     yield host
     host.stop()
 
