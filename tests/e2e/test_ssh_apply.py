@@ -59,11 +59,16 @@ async def activity_attempts(handle, activity_type: str) -> list[int]:
     return attempts
 
 
+def git_head_argv(host: SshHost) -> list[str]:
+    return ["git", "-C", host.remote_root, "rev-parse", "HEAD"]
+
+
 def only_up_then_ps(host: SshHost, service: str, min_ps: int = 1) -> list[list[str]]:
+    """The checkout check (verify_checkout is on by default), compose up, then only ps polls."""
     calls = host.calls()
-    assert calls[:1] == [compose_up_argv(host, service)], calls
-    assert calls[1:] and all(c == compose_ps_argv(host, service) for c in calls[1:]), calls
-    assert len(calls) - 1 >= min_ps, calls
+    assert calls[:2] == [git_head_argv(host), compose_up_argv(host, service)], calls
+    assert calls[2:] and all(c == compose_ps_argv(host, service) for c in calls[2:]), calls
+    assert len(calls) - 2 >= min_ps, calls
     return calls
 
 
@@ -136,7 +141,8 @@ async def test_compose_up_fails_remote_failed_with_rollback(ssh_e2e, sshd_host):
     assert "stand-in failure starting core-svc-fail-1" in r["remote"]["stderr"]
     assert "exited with code 1" in r["error"]
     assert r["rollback"] is not None and r["rollback"]["last_good_sha"] is None
-    assert sshd_host.calls() == [compose_up_argv(sshd_host, "svc-fail")]  # no health polls after a failed up
+    # no health polls after a failed up
+    assert sshd_host.calls() == [git_head_argv(sshd_host), compose_up_argv(sshd_host, "svc-fail")]
     status = json.loads(e2e.status_file("e2e-fail").read_text())
     assert status["status"] == "remote_failed" and status["last_apply_sha"] is None
     assert status["last_failure"]["source_sha"] == SHA and status["last_failure"]["workflow_id"] == wid
@@ -162,7 +168,7 @@ async def test_hung_compose_up_is_killed_at_its_timeout(ssh_e2e, sshd_host):
     pid = sshd_host.hang_pid()
     assert pid is not None
     assert await eventually(lambda: not process_running(pid), 5), f"remote compose (pid {pid}) survived the timeout"
-    assert sshd_host.calls() == [compose_up_argv(sshd_host, "svc-hang")]
+    assert sshd_host.calls() == [git_head_argv(sshd_host), compose_up_argv(sshd_host, "svc-hang")]
 
 
 @pytest.mark.parametrize(
@@ -260,17 +266,19 @@ async def test_unreachable_or_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tm
 
     assert (out.status, out.error_type, out.result["exitCode"]) == ("remote_failed", "RemoteFailed", 4)
     assert expected in out.result["error"], out.result["error"]
-    assert out.result["remote"] is None and out.result["rollback"] is not None
+    # The first remote step (the checkout check) fails: compose up never ran, so nothing to roll back.
+    assert out.result["remote"] is None and out.result["rollback"] is None
     assert out.seconds < 60, f"took {out.seconds:.1f} s"
     assert sshd_host.calls() == []
     assert sshd_host.connection_count() == 0
-    up_attempts = await activity_attempts(out.handle, "compose_up")
+    assert await activity_attempts(out.handle, "compose_up") == []
+    first_attempts = await activity_attempts(out.handle, "verify_checkout")
     if fault == "closed_port":
         assert connection_attempts(sshd_host) == attempts_before
     else:
         # A wrong key is final: one connection, one attempt, no retry.
         assert connection_attempts(sshd_host) - attempts_before == 1
-        assert up_attempts == [1], up_attempts
+        assert first_attempts == [1], first_attempts
         assert out.seconds < 10, f"took {out.seconds:.1f} s: was it retried?"
 
 
@@ -300,7 +308,7 @@ async def test_kill_9_during_compose_up_then_a_new_worker_finishes(ssh_e2e, sshd
     assert await activity_attempts(handle, "compose_up") == [2]
     calls = sshd_host.calls()
     assert calls.count(up) == 2
-    assert all(c == compose_ps_argv(sshd_host, "svc-kill") for c in calls if c != up)
+    assert all(c in (compose_ps_argv(sshd_host, "svc-kill"), git_head_argv(sshd_host)) for c in calls if c != up)
     assert sshd_host.connection_count() == 2  # one per worker
     assert json.loads(e2e.status_file("e2e-kill").read_text())["status"] == "applied"
     print(f"kill -9 recovery: applied {elapsed:.1f} s after start")
