@@ -147,6 +147,7 @@ class E2E:
     logs_dir: Path
     task_queue: str = field(default_factory=lambda: f"e2e-{uuid.uuid4().hex[:12]}")
     workers: list[WorkerProcess] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # more worker settings, e.g. the approval key
 
     @property
     def client(self) -> Client:
@@ -168,6 +169,7 @@ class E2E:
         )
         if phase is not None:
             env["PLATFORMCTL_PHASE"] = phase
+        env.update(self.extra_env)
         return env
 
     async def start_worker(self, phase: str | None = "05") -> WorkerProcess:

@@ -18,6 +18,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.worker import Worker
 
+from platformctl.models import Approval
+from platformctl.policy.approval import sign
 from tests.e2e.conftest import NAMESPACE, TEMPORAL_CLI, compose_up_argv, ssh_host_entry, write_hosts, write_module
 from tests.platform_files import SHA, apply_input, approval, change, plan
 from tests.sshd import eventually, process_running
@@ -188,3 +190,27 @@ async def test_a_reject_while_waiting_for_the_lock_runs_nothing(ssh_e2e, sshd_ho
     assert out.status == "rejected" and out.seconds < 3
     assert (await e2e.outcome(first)).status == "applied"
     assert [c[-1] for c in sshd_host.calls() if c[4:5] == ["up"]] == ["svc-hold"]
+
+
+async def test_with_a_key_only_a_signed_approval_reaches_the_host(ssh_e2e, sshd_host, tmp_path):
+    e2e = ssh_e2e
+    key = b"e2e-approval-key-0123456789abcdef"
+    (tmp_path / "approval.key").write_bytes(key + b"\n")
+    e2e.extra_env["PLATFORM_APPROVAL_KEY_FILE"] = str(tmp_path / "approval.key")
+    write_module(e2e.root, "e2e-signed", "h1", "svc-signed")
+    worker = await e2e.start_worker()
+    assert "approvals must be signed" in worker.log() and "NOT authenticated" not in worker.log()
+
+    forged = await e2e.apply(request("e2e-signed", "svc-signed"))  # a plain approval, as anyone could send
+    assert (forged.status, forged.error_type) == ("approval_mismatch", "ApprovalMismatch")
+    assert "not signed" in forged.result["error"] and sshd_host.calls() == []
+
+    good = approval()
+    good["signature"] = sign(key, "e2e-signed", Approval.model_validate(good))
+    signed = await e2e.apply(request("e2e-signed", "svc-signed", approval_=good))
+    assert signed.status == "applied"
+
+
+async def test_without_a_key_the_worker_says_approvals_are_not_authenticated(ssh_e2e):
+    worker = await ssh_e2e.start_worker()
+    assert "approvals are NOT authenticated" in worker.log()
