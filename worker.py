@@ -61,7 +61,7 @@ def temporal_cli() -> str:
     return found
 
 
-def start_dev_server(settings: Settings) -> subprocess.Popen | None:
+def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
     """Start `temporal server start-dev` (SQLite-backed, Web UI on) unless something already listens."""
     if _listening(settings.temporal_address):
         log.info("a Temporal server already listens at %s: using it", settings.temporal_address)

@@ -24,7 +24,7 @@ CONTRACT_WORKFLOWS = frozenset({"ApplyWorkflow"})
 HEARTBEAT_EVERY_S = 1.0
 
 T = TypeVar("T")
-I = TypeVar("I")
+A = TypeVar("A")  # the activity's one argument
 
 
 @dataclass
@@ -69,7 +69,10 @@ class StepActivities:
         self.deps = deps
 
 
-def step(fn: Callable[[StepActivities, I], Awaitable[T]]) -> Callable[[StepActivities, I], Awaitable[T]]:
+S = TypeVar("S", bound=StepActivities)
+
+
+def step(fn: Callable[[S, A], Awaitable[T]]) -> Callable[[S, A], Awaitable[T]]:
     """Turn every exception into an ApplicationError with a redacted message.
 
     Known policy outcomes are non-retryable with their contract type; transport
@@ -79,7 +82,7 @@ def step(fn: Callable[[StepActivities, I], Awaitable[T]]) -> Callable[[StepActiv
     """
 
     @functools.wraps(fn)
-    async def wrapper(self: StepActivities, inp: I) -> T:
+    async def wrapper(self: S, inp: A) -> T:
         try:
             await self.deps.authorize()
             return await fn(self, inp)

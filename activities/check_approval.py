@@ -3,7 +3,7 @@ the worker has a signing key."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from temporalio import activity
 
@@ -17,4 +17,4 @@ class CheckApproval(StepActivities):
     @step
     async def check_approval(self, inp: CheckApprovalInput) -> None:
         check_approval(inp.plan, inp.approval)
-        check_signature(self.deps.settings.approval_key(), inp.plan.module, inp.approval, datetime.now(timezone.utc))
+        check_signature(self.deps.settings.approval_key(), inp.plan.module, inp.approval, datetime.now(UTC))

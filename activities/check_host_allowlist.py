@@ -28,7 +28,9 @@ class CheckHostAllowlist(StepActivities):
         if not is_inline_pin(host.known_hosts):
             pin = Path(host.known_hosts).expanduser()
             if not pin.is_file() or not pinned_key_lines(pin.read_text(encoding="utf-8")):
-                raise PolicyViolation(f"host {inp.host!r}: pinned known_hosts file {host.known_hosts!r} is missing or empty")
+                raise PolicyViolation(
+                    f"host {inp.host!r}: pinned known_hosts file {host.known_hosts!r} is missing or empty"
+                )
         if not Path(host.client_key).expanduser().is_file():
             raise ToolError(f"host {inp.host!r}: client_key {host.client_key!r} is not a readable file on this worker")
         return make_target(host, inp.guarded.compose_path, inp.compose_service, self.deps.settings.execute_remote)

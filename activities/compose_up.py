@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from temporalio import activity
 
@@ -30,7 +30,7 @@ class ComposeUp(StepActivities):
         check_unchanged(settings, inp.module, target)
         if inp.approval.approved_sha != inp.source_sha:
             raise ApprovalMismatch(f"approval is for {inp.approval.approved_sha[:64]!r}, not {inp.source_sha[:64]!r}")
-        check_signature(settings.approval_key(), inp.module, inp.approval, datetime.now(timezone.utc))
+        check_signature(settings.approval_key(), inp.module, inp.approval, datetime.now(UTC))
         activity.logger.info("running on %s: %s", target.host.name, command.render())
         async with heartbeating():
             out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)

@@ -25,7 +25,8 @@ class VerifyCheckout(StepActivities):
         head = out.stdout.strip()
         if out.returncode != 0:
             raise PolicyViolation(
-                f"cannot confirm the checkout on {host.name}: git rev-parse exited {out.returncode}: {redact(out.stderr)[-300:]}"
+                f"cannot confirm the checkout on {host.name}: git rev-parse exited {out.returncode}: "
+                f"{redact(out.stderr)[-300:]}"
             )
         if head != inp.approved_sha:
             raise PolicyViolation(

@@ -132,7 +132,7 @@ def main() -> None:
     timed = {"ours before": before, "ours after": after.redact_and_cap}
     if detect:
         timed["detect-secrets"] = detect[1]
-    print(f"\nms for 64 KiB (best of 5), same run; ratio = ours after / ours before, budget 50 ms")
+    print("\nms for 64 KiB (best of 5), same run; ratio = ours after / ours before, budget 50 ms")
     print(f"{'input':36}" + "".join(f"{name:>16}" for name in timed) + f"{'ratio':>8}")
     for label, text in inputs.items():
         ms = {name: best_ms(redactor, text) for name, redactor in timed.items()}

@@ -53,7 +53,9 @@ class Settings:
             platform_root=root,
             state_dir=state.resolve(),
             phase=env.get("PLATFORMCTL_PHASE", ""),
-            approval_key_file=Path(env["PLATFORM_APPROVAL_KEY_FILE"]) if env.get("PLATFORM_APPROVAL_KEY_FILE") else None,
+            approval_key_file=(
+                Path(env["PLATFORM_APPROVAL_KEY_FILE"]) if env.get("PLATFORM_APPROVAL_KEY_FILE") else None
+            ),
         )
 
     def approval_key(self) -> bytes | None:
@@ -119,9 +121,13 @@ def load_module(root: Path, module_id: str) -> ModuleFile:
     if module.id != module_id:
         raise PolicyViolation(f"modules/{module_id}/module.yaml declares id {module.id!r}: id and folder must agree")
     if module.spec.runtime.orchestrator != "docker-compose":
-        raise PolicyViolation(f"module {module_id!r} uses orchestrator {module.spec.runtime.orchestrator!r}, not docker-compose")
+        raise PolicyViolation(
+            f"module {module_id!r} uses orchestrator {module.spec.runtime.orchestrator!r}, not docker-compose"
+        )
     if not SERVICE_NAME.fullmatch(module.compose_service):
-        raise PolicyViolation(f"invalid compose service name {module.compose_service!r}: must match {SERVICE_NAME.pattern}")
+        raise PolicyViolation(
+            f"invalid compose service name {module.compose_service!r}: must match {SERVICE_NAME.pattern}"
+        )
     return module
 
 

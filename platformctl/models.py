@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from platformctl.outcomes import Status
 from platformctl.redact import redact_and_cap
 
 RedactedText = Annotated[str, AfterValidator(redact_and_cap)]
@@ -104,7 +105,13 @@ class RollbackRecord(_Model):
     state_artifact: str | None
 
 
-class ApplyResult(_Model):
+class RecordedResult(_Model):
+    """An apply's result as the recording activities (persist_state, rollback) take it.
+
+    Its status is any string: a worker still records the outcome of a newer
+    workflow whose statuses it does not know yet.
+    """
+
     status: str
     exitCode: int
     module: str | None = None
@@ -118,6 +125,12 @@ class ApplyResult(_Model):
     error: RedactedText | None = None
     # False when the host opted out of verify_checkout: the SHA was not confirmed on the host.
     checkout_verified: bool | None = None
+
+
+class ApplyResult(RecordedResult):
+    """The contract result, as the workflow builds and returns it: one of the contract's statuses."""
+
+    status: Status
 
 
 # ---- configuration files --------------------------------------------------
@@ -240,7 +253,7 @@ class ServiceObservation(_Model):
 
 
 class PersistStateInput(_Model):
-    result: ApplyResult
+    result: RecordedResult
     source_sha: str | None
     approved_pr: int | None
     plan_digest: str | None
@@ -255,7 +268,7 @@ class PersistedState(_Model):
 
 
 class RollbackInput(_Model):
-    result: ApplyResult
+    result: RecordedResult
     source_sha: str
     workflow_id: str
     run_id: str | None = None  # None only in inputs of applies started before it was added

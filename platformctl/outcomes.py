@@ -7,7 +7,23 @@ the workflow can map the type back to a status.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+# Every status an apply can end with (the contract's outcome table, below).
+Status = Literal[
+    "no_changes",
+    "dry_run",
+    "applied",
+    "tool_error",
+    "blocked",
+    "remote_failed",
+    "unhealthy",
+    "approval_mismatch",
+    "approval_expired",
+    "rejected",
+    "destructive_needs_approval",
+    "cancelled",
+]
 
 
 class Outcome(NamedTuple):
@@ -15,7 +31,7 @@ class Outcome(NamedTuple):
     error_type: str | None  # None: the workflow completes instead of failing
 
 
-OUTCOMES: dict[str, Outcome] = {
+OUTCOMES: dict[Status, Outcome] = {
     "no_changes": Outcome(0, None),
     "dry_run": Outcome(0, None),
     "applied": Outcome(9, None),
@@ -31,19 +47,21 @@ OUTCOMES: dict[str, Outcome] = {
     "cancelled": Outcome(5, None),
 }
 
-SUCCESS = frozenset({"applied", "no_changes", "dry_run"})
+SUCCESS: frozenset[Status] = frozenset({"applied", "no_changes", "dry_run"})
 
-STATUS_BY_ERROR_TYPE = {o.error_type: s for s, o in OUTCOMES.items() if o.error_type}
+# The failing statuses: each fails the workflow with its own ApplicationError type.
+ERROR_TYPE_BY_STATUS: dict[Status, str] = {s: o.error_type for s, o in OUTCOMES.items() if o.error_type}
+STATUS_BY_ERROR_TYPE: dict[str, Status] = {t: s for s, t in ERROR_TYPE_BY_STATUS.items()}
 
 
 class ApplyError(Exception):
     """A reason to stop the apply, with its contract status."""
 
-    status = "tool_error"
+    status: Status = "tool_error"
 
     @property
     def error_type(self) -> str:
-        return OUTCOMES[self.status].error_type  # type: ignore[return-value]
+        return ERROR_TYPE_BY_STATUS[self.status]
 
 
 class ToolError(ApplyError):

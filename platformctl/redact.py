@@ -241,7 +241,8 @@ _PATTERNS: tuple[_Pattern, ...] = (
     _pattern(
         "pem_private_key_headless",
         ("private key",),
-        rf"^(?=[\w \t+/=])(?:(?P<v>{_B64_LINES})(?=\n(?:{_LOG_PREFIX})*+[ \t]*+-----END {_PEM_LABEL}-----)|{_B64_LINES})",
+        rf"^(?=[\w \t+/=])(?:(?P<v>{_B64_LINES})(?=\n(?:{_LOG_PREFIX})*+[ \t]*+-----END {_PEM_LABEL}-----)"
+        rf"|{_B64_LINES})",
         re.M,
     ),
     # A PuTTY .ppk key: its private half is the base64 under Private-Lines.

@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ MODULES_DIR = "modules"
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class _Record(BaseModel):
@@ -224,8 +224,9 @@ def audit_path(state_dir: Path) -> Path:
 # ---- status: read and replace ---------------------------------------------------------
 
 
-def read_status(state_dir: Path, module: str) -> StatusRecord | None:
-    """The module's status record; None when it has none. A corrupt file raises ToolError."""
+def read_status(state_dir: Path, module: str | None) -> StatusRecord | None:
+    """The module's status record; None when it has none. A corrupt file raises ToolError;
+    a module that is not a valid id (None: a result naming none) raises PolicyViolation."""
     path = status_path(state_dir, module)
     try:
         text = path.read_text(encoding="utf-8")

@@ -20,10 +20,10 @@ from platformctl.client import SEARCH_ATTRIBUTES
 from platformctl.config import Settings
 from platformctl.transport.fake import FakeTransport
 from tests.platform_files import SHA, write_platform
-from workflows import ALL_WORKFLOWS
 
 # Real OpenSSH sshd hosts with the stand-in docker (see tests/sshd.py).
-from tests.sshd import sshd_host, sshd_host2, sshd_server, sshd_server2  # noqa: E402,F401
+from tests.sshd import sshd_host, sshd_host2, sshd_server, sshd_server2  # noqa: F401
+from workflows import ALL_WORKFLOWS
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -396,7 +396,7 @@ def test_corpus_is_large_enough_and_its_ids_unique() -> None:
 
 def test_corpus_in_one_log_is_redacted_whole() -> None:
     """All leaks and keeps interleaved as one output: no rule runs into the next line."""
-    text = "\n".join(f"{leak.text}\n{keep.text}" for leak, keep in zip(LEAKS, KEEP * 5))
+    text = "\n".join(f"{leak.text}\n{keep.text}" for leak, keep in zip(LEAKS, KEEP * 5, strict=False))
     out = redact_and_cap(text)
     assert [leak.id for leak in LEAKS if any(secret in out for secret in leak.secrets)] == []
     assert [keep.id for keep in KEEP if keep.text not in out] == []

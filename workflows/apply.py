@@ -14,10 +14,10 @@ once for the same reason.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Unpack
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
@@ -65,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
         VerifyCheckoutInput,
         brief_errors,
     )
-    from platformctl.outcomes import OUTCOMES, STATUS_BY_ERROR_TYPE, SUCCESS
+    from platformctl.outcomes import OUTCOMES, STATUS_BY_ERROR_TYPE, SUCCESS, Status
     from platformctl.payload import UnreadablePayload, decode_json
     from platformctl.policy.approval import check_approval
     from platformctl.policy.health import verdict
@@ -73,6 +73,19 @@ with workflow.unsafe.imports_passed_through():
     from workflows.project_lock import ENQUEUE, LOCK_FREE, RELEASE, ProjectLockWorkflow, project_lock_id, workflow_ids
 
 T = TypeVar("T")
+A = TypeVar("A")  # an activity's argument
+
+# What the apply is doing now, as the status query and the approve Update report it.
+Phase = Literal[
+    "awaiting_approval",
+    "validating",
+    "waiting_for_lock",
+    "applying",
+    "health_check",
+    "persisting",
+    "rolling_back",
+    "done",
+]
 
 APPLY_WORKFLOW = "ApplyWorkflow"
 PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
@@ -83,7 +96,7 @@ LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
 
 # Local checks: a few quick tries, then the apply ends as tool_error.
-LOCAL_STEP = dict(
+LOCAL_STEP = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
 )
@@ -96,13 +109,13 @@ REMOTE_RETRY = RetryPolicy(
     maximum_attempts=4,
 )
 # Read-only remote steps (ps, git rev-parse).
-READ_STEP = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
+READ_STEP = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
 
 
 class _Stop(Exception):
     """Ends the apply with a contract status."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: Status, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -111,8 +124,8 @@ class _Stop(Exception):
 @workflow.defn(dynamic=True)
 class ApplyWorkflow:
     def __init__(self) -> None:
-        self._phase = "validating"
-        self._status = "running"
+        self._phase: Phase = "validating"
+        self._status: Status | Literal["running"] = "running"
         self._signalled_approval: Any = None  # decoded, parsed like a given one once it is used
         self._approval: Approval | None = None
         self._approval_verdict: str | None = None  # "" accepted, else why not: answers the approve Update
@@ -233,7 +246,7 @@ class ApplyWorkflow:
                 lambda: self._signalled_approval is not None or self._rejection is not None,
                 timeout=timedelta(seconds=timeout_s),
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
         self._raise_if_rejected()
         self._phase = "validating"
@@ -310,7 +323,9 @@ class ApplyWorkflow:
             state = verdict(seen)
             healthy_since = (healthy_since or now) if state == "healthy" else None
             stable_s = (now - healthy_since).total_seconds() if healthy_since else 0.0
-            self._health = HealthRecord(state=seen.state or "absent", health=seen.health or "none", observed_s=round(stable_s, 1))
+            self._health = HealthRecord(
+                state=seen.state or "absent", health=seen.health or "none", observed_s=round(stable_s, 1)
+            )
             if state == "healthy" and stable_s >= cfg.stable_seconds:
                 return self._health
             waited = (now - started).total_seconds()
@@ -375,7 +390,7 @@ class ApplyWorkflow:
                     lambda: self._lock_free is not None or self._rejection is not None,
                     timeout=min(LOCK_POLL, remaining),
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             queue = self._lock_free or []
         self._lock_id = lock_id
@@ -385,7 +400,7 @@ class ApplyWorkflow:
             await self._uncancellable(self._release(handle))
 
     @staticmethod
-    async def _release(handle: workflow.ChildWorkflowHandle) -> None:
+    async def _release(handle: workflow.ChildWorkflowHandle[Any, None]) -> None:
         try:
             await handle.signal(RELEASE)
             await handle  # closed means handed on: the next apply starts at once
@@ -416,7 +431,7 @@ class ApplyWorkflow:
                 self._phase, self._lock_id = "waiting_for_lock", lock_id
                 try:  # the same timer as a sleep, but a reject ends the wait
                     await workflow.wait_condition(lambda: self._rejection is not None, timeout=LOCK_POLL)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self._raise_if_rejected()
         try:
@@ -426,11 +441,11 @@ class ApplyWorkflow:
 
     # ---- endings ----------------------------------------------------------
 
-    async def _roll_back(self, status: str, message: str) -> None:
+    async def _roll_back(self, status: Status, message: str) -> None:
         self._phase = "rolling_back"
         self._status = status
         try:
-            self._rollback = await self._uncancellable(
+            rollback = await self._uncancellable(
                 self._step(
                     Rollback.rollback,
                     RollbackInput(
@@ -445,7 +460,8 @@ class ApplyWorkflow:
                     **LOCAL_STEP,
                 )
             )
-            self._state_artifact = self._rollback.state_artifact
+            self._rollback = rollback
+            self._state_artifact = rollback.state_artifact
         except _Stop as failed:
             workflow.logger.error("rollback could not record the failure: %s", failed.message)
             self._rollback = RollbackRecord(
@@ -454,7 +470,7 @@ class ApplyWorkflow:
                 state_artifact=None,
             )
 
-    async def _finish(self, status: str, message: str | None = None) -> ApplyResult:
+    async def _finish(self, status: Status, message: str | None = None) -> ApplyResult:
         """End a non-applied outcome: one audit line, then the result."""
         self._error = message
         try:
@@ -466,7 +482,14 @@ class ApplyWorkflow:
 
     # ---- plumbing ---------------------------------------------------------
 
-    async def _step(self, method: Any, arg: Any, *, remote: bool = False, **options: Any) -> Any:
+    async def _step(
+        self,
+        method: Callable[[Any, A], Awaitable[T]],
+        arg: A,
+        *,
+        remote: bool = False,
+        **options: Unpack[workflow.ActivityConfig],
+    ) -> T:
         """Run one activity; turn its failure into the contract status."""
         try:
             return await workflow.execute_activity_method(method, arg, **(options or LOCAL_STEP))
@@ -476,8 +499,9 @@ class ApplyWorkflow:
                 raise asyncio.CancelledError() from None  # our own cancel, come back from the activity
             if isinstance(cause, ApplicationError) and cause.type in STATUS_BY_ERROR_TYPE:
                 raise _Stop(STATUS_BY_ERROR_TYPE[cause.type], cause.message) from None
-            status = "remote_failed" if remote else "tool_error"
-            detail = cause.message if cause is not None else e.message
+            status: Status = "remote_failed" if remote else "tool_error"
+            # A cause is always a FailureError (the SDK's failure converter builds it), typed as any exception.
+            detail = cause.message if isinstance(cause, FailureError) else e.message
             raise _Stop(status, f"{method.__name__} failed: {detail}") from None
 
     @staticmethod
@@ -490,7 +514,7 @@ class ApplyWorkflow:
         except asyncio.CancelledError:
             return await task
 
-    def _persist_input(self, status: str) -> PersistStateInput:
+    def _persist_input(self, status: Status) -> PersistStateInput:
         info = workflow.info()
         return PersistStateInput(
             result=self._result(status, self._error),
@@ -503,7 +527,7 @@ class ApplyWorkflow:
             rejected_by=self._rejection.rejected_by if self._rejection else None,
         )
 
-    def _result(self, status: str, error: str | None = None) -> ApplyResult:
+    def _result(self, status: Status, error: str | None = None) -> ApplyResult:
         plan = self._plan
         return ApplyResult(
             status=status,
@@ -520,7 +544,7 @@ class ApplyWorkflow:
             checkout_verified=self._checkout_verified,
         )
 
-    def _done(self, status: str) -> ApplyResult:
+    def _done(self, status: Status) -> ApplyResult:
         self._phase = "done"
         self._status = status
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])

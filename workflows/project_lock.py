@@ -17,6 +17,7 @@ ignored at worst, never a failed workflow task.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue
@@ -86,5 +87,5 @@ class ProjectLockWorkflow:
             self._enqueue(workflow_ids(args))
 
     @workflow.query
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {"lock": self._lock, "holder": self._holder, "waiting": list(self._waiting), "released": self._released}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from platformctl.models import DESTRUCTIVE_ACTIONS, Approval, Plan
 from platformctl.outcomes import ApprovalMismatch, DestructiveNeedsApproval
 from platformctl.policy.plan import SHA, is_destructive
+
 
 def signing_payload(module: str, approval: Approval) -> bytes:
     """The exact bytes CI signs: absent fields as null, allow_destructive as false."""
@@ -43,7 +44,7 @@ def _expiry(approval: Approval) -> datetime | None:
         raise ApprovalMismatch(f"approval expires_at is not an ISO-8601 time: {approval.expires_at[:64]!r}") from None
     if at.utcoffset() is None:
         raise ApprovalMismatch("approval expires_at must carry a time zone (UTC, e.g. 2026-11-27T12:00:00Z)")
-    return at.astimezone(timezone.utc)
+    return at.astimezone(UTC)
 
 
 def check_signature(key: bytes | None, module: str, approval: Approval, now: datetime) -> None:

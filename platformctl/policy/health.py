@@ -8,7 +8,7 @@ which case running is enough.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from platformctl.models import ServiceObservation
 
@@ -27,7 +27,7 @@ class UnreadablePs(ValueError):
     pass
 
 
-def _rows(stdout: str) -> list[dict]:
+def _rows(stdout: str) -> list[dict[str, Any]]:
     text = stdout.strip()
     if not text:
         return []

@@ -110,7 +110,7 @@ class SshTransport:
             await entry.conn.wait_closed()
 
     async def _collect(
-        self, host: HostConfig, process: asyncssh.SSHClientProcess, deadline: float, started: float
+        self, host: HostConfig, process: asyncssh.SSHClientProcess[bytes], deadline: float, started: float
     ) -> RemoteOutput:
         stdout, stderr = _Tail(self._output_cap), _Tail(self._output_cap)
         try:
@@ -219,7 +219,7 @@ def _client_key(host: HostConfig) -> asyncssh.SSHKey:
         ) from None
 
 
-async def _open_process(conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHClientProcess:
+async def _open_process(conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHClientProcess[bytes]:
     # sshd frees a session only after the main-loop pass that processes its
     # channel close, so a channel opened right after several others closed can
     # be refused ("no more sessions") although fewer than MaxSessions are open.
@@ -234,12 +234,12 @@ async def _open_process(conn: asyncssh.SSHClientConnection, command: str) -> asy
     return await conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
 
 
-async def _drain(stream: asyncssh.SSHReader, tail: _Tail) -> None:
+async def _drain(stream: asyncssh.SSHReader[bytes], tail: _Tail) -> None:
     while chunk := await stream.read(READ_CHUNK):
         tail.add(chunk)
 
 
-async def _kill(process: asyncssh.SSHClientProcess) -> None:
+async def _kill(process: asyncssh.SSHClientProcess[bytes]) -> None:
     try:
         process.kill()
     except OSError:  # the channel closed in the meantime

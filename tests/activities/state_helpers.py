@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from platformctl.config import Settings
-from platformctl.models import ApplyResult, PersistStateInput, RollbackInput
+from platformctl.models import PersistStateInput, RecordedResult, RollbackInput
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"
@@ -41,7 +41,7 @@ def settings_for(root: Path, state_dir: Path | None = None) -> Settings:
     )
 
 
-def result(status: str = "applied", **over: Any) -> ApplyResult:
+def result(status: str = "applied", **over: Any) -> RecordedResult:
     fields: dict[str, Any] = {
         "status": status,
         "exitCode": {"applied": 9, "remote_failed": 4, "unhealthy": 4, "blocked": 3, "cancelled": 5}.get(status, 2),
@@ -53,10 +53,10 @@ def result(status: str = "applied", **over: Any) -> ApplyResult:
     }
     if status != "applied":
         fields["error"] = f"{status}: pull access denied"
-    return ApplyResult(**{**fields, **over})
+    return RecordedResult(**{**fields, **over})
 
 
-def persist_input(res: ApplyResult | None = None, **over: Any) -> PersistStateInput:
+def persist_input(res: RecordedResult | None = None, **over: Any) -> PersistStateInput:
     fields: dict[str, Any] = {
         "result": res or result(),
         "source_sha": SHA,
@@ -69,7 +69,7 @@ def persist_input(res: ApplyResult | None = None, **over: Any) -> PersistStateIn
     return PersistStateInput(**{**fields, **over})
 
 
-def rollback_input(res: ApplyResult | None = None, **over: Any) -> RollbackInput:
+def rollback_input(res: RecordedResult | None = None, **over: Any) -> RollbackInput:
     fields: dict[str, Any] = {
         "result": res or result("remote_failed"),
         "source_sha": OTHER_SHA,

@@ -51,7 +51,9 @@ async def test_rollback_keeps_every_field_of_the_last_good_apply(settings):
     assert (failure.status, failure.source_sha, failure.workflow_id, failure.run_id) == (
         "remote_failed", OTHER_SHA, "apply-2", "run-2",
     )
-    assert (failure.approved_by, failure.approved_pr, failure.error) == ("bob", 170, "remote_failed: pull access denied")
+    assert (failure.approved_by, failure.approved_pr, failure.error) == (
+        "bob", 170, "remote_failed: pull access denied"
+    )
     assert failure.plan_digest != DIGEST and failure.at
 
 

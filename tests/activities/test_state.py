@@ -23,11 +23,15 @@ BAD_MODULE_IDS = ["../escape", "a/b", "..", "", "Redis", "-lead", "x" * 64, "ok\
 
 
 def status(sha: str, module: str = "redis") -> StatusRecord:
-    return StatusRecord(module=module, status="applied", last_apply_sha=sha, run_id="run-1", command="docker compose up")
+    return StatusRecord(
+        module=module, status="applied", last_apply_sha=sha, run_id="run-1", command="docker compose up"
+    )
 
 
 def line(**over) -> AuditLine:
-    return AuditLine(**{"at": "2025-01-01T00:00:00+00:00", "workflow_id": "wf", "status": "applied", "exitCode": 9, **over})
+    return AuditLine(
+        **{"at": "2025-01-01T00:00:00+00:00", "workflow_id": "wf", "status": "applied", "exitCode": 9, **over}
+    )
 
 
 def audit_text(state_dir) -> str:

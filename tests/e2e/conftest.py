@@ -31,7 +31,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Outcome
-from tests.sshd import SshHost, make_keypair, known_hosts_pattern
+from tests.sshd import SshHost, known_hosts_pattern, make_keypair
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -264,14 +264,18 @@ async def e2e(dev_server, tmp_path):
     problems = []
     for worker in harness.workers:
         if worker.exited_unexpectedly():
-            problems.append(f"{worker.log_path.name}: exited on its own with {worker.proc.returncode}\n{worker.log()[-3000:]}")
+            problems.append(
+                f"{worker.log_path.name}: exited on its own with {worker.proc.returncode}\n{worker.log()[-3000:]}"
+            )
             continue
         if worker.killed or worker.proc.poll() is not None:
             continue
         code, seconds = await worker.terminate()
         if code != 0:
             worker.force_stop()
-            problems.append(f"{worker.log_path.name}: exit {code} after {seconds:.1f} s of SIGTERM\n{worker.log()[-3000:]}")
+            problems.append(
+                f"{worker.log_path.name}: exit {code} after {seconds:.1f} s of SIGTERM\n{worker.log()[-3000:]}"
+            )
     assert not problems, "\n".join(problems)
 
 

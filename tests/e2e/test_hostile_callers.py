@@ -24,7 +24,6 @@ from tests.e2e.conftest import NAMESPACE, TEMPORAL_CLI, compose_up_argv, ssh_hos
 from tests.platform_files import SHA, apply_input, approval, change, plan
 from tests.sshd import eventually, process_running
 
-
 QUICK_HEALTH = {"stable_seconds": 0, "timeout_seconds": 10, "poll_seconds": 1}
 
 

@@ -89,7 +89,8 @@ def test_builders_reject_non_compose_files(path):
 
 @pytest.mark.parametrize(
     "service",
-    ["-d", "--rm", "--help", "a;b", "$(id)", "`id`", "a b", "a|b", "a&&b", "", "web\n", "web\x00", ".hidden", "_x", "wéb"],
+    ["-d", "--rm", "--help", "a;b", "$(id)", "`id`", "a b", "a|b", "a&&b", "",
+     "web\n", "web\x00", ".hidden", "_x", "wéb"],
 )
 @pytest.mark.parametrize("builder", [commands.compose_up, commands.compose_ps])
 def test_builders_reject_flag_like_and_shell_like_service_names(builder, service):

@@ -174,7 +174,9 @@ def test_missing_hosts_file_is_a_tool_error(tmp_path):
             "host 'rs2000' is invalid: proxy_command",
         ),
     ],
-    ids=["bad-yaml", "empty", "list", "hosts-list", "no-hosts-key", "entry-string", "no-user", "bad-port", "unknown-key"],
+    ids=[
+        "bad-yaml", "empty", "list", "hosts-list", "no-hosts-key", "entry-string", "no-user", "bad-port", "unknown-key"
+    ],
 )
 def test_malformed_hosts_file_is_a_tool_error(tmp_path, text, message):
     (tmp_path / "hosts.yaml").write_text(text)
@@ -203,7 +205,10 @@ def test_policy_file_only_adds_to_the_defaults(tmp_path, extra):
 
 @pytest.mark.parametrize(
     "text",
-    ["sacred_paths: compose/\n", "sacred_paths: [compose/, 3]\n", "sacred_paths: ['']\n", "- compose/\n", "sacred_paths: [\n"],
+    [
+        "sacred_paths: compose/\n", "sacred_paths: [compose/, 3]\n", "sacred_paths: ['']\n", "- compose/\n",
+        "sacred_paths: [\n",
+    ],
 )
 def test_malformed_policy_file_is_a_tool_error(tmp_path, text):
     (tmp_path / "policy.yaml").write_text(text)

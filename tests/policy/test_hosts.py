@@ -45,7 +45,8 @@ def test_lookup_is_exact():
 
 @pytest.mark.parametrize(
     "user",
-    ["root", "Root", "root ", "", "deploy;id", "deploy$(id)", "de ploy", "-oProxyCommand=x", "deploy\n", "a" * 33, "1deploy"],
+    ["root", "Root", "root ", "", "deploy;id", "deploy$(id)", "de ploy", "-oProxyCommand=x", "deploy\n",
+     "a" * 33, "1deploy"],
 )
 def test_root_and_non_plain_users_are_rejected(user):
     with pytest.raises(PolicyViolation, match="is not allowed"):

@@ -72,8 +72,9 @@ def test_compose_service_target_must_name_exactly_this_service(service):
 
 @pytest.mark.parametrize(
     "target",
-    ["module.honcho-redis", "Compose.Service.honcho-redis", "COMPOSE.SERVICE.honcho-redis", "compose.services.honcho-redis",
-     "compose.service.honcho-redis.extra", "compose.service.*", "compose.volume.honcho-redis"],
+    ["module.honcho-redis", "Compose.Service.honcho-redis", "COMPOSE.SERVICE.honcho-redis",
+     "compose.services.honcho-redis", "compose.service.honcho-redis.extra", "compose.service.*",
+     "compose.volume.honcho-redis"],
 )
 def test_any_other_spelling_of_a_target_fails_closed(target):
     with pytest.raises(PolicyViolation, match="must be exactly"):

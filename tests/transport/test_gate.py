@@ -152,7 +152,12 @@ def local_root(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "build", [lambda r: compose_up(f"{r}/{COMPOSE_FILE}", "redis"), lambda r: compose_ps(f"{r}/{COMPOSE_FILE}", "a_b.c-1"), git_head]
+    "build",
+    [
+        lambda r: compose_up(f"{r}/{COMPOSE_FILE}", "redis"),
+        lambda r: compose_ps(f"{r}/{COMPOSE_FILE}", "a_b.c-1"),
+        git_head,
+    ],
 )
 def test_allowed_commands_reach_the_program_unchanged(local_root, build):
     root, state = local_root

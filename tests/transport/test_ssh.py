@@ -207,7 +207,10 @@ async def test_a_refused_channel_is_retried(sshd_host):
     transport = SshTransport(max_channels=16)
     try:
         outs = await asyncio.gather(
-            *(transport.run(sshd_host.host_config(), compose_ps(sshd_host.compose_path, "redis"), timeout_s=10) for _ in range(16))
+            *(
+                transport.run(sshd_host.host_config(), compose_ps(sshd_host.compose_path, "redis"), timeout_s=10)
+                for _ in range(16)
+            )
         )
     finally:
         await transport.close()

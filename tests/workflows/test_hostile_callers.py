@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,8 +22,18 @@ from temporalio.worker import Worker
 from platformctl.models import Approval
 from platformctl.policy.approval import sign
 from platformctl.state import read_status
-from platformctl.transport.fake import hang, ok, ps
-from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, change, host_doc, module_doc, plan, write_platform
+from platformctl.transport.fake import hang, ok
+from tests.platform_files import (
+    OTHER_SHA,
+    SHA,
+    apply_input,
+    approval,
+    change,
+    host_doc,
+    module_doc,
+    plan,
+    write_platform,
+)
 from tests.workflows.test_apply import COMMAND, audit_lines, wait_for_phase
 
 # ---- 1. activities act only for this worker's own workflows ------------------------
@@ -129,7 +139,10 @@ async def test_input_past_a_bound_is_blocked_within_seconds(harness, request_, m
 async def test_two_start_arguments_are_blocked(harness):
     async with harness.worker():
         handle = await harness.client.start_workflow(
-            "ApplyWorkflow", args=[apply_input(), apply_input()], id=f"apply-{uuid.uuid4()}", task_queue=harness.task_queue
+            "ApplyWorkflow",
+            args=[apply_input(), apply_input()],
+            id=f"apply-{uuid.uuid4()}",
+            task_queue=harness.task_queue,
         )
         out = await harness.outcome(handle)
     assert out.status == "blocked" and "got 2 arguments" in out.result["error"]
@@ -294,8 +307,12 @@ async def test_two_modules_of_one_compose_project_take_turns(harness):
     assert phase_b == "waiting_for_lock" and harness.transport.max_running == 1
     events = (await b.handle.fetch_history()).events
     # handed over by the holder's lock, not found by the 10 s retry
-    found_taken = next(i for i, e in enumerate(events) if e.HasField("start_child_workflow_execution_failed_event_attributes"))
-    handed = next(i for i, e in enumerate(events) if e.workflow_execution_signaled_event_attributes.signal_name == "lock_free")
+    found_taken = next(
+        i for i, e in enumerate(events) if e.HasField("start_child_workflow_execution_failed_event_attributes")
+    )
+    handed = next(
+        i for i, e in enumerate(events) if e.workflow_execution_signaled_event_attributes.signal_name == "lock_free"
+    )
     assert not any(e.HasField("timer_fired_event_attributes") for e in events[found_taken:handed])
 
 
@@ -372,7 +389,7 @@ async def test_an_unsigned_altered_or_expired_approval_is_a_mismatch(harness, ke
 
 async def test_compose_up_checks_the_signature_again(harness, key):
     """An approval that expires while the apply waits for its lock never runs."""
-    soon = (datetime.now(timezone.utc) + timedelta(seconds=3)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     gate = asyncio.Event()
 
     async def slow_up(timeout_s: float):

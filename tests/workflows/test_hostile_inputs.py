@@ -149,7 +149,9 @@ async def test_client_key_missing_on_the_worker_is_a_tool_error(harness):
 
 async def test_host_entry_with_an_unknown_key_is_a_tool_error(harness):
     write_platform(harness.root, hosts={"rs2000": host_doc(harness.root, proxy_command="nc evil 22")})
-    await assert_stopped_before_any_host(harness, apply_input(), "tool_error", "host 'rs2000' is invalid: proxy_command")
+    await assert_stopped_before_any_host(
+        harness, apply_input(), "tool_error", "host 'rs2000' is invalid: proxy_command"
+    )
 
 
 # ---- the plan --------------------------------------------------------------------
