@@ -92,6 +92,20 @@ PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
 
 # Applies started before the per-project lock keep the per-module lock they began with.
 PROJECT_LOCK_PATCH = "project-lock"
+# Applies started before PlatformStatus followed the phases keep "running" until done.
+PHASE_STATUS_PATCH = "phase-status"
+# What the Web UI shows for each activity (its summary).
+STEP_SUMMARIES = {
+    "validate_plan": "1 validate plan",
+    "check_approval": "2 check approval",
+    "guard_compose_path": "3 guard compose path",
+    "check_host_allowlist": "4 check host allowlist",
+    "verify_checkout": "4 verify the host's checkout",
+    "compose_up": "5 compose up",
+    "compose_ps": "6 health smoke: compose ps",
+    "persist_state": "7 persist state",
+    "rollback": "rollback",
+}
 LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
 
@@ -142,6 +156,7 @@ class ApplyWorkflow:
         self._checkout_verified: bool | None = None
         self._lock_id: str | None = None
         self._lock_free: list[str] | None = None  # the queue handed to us when our turn came
+        self._phase_status = False  # PlatformStatus follows the phases (PHASE_STATUS_PATCH)
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> ApplyResult:
@@ -151,6 +166,7 @@ class ApplyWorkflow:
                 type="UnknownWorkflowType",
                 non_retryable=True,
             )
+        self._phase_status = workflow.patched(PHASE_STATUS_PATCH)
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
         try:
             result = await self._apply(args)
@@ -194,13 +210,16 @@ class ApplyWorkflow:
             self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
                 # 5. Compose up with a timeout
-                self._phase = "applying"
+                self._enter(
+                    "applying",
+                    f"Running `{target.command}` on {target.host.name} (killed after {plan.up_timeout_seconds} s).",
+                )
                 await self._compose_up(target, plan.up_timeout_seconds)
                 # 6. Post-apply health smoke
-                self._phase = "health_check"
+                self._enter("health_check", self._health_details(plan.health))
                 self._health = await self._health_smoke(target, plan.health)
                 # 7. Persist state (a cancel arriving now is too late: the service is live)
-                self._phase = "persisting"
+                self._enter("persisting", "Recording the applied state.")
                 persisted = await self._uncancellable(
                     self._step(PersistState.persist_state, self._persist_input("applied"))
                 )
@@ -240,7 +259,12 @@ class ApplyWorkflow:
         workflow.upsert_search_attributes([PLATFORM_HOST.value_set(plan.host)])
 
     async def _await_approval(self, timeout_s: int) -> Any:
-        self._phase = "awaiting_approval"
+        deadline = workflow.now() + timedelta(seconds=timeout_s)
+        self._enter(
+            "awaiting_approval",
+            f"Waiting for an approval of `{self._sha7()}` until {deadline:%Y-%m-%d %H:%M} UTC: "
+            "the `approve` Update or signal, or `reject`.",
+        )
         try:
             await workflow.wait_condition(
                 lambda: self._signalled_approval is not None or self._rejection is not None,
@@ -249,7 +273,7 @@ class ApplyWorkflow:
         except TimeoutError:
             raise _Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
         self._raise_if_rejected()
-        self._phase = "validating"
+        self._enter("validating", "Checking the approval, the compose path and the host allowlist.")
         return self._signalled_approval
 
     async def _check_approval(self, inp: ApplyInput, given: Any) -> None:
@@ -326,6 +350,7 @@ class ApplyWorkflow:
             self._health = HealthRecord(
                 state=seen.state or "absent", health=seen.health or "none", observed_s=round(stable_s, 1)
             )
+            workflow.set_current_details(self._health_details(cfg))
             if state == "healthy" and stable_s >= cfg.stable_seconds:
                 return self._health
             waited = (now - started).total_seconds()
@@ -371,7 +396,13 @@ class ApplyWorkflow:
                 break
             except WorkflowAlreadyStartedError:
                 pass
-            self._phase, self._lock_id = "waiting_for_lock", lock_id
+            if self._phase != "waiting_for_lock":
+                self._enter(
+                    "waiting_for_lock",
+                    f"Waiting until {deadline:%H:%M:%S} UTC for `{lock_id}`, held by another apply "
+                    f"of compose project {target.project!r} on {target.host.name}.",
+                )
+            self._lock_id = lock_id
             remaining = deadline - workflow.now()
             if remaining <= timedelta(0):
                 raise _Stop(
@@ -442,7 +473,7 @@ class ApplyWorkflow:
     # ---- endings ----------------------------------------------------------
 
     async def _roll_back(self, status: Status, message: str) -> None:
-        self._phase = "rolling_back"
+        self._enter("rolling_back", f"Rolling back after `{status}`: {message}")
         self._status = status
         try:
             rollback = await self._uncancellable(
@@ -491,8 +522,10 @@ class ApplyWorkflow:
         **options: Unpack[workflow.ActivityConfig],
     ) -> T:
         """Run one activity; turn its failure into the contract status."""
+        config = workflow.ActivityConfig(**(options or LOCAL_STEP))
+        config["summary"] = STEP_SUMMARIES.get(method.__name__)
         try:
-            return await workflow.execute_activity_method(method, arg, **(options or LOCAL_STEP))
+            return await workflow.execute_activity_method(method, arg, **config)
         except ActivityError as e:
             cause = e.cause
             if isinstance(cause, CancelledError):
@@ -548,7 +581,27 @@ class ApplyWorkflow:
         self._phase = "done"
         self._status = status
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
+        error = f": {self._error}" if self._error else ""
+        workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}")
         return self._result(status, self._error)
+
+    def _enter(self, phase: Phase, details: str) -> None:
+        """A new phase, shown in the status query, PlatformStatus and the UI's current details."""
+        self._phase = phase
+        if self._phase_status:
+            workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(phase)])
+        workflow.set_current_details(details)
+
+    def _sha7(self) -> str:
+        return self._input.plan.source_sha[:7] if self._input else "?"
+
+    def _health_details(self, cfg: HealthConfig) -> str:
+        last = ""
+        if self._health:
+            h = self._health
+            last = f" Last: state={h.state}, health={h.health}, stable {h.observed_s} s."
+        window = f"healthy for {cfg.stable_seconds} s (fails after {cfg.timeout_seconds} s)"
+        return f"Polling `compose ps` until {window}.{last}"
 
     # ---- messages ---------------------------------------------------------
     # Signals and updates arrive raw: a payload of any shape, or any number of

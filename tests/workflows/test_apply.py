@@ -380,3 +380,34 @@ async def test_an_explicit_opt_out_is_recorded_as_unverified(harness):
     assert out.status == "applied" and out.result["checkout_verified"] is False
     assert harness.transport.commands("git_head") == []
     assert audit_lines(harness)[-1]["checkout_verified"] is False
+
+
+# ---- what the Web UI shows ---------------------------------------------------------
+
+
+async def test_the_ui_sees_each_phase_what_it_waits_for_and_each_step(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        desc = await handle.describe()
+        attrs = {k.name: v for k, v in desc.typed_search_attributes}
+        metadata = await handle.query("__temporal_workflow_metadata")
+        await handle.signal("approve", approval())
+        out = await harness.outcome(handle)
+    assert out.status == "applied"
+    assert attrs["PlatformStatus"] == "awaiting_approval"  # not "running" in every phase
+    assert "Waiting for an approval of `0123456`" in metadata.current_details
+    events = (await handle.fetch_history()).events
+    upserted = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields["PlatformStatus"].data
+        for e in events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+    ]
+    phases = [json.loads(v) for v in upserted if v]
+    assert phases == ["running", "awaiting_approval", "validating", "applying", "health_check", "persisting", "applied"]
+    summaries = {
+        e.user_metadata.summary.data
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    assert {json.loads(s) for s in summaries} >= {"1 validate plan", "5 compose up", "7 persist state"}
