@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
@@ -18,14 +19,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities import Deps, build_activities
 from platformctl.client import connect, register_search_attributes
 from platformctl.config import Settings
+from platformctl.logs import setup_logging
+from platformctl.metrics import runtime_from_env
+from platformctl.notify import notify_url, shown
 from platformctl.transport.ssh import SshTransport
 from workflows import ALL_WORKFLOWS
 
@@ -61,10 +67,27 @@ def temporal_cli() -> str:
     return found
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGTERM when `parent` dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)  # looked up before the fork, not in the child
+
+    def preexec() -> None:
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
     """Start `temporal server start-dev` (SQLite-backed, Web UI on) unless something already listens."""
     if _listening(settings.temporal_address):
-        log.info("a Temporal server already listens at %s: using it", settings.temporal_address)
+        log.info("a Temporal server already listens at %s: attaching to it; this worker did not start it "
+                 "and will not stop it", settings.temporal_address)
         return None
     host, port = _host_port(settings.temporal_address)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -83,8 +106,10 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
     log.info("starting Temporal dev server at %s (Web UI http://%s:%d, data %s)",
              settings.temporal_address, host, port + 1000, db)
     # Its own session: a Ctrl-C meant for the worker must not kill the server
-    # before the worker has finished its running activities.
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    # before the worker has finished its running activities. A worker that dies
+    # without its finally (kill -9) still takes the server with it.
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_dies_with(os.getpid()))
+    log.info("Temporal dev server pid %d stops with this worker", proc.pid)
     deadline = time.monotonic() + 60
     while not _listening(settings.temporal_address):
         if proc.poll() is not None:
@@ -96,8 +121,8 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
     return proc
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    client = await connect(settings)
+async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime | None = None) -> None:
+    client = await connect(settings, runtime)
     await register_search_attributes(client, settings.namespace)
     transport = SshTransport()
     worker = Worker(
@@ -134,8 +159,17 @@ def main() -> None:
     parser.add_argument("--dev", action="store_true",
                         help="start the embedded Temporal dev server first if nothing listens at TEMPORAL_ADDRESS")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(os.environ.get("PLATFORM_LOG_FORMAT"))
     settings = Settings.from_env()
+    runtime = runtime_from_env(os.environ)
+    if runtime is not None:
+        log.info("metrics at http://%s/metrics", os.environ["PLATFORM_METRICS_ADDRESS"])
+    try:
+        url = notify_url()
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if url is not None:
+        log.info("failed applies, rollbacks and approval reminders are notified to %s", shown(url))
     server = start_dev_server(settings) if args.dev else None
 
     async def serve() -> None:
@@ -143,7 +177,7 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop)
+        await run_worker(settings, stop, runtime)
 
     try:
         asyncio.run(serve())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import TypeVar
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from platformctl.config import Settings
 from platformctl.outcomes import ApplyError, PolicyViolation
@@ -20,8 +21,10 @@ from platformctl.redact import redact
 from platformctl.transport import Transport, TransportError
 
 # The contract's workflows: the only ones whose activity tasks this worker runs.
-CONTRACT_WORKFLOWS = frozenset({"ApplyWorkflow"})
+CONTRACT_WORKFLOWS = frozenset({"ApplyWorkflow", "ReapplyWorkflow"})
 HEARTBEAT_EVERY_S = 1.0
+# Policy refusals: one line each, the reason plain (the SDK logs benign failures only at DEBUG).
+refusals = logging.getLogger("platform.activity")
 
 T = TypeVar("T")
 A = TypeVar("A")  # the activity's one argument
@@ -79,6 +82,8 @@ def step(fn: Callable[[S, A], Awaitable[T]]) -> Callable[[S, A], Awaitable[T]]:
     errors are RemoteFailed, retryable only when the host may yet answer. Anything
     else is a retryable ToolError (the workflow bounds the attempts). `from
     None` keeps the unredacted original out of the stored failure chain.
+    Policy outcomes are BENIGN: an expected "no", logged by us as one WARNING
+    line instead of the SDK's traceback (type, message and retry unchanged).
     """
 
     @functools.wraps(fn)
@@ -87,7 +92,15 @@ def step(fn: Callable[[S, A], Awaitable[T]]) -> Callable[[S, A], Awaitable[T]]:
             await self.deps.authorize()
             return await fn(self, inp)
         except ApplyError as e:
-            raise ApplicationError(redact(str(e)), type=e.error_type, non_retryable=True) from None
+            message = redact(str(e))
+            info = activity.info()
+            refusals.warning(
+                "activity %s ends the apply as %s: %s (workflow=%s)", info.activity_type, e.status, message,
+                info.workflow_id,
+            )
+            raise ApplicationError(
+                message, type=e.error_type, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+            ) from None
         except TransportError as e:
             # Refused or timed-out connections may pass; a wrong key never will.
             raise ApplicationError(

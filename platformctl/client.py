@@ -11,6 +11,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client, TLSConfig
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 
 from platformctl.config import Settings
 
@@ -35,13 +36,15 @@ def tls_from_env() -> TLSConfig | bool:
     )
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """`runtime`: one with telemetry (metrics); None is the SDK's default runtime."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.namespace,
         data_converter=pydantic_data_converter,
         tls=tls_from_env(),
         api_key=os.environ.get("TEMPORAL_API_KEY") or None,
+        runtime=runtime,
     )
 
 

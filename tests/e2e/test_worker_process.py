@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType, IndexedValueType
@@ -21,7 +28,10 @@ from temporalio.exceptions import ApplicationError
 from tests.e2e.conftest import (
     NAMESPACE,
     PLATFORM_ATTRIBUTES,
+    REPO,
     TEMPORAL_CLI,
+    WorkerProcess,
+    closed_port,
     connection_attempts,
     ssh_host_entry,
     write_hosts,
@@ -200,3 +210,115 @@ async def test_operator_runs_applies_with_the_temporal_cli(platform, sshd_host, 
     assert (result["status"], result["exitCode"]) == ("dry_run", 0)
     assert result["command"] == f"docker compose -f {sshd_host.compose_path} up -d {SERVICE}"
     assert sshd_host.calls() == []
+
+
+# ---- --dev: the embedded dev server ---------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting for a reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _dev_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "worker.py", "--dev"], cwd=REPO, env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+    return WorkerProcess(proc, log_path, env)
+
+
+async def test_a_killed_dev_worker_takes_its_dev_server_with_it(tmp_path):
+    port = _free_dev_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PLATFORM_", "PLATFORMCTL_"))}
+    env.update(
+        TEMPORAL_ADDRESS=f"127.0.0.1:{port}", PLATFORM_ROOT=str(tmp_path), PLATFORM_STATE_DIR=str(tmp_path / "state"),
+        PYTHONUNBUFFERED="1",
+    )
+    worker = _dev_worker(env, tmp_path / "worker.log")
+    servers: list[int] = []
+    try:
+        await worker.wait_polling(timeout_s=90)
+        servers = _children(worker.pid)
+        assert len(servers) == 1, (servers, worker.log())
+        worker.kill9()
+        deadline = time.monotonic() + 10
+        while (_alive(servers[0]) or _listening(port)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not _alive(servers[0]), f"dev server {servers[0]} outlived its killed worker"
+        assert not _listening(port)
+    finally:
+        worker.force_stop()
+        for pid in servers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_dev_worker_attaches_to_a_server_it_did_not_start(platform, dev_server):
+    e2e = platform
+    worker = _dev_worker(e2e.worker_env(None), e2e.logs_dir / "dev-worker.log")
+    e2e.workers.append(worker)
+    await worker.wait_polling()
+    assert "attaching to it; this worker did not start it and will not stop it" in worker.log()
+    assert _children(worker.pid) == []
+    code, _ = await worker.terminate()
+    assert code == 0, worker.log()
+    assert _listening(int(dev_server.address.rpartition(":")[2]))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_dev_port() -> int:
+    """A free port whose Web UI port (+1000) is free too."""
+    while True:
+        port = closed_port()
+        if port < 64000 and not _listening(port + 1000):
+            return port
+
+
+# ---- what an operator reads and scrapes -----------------------------------------
+
+
+async def test_json_logs_outcome_lines_refusals_and_metrics(platform):
+    e2e = platform
+    port = closed_port()
+    e2e.extra_env.update(PLATFORM_LOG_FORMAT="json", PLATFORM_METRICS_ADDRESS=f"127.0.0.1:{port}")
+    worker = await e2e.start_worker(phase=None)
+    dry = await e2e.apply(request())
+    blocked = await e2e.apply(apply_input(plan(module=MODULE, changes=[change(SERVICE)], source_dirty=True)))
+    assert (dry.status, blocked.status) == ("dry_run", "blocked")
+    await asyncio.sleep(0.5)  # the last activity's log line
+
+    records = [json.loads(line) for line in worker.log().splitlines()]  # every line is one JSON object
+    messages = [r["message"] for r in records]
+    assert any(m.startswith(f"apply {MODULE}@h1 dry_run exit=0 in ") and f"workflow={dry.handle.id}" in m
+               for m in messages), messages
+    (refusal,) = [r for r in records if r["logger"] == "platform.activity"]
+    assert refusal["level"] == "WARNING" and "ends the apply as blocked" in refusal["message"]
+    assert not [r for r in records if "Completing activity as failed" in r["message"] or "exception" in r]
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    counted = [line for line in text.splitlines() if line.startswith("platform_apply_outcomes_total{")]
+    assert any('status="dry_run"' in line and f'module="{MODULE}"' in line and line.endswith(" 1")
+               for line in counted), counted
+    assert any('status="blocked"' in line and line.endswith(" 1") for line in counted), counted

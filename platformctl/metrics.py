@@ -1,0 +1,49 @@
+"""Prometheus metrics: the SDK's own (workers, pollers, activities) plus apply outcomes.
+
+`PLATFORM_METRICS_ADDRESS` (host:port) turns them on; `/metrics` there is
+served by the SDK runtime that the worker's client is connected with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from temporalio import activity
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from platformctl.config import MODULE_ID
+
+OUTCOMES = "platform_apply_outcomes_total"
+DURATION = "platform_apply_duration_seconds"
+# Seconds from the workflow's start, approval wait included: seconds to days.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
+
+
+def runtime_from_env(env: Mapping[str, str]) -> Runtime | None:
+    """A runtime serving Prometheus metrics at PLATFORM_METRICS_ADDRESS; None when it is unset."""
+    address = env.get("PLATFORM_METRICS_ADDRESS")
+    if not address:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SystemExit(f"PLATFORM_METRICS_ADDRESS must be host:port (e.g. 127.0.0.1:9464), not {address!r}")
+    try:
+        return Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=address, histogram_bucket_overrides={DURATION: DURATION_BUCKETS})
+            )
+        )
+    except Exception as e:
+        raise SystemExit(f"cannot serve metrics at PLATFORM_METRICS_ADDRESS={address}: {e}") from None
+
+
+def record_outcome(status: str, module: str | None, duration_s: float | None) -> None:
+    """Count one apply outcome (inside an activity: a no-op meter when metrics are off)."""
+    meter = activity.metric_meter()
+    # A label from a blocked input could be anything: only valid module ids become series.
+    label = module if module is not None and MODULE_ID.fullmatch(module) else "-"
+    meter.create_counter(OUTCOMES, "Apply outcomes by status and module").add(1, {"status": status, "module": label})
+    if duration_s is not None:
+        meter.create_histogram_float(DURATION, "Seconds from an apply's start to its outcome", "s").record(
+            duration_s, {"status": status}
+        )

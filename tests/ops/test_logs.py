@@ -1,0 +1,63 @@
+"""The worker's log setup: asyncssh quiet, and JSON lines on request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+from temporalio import activity, workflow
+
+from platformctl.logs import JsonFormatter, setup_logging
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("asyncssh").level)
+    saved_info = (activity.logger.activity_info_on_message, workflow.logger.workflow_info_on_message)
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    logging.getLogger("asyncssh").setLevel(saved[2])
+    activity.logger.activity_info_on_message, workflow.logger.workflow_info_on_message = saved_info
+
+
+@pytest.mark.parametrize("fmt", [None, "text", "json"])
+def test_asyncssh_connection_chatter_is_not_logged(restore_logging, fmt):
+    setup_logging(fmt)
+    assert not logging.getLogger("asyncssh").isEnabledFor(logging.INFO)
+    assert logging.getLogger("asyncssh").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("platform.apply").isEnabledFor(logging.INFO)
+
+
+def test_json_format_is_one_object_per_line_with_the_sdk_extras(restore_logging):
+    setup_logging("json")
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler.formatter, JsonFormatter)
+    assert not activity.logger.activity_info_on_message  # the extras carry it
+    record = logging.LogRecord("temporalio.activity", logging.WARNING, __file__, 1, "refused %s", ("x",), None)
+    record.temporal_activity = {"activity_type": "validate_plan", "workflow_id": "apply-1"}
+    record.__temporal_error_identifier = "ActivityFailure"  # the SDK's private marker stays out
+    line = handler.format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data.pop("time").endswith("+00:00")
+    assert data == {
+        "level": "WARNING", "logger": "temporalio.activity", "message": "refused x",
+        "temporal_activity": {"activity_type": "validate_plan", "workflow_id": "apply-1"},
+    }
+
+
+def test_json_keeps_an_exception_on_its_line():
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    data = json.loads(JsonFormatter().format(record))
+    assert data["message"] == "failed" and "ValueError: boom" in data["exception"]
+
+
+def test_an_unknown_format_stops_the_worker(restore_logging):
+    with pytest.raises(SystemExit, match="PLATFORM_LOG_FORMAT"):
+        setup_logging("yaml")
