@@ -1,0 +1,220 @@
+"""`platform-apply apply PLAN.json`: start an ApplyWorkflow (or attach to the one in flight) and wait.
+
+The workflow id is `apply-<module>-<first 12 of the SHA>` with the conflict
+policy USE_EXISTING, so a CI re-run attaches to the apply in flight instead
+of starting a second one. Once that apply has closed, a re-run starts a new
+one (compose up -d converges, so applying an applied SHA again is harmless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from platformctl.cli.approve import send_approval
+from platformctl.cli.common import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    CliError,
+    approval_object,
+    connect_client,
+    iso_time,
+    one_line,
+    print_json,
+    signing_key,
+    usage_error,
+    with_signature,
+)
+from platformctl.cli.progress import Progress, status_of, watch
+from platformctl.config import Settings, load_module
+from platformctl.outcomes import OUTCOMES
+
+APPLY_WORKFLOW = "ApplyWorkflow"
+MAX_DETAIL_CHANGES = 20
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "apply",
+        help="start an apply from a plan file and wait for its outcome",
+        description="Start ApplyWorkflow for PLAN.json (the plan object, or a whole apply input with "
+        "`plan` and `approval`) and wait for the result. Exits with the outcome's exitCode.",
+    )
+    p.add_argument("plan_file", metavar="PLAN.json", help='the plan, or {"plan": ..., "approval": ...}; - for stdin')
+    approval = p.add_argument_group("approval (sent with the start; signed when PLATFORM_APPROVAL_KEY_FILE is set)")
+    approval.add_argument("--approve-sha", metavar="SHA", help="the SHA approved (the merge commit)")
+    approval.add_argument("--approve-pr", metavar="N", type=int, help="the pull request number")
+    approval.add_argument("--approved-by", metavar="NAME", help="who approves (recorded in the audit line)")
+    approval.add_argument("--allow-destructive", action="store_true", help="approve recreate/remove actions")
+    approval.add_argument("--expires-at", metavar="T", type=iso_time, help="ISO-8601 time the approval ends")
+    p.add_argument("--no-wait", action="store_true", help="exit 0 once the apply started; print its workflow id")
+    p.add_argument("--json", action="store_true", help="print the full ApplyResult JSON instead of one line")
+    p.set_defaults(run=run)
+
+
+def workflow_id(module: str, sha: str) -> str:
+    return f"apply-{module}-{sha[:12]}"
+
+
+def read_request(path: str) -> dict[str, Any]:
+    """The apply input: PLAN.json as a whole input, or as the plan alone."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage_error(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise usage_error(f"{path} is not JSON: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("plan"), dict):
+        request = dict(data)
+    elif isinstance(data, dict) and "module" in data:
+        request = {"plan": data}
+    else:
+        raise usage_error(f"{path} holds neither a plan object nor an apply input with a `plan` object")
+    plan = request["plan"]
+    if not isinstance(plan.get("module"), str) or not plan["module"]:
+        raise usage_error(f"{path}: the plan has no `module` string")
+    if not isinstance(plan.get("source_sha"), str) or not plan["source_sha"]:
+        raise usage_error(f"{path}: the plan has no `source_sha` string")
+    return request
+
+
+def flag_approval(args: argparse.Namespace) -> dict[str, Any] | None:
+    given = [args.approve_sha, args.approve_pr, args.approved_by, args.expires_at]
+    if args.approve_sha is None and args.approve_pr is None:
+        if any(v is not None for v in given) or args.allow_destructive:
+            raise usage_error("--approved-by, --allow-destructive and --expires-at need --approve-sha and --approve-pr")
+        return None
+    if args.approve_sha is None or args.approve_pr is None:
+        raise usage_error("--approve-sha and --approve-pr go together")
+    return approval_object(args.approve_sha, args.approve_pr, args.approved_by, args.allow_destructive, args.expires_at)
+
+
+def module_host(settings: Settings, module: str) -> str | None:
+    """The module's host from $PLATFORM_ROOT/modules/<module>/module.yaml, when readable."""
+    try:
+        return load_module(settings.platform_root, module).host
+    except Exception:  # unknown here, unreadable, invalid: the summary just leaves the host out
+        return None
+
+
+def static_summary(module: str, host: str | None, sha: str, approval: dict[str, Any] | None) -> str:
+    where = f"{module}@{host}" if host else module
+    pr = approval.get("approved_pr") if approval else None
+    return f"{where} {sha[:7]}" + (f" PR #{pr}" if isinstance(pr, int) and not isinstance(pr, bool) else "")
+
+
+def static_details(plan: dict[str, Any]) -> str:
+    """The plan's changes as a short markdown list, for the Web UI."""
+    changes = plan.get("changes")
+    changes = changes if isinstance(changes, list) else []
+    lines = [f"**{one_line(plan.get('module'), 80)}** at `{one_line(plan.get('source_sha'), 64)}`, "
+             f"{len(changes)} change{'' if len(changes) == 1 else 's'}:"]
+    for change in changes[:MAX_DETAIL_CHANGES]:
+        if isinstance(change, dict):
+            action, target = one_line(change.get("action"), 20), one_line(change.get("target"), 120)
+            summary = one_line(change.get("summary") or "", 160)
+            lines.append(f"- `{action}` {target}" + (f": {summary}" if summary else ""))
+        else:
+            lines.append("- (not a change object)")
+    if len(changes) > MAX_DETAIL_CHANGES:
+        lines.append(f"- ... and {len(changes) - MAX_DETAIL_CHANGES} more")
+    return "\n".join(lines)
+
+
+def _started_new(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the start created the workflow (False: it attached to the one running)."""
+    response = getattr(handle, "_start_workflow_response", None)
+    return bool(getattr(response, "started", True))
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    request = read_request(args.plan_file)
+    plan: dict[str, Any] = request["plan"]
+    module, sha = plan["module"], plan["source_sha"]
+    approval = flag_approval(args)
+    if approval is not None:
+        request["approval"] = approval
+    elif "approval" in request and not isinstance(request["approval"], (dict, type(None))):
+        raise usage_error(f"{args.plan_file}: `approval` must be an object")
+    key = signing_key(settings)
+    if key is not None and request.get("approval") is not None:
+        request["approval"] = with_signature(key, module, request["approval"])
+    wid = workflow_id(module, sha)
+    host = module_host(settings, module)
+
+    client = await connect_client(settings)
+    handle = await client.start_workflow(
+        APPLY_WORKFLOW,
+        request,
+        id=wid,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=static_summary(module, host, sha, request.get("approval")),
+        static_details=static_details(plan),
+    )
+    if not _started_new(handle):
+        print(f"{wid}: attached to the apply in flight", file=sys.stderr)
+        # Started earlier without an approval: deliver this one, through the Update.
+        status = await status_of(handle)
+        if request.get("approval") is not None and status and status.get("phase") == "awaiting_approval":
+            refused = await send_approval(handle, request["approval"])
+            if refused is not None:
+                return refused
+    if args.no_wait:
+        print(wid)
+        return EXIT_OK
+    progress = Progress(wid, sys.stderr, sys.stderr.isatty())
+    result = await watch(handle, progress)
+    outcome = _outcome(result, module, host)
+    if args.json:
+        print_json(outcome)
+    else:
+        print(summary_line(outcome, sha, host))
+    return exit_code(outcome)
+
+
+def _outcome(result: Any, module: str, host: str | None) -> dict[str, Any]:
+    """The ApplyResult of a finished apply, from its result or its failure."""
+    try:
+        value = result.result()
+    except WorkflowFailureError as e:
+        cause = e.cause
+        if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+            return dict(cause.details[0])
+        if isinstance(cause, CancelledError):
+            # Canceled in Temporal's terms has no ApplyResult: the contract's `cancelled` says the same.
+            return {
+                "status": "cancelled", "exitCode": OUTCOMES["cancelled"].exit_code, "module": module,
+                "host": host, "error": "the apply was cancelled",
+            }
+        raise CliError(EXIT_UNREACHABLE, f"the apply ended without a result: {one_line(cause or e)}") from None
+    if not isinstance(value, dict):
+        raise CliError(EXIT_UNREACHABLE, f"the apply returned something that is not an ApplyResult: {one_line(value)}")
+    return value
+
+
+def exit_code(outcome: dict[str, Any]) -> int:
+    code = outcome.get("exitCode")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    codes: dict[str, int] = {status: o.exit_code for status, o in OUTCOMES.items()}
+    return codes.get(str(outcome.get("status")), EXIT_UNREACHABLE)
+
+
+def summary_line(outcome: dict[str, Any], sha: str, host: str | None = None) -> str:
+    """`<status> <module>@<host> <sha7> exit <code>[: <error>]`; the host from module.yaml
+    when the apply ended before it named one."""
+    module, host = outcome.get("module") or "?", outcome.get("host") or host
+    where = f"{module}@{host}" if host else str(module)
+    line = f"{outcome.get('status')} {where} {sha[:7]} exit {exit_code(outcome)}"
+    error = outcome.get("error")
+    return f"{line}: {one_line(error)}" if error else line

@@ -1,0 +1,103 @@
+"""What the subcommands share: exit codes, the Temporal connection, approvals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio.client import Client
+
+from platformctl.client import connect
+from platformctl.config import Settings
+from platformctl.models import Approval, brief_errors
+from platformctl.outcomes import ApplyError
+from platformctl.policy.approval import sign
+
+EXIT_OK = 0
+EXIT_UNREACHABLE = 2  # the contract's tool_error: our side could not do its job
+EXIT_REFUSED = 5  # a refused approval, like approval_mismatch
+EXIT_USAGE = 64  # BSD sysexits' EX_USAGE
+CONNECT_TIMEOUT_S = 5.0
+
+
+class CliError(Exception):
+    """Ends the command with `code` after printing `message` on stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def usage_error(message: str) -> CliError:
+    return CliError(EXIT_USAGE, message)
+
+
+async def connect_client(settings: Settings) -> Client:
+    """platformctl.client.connect, bounded: an unreachable server is exit 2 within seconds."""
+    try:
+        return await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        why = f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    except Exception as e:  # refused, TLS files unreadable, bad address: all "cannot connect"
+        why = " ".join(str(e).split())[:300] or type(e).__name__
+    raise CliError(
+        EXIT_UNREACHABLE,
+        f"cannot reach Temporal at {settings.temporal_address} (namespace {settings.namespace}): {why}",
+    )
+
+
+def iso_time(value: str) -> str:
+    """argparse type of --expires-at: an ISO-8601 time with a time zone, kept as written (it is signed)."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
+    if at.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no time zone (write e.g. 2026-11-28T12:00:00Z)")
+    return value
+
+
+def approval_object(
+    sha: str, pr: int, by: str | None, allow_destructive: bool, expires_at: str | None
+) -> dict[str, Any]:
+    """The contract's approval object, as the flags give it."""
+    approval: dict[str, Any] = {
+        "approved_sha": sha,
+        "approved_pr": pr,
+        "approved_by": by,
+        "allow_destructive": allow_destructive,
+    }
+    if expires_at is not None:
+        approval["expires_at"] = expires_at
+    return approval
+
+
+def signing_key(settings: Settings) -> bytes | None:
+    """The key of PLATFORM_APPROVAL_KEY_FILE, or None when it is not set."""
+    try:
+        return settings.approval_key()
+    except ApplyError as e:
+        raise CliError(EXIT_UNREACHABLE, str(e)) from None
+
+
+def with_signature(key: bytes, module: str, approval: dict[str, Any]) -> dict[str, Any]:
+    """`approval` plus its `signature` for `module` (platformctl.policy.approval.sign)."""
+    try:
+        parsed = Approval.model_validate(approval)
+    except ValidationError as e:
+        raise usage_error(f"cannot sign the approval: {brief_errors(e)}") from None
+    return {**approval, "signature": sign(key, module, parsed)}
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))

@@ -1,0 +1,54 @@
+"""`platform-apply locks`: who holds each compose project's lock, and who waits.
+
+Lists the running `ProjectLockWorkflow`s (visibility, so a lock taken a
+moment ago may show a second later) and asks each its `state`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+from typing import Any
+
+from platformctl.cli.common import EXIT_OK, connect_client, one_line
+from platformctl.config import Settings
+
+LOCKS_QUERY = "WorkflowType = 'ProjectLockWorkflow' AND ExecutionStatus = 'Running'"
+LOCK_PREFIX = "platform-lock:"
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "locks",
+        help="list the held compose-project locks",
+        description="One line per running lock: `<host>/<project> held by <workflow> (waiting: ...)`.",
+    )
+    p.set_defaults(run=run)
+
+
+def lock_line(workflow_id: str, state: dict[str, Any]) -> str:
+    name = state.get("lock") or workflow_id.removeprefix(LOCK_PREFIX).replace(":", "/", 1)
+    line = f"{name} held by {state.get('holder') or '?'}"
+    waiting = [str(w) for w in state.get("waiting") or []]
+    if waiting:
+        line += f" (waiting: {', '.join(waiting)})"
+    if state.get("released"):
+        line += " (released, handing on)"
+    return line
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    client = await connect_client(settings)
+    lines = []
+    async for execution in client.list_workflows(LOCKS_QUERY):
+        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        try:
+            state = await handle.query("state", rpc_timeout=QUERY_TIMEOUT)
+        except Exception as e:  # closed in between, or no worker to answer: say so, go on
+            lines.append(f"{execution.id}: state unavailable ({one_line(e, 120)})")
+            continue
+        lines.append(lock_line(execution.id, state if isinstance(state, dict) else {}))
+    for line in sorted(lines) or ["no locks held"]:
+        print(line)
+    return EXIT_OK

@@ -1,0 +1,42 @@
+"""`platform-apply reject WORKFLOW_ID --reason TEXT`: the `reject` signal.
+
+Honoured at any point before compose up starts; the apply then ends
+`rejected` (exit code 5 for whoever waits on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from temporalio.service import RPCError, RPCStatusCode
+
+from platformctl.cli.common import EXIT_OK, EXIT_UNREACHABLE, CliError, connect_client, one_line
+from platformctl.config import Settings
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "reject",
+        help="reject an apply (the reject signal)",
+        description="Send the `reject` signal to WORKFLOW_ID; exit 0 once delivered.",
+    )
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded in the result and audit line)")
+    p.add_argument("--by", metavar="NAME", help="who rejects (recorded in the audit line)")
+    p.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    rejection = {"reason": args.reason, "rejected_by": args.by or ""}
+    client = await connect_client(settings)
+    try:
+        await client.get_workflow_handle(args.workflow_id).signal("reject", rejection)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(
+                EXIT_UNREACHABLE, f"{args.workflow_id} is not a running workflow: {one_line(e.message)}"
+            ) from None
+        raise
+    print(f"rejected {args.workflow_id}")
+    return EXIT_OK

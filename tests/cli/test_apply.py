@@ -1,0 +1,190 @@
+"""`platform-apply apply / approve / reject / sign` through the real worker, dev
+server and (for applies with the gate open) the real test sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from platformctl.models import Approval
+from platformctl.policy.approval import sign
+from tests.cli.conftest import new_module, write_json
+from tests.e2e.conftest import compose_up_argv, write_module
+from tests.platform_files import OTHER_SHA, SHA, approval, change, plan
+
+PR = "165"
+
+
+def approve_flags(sha: str = SHA) -> list[str]:
+    return ["--approve-sha", sha, "--approve-pr", PR, "--approved-by", "ci"]
+
+
+def wid(module: str, sha: str = SHA) -> str:
+    return f"apply-{module}-{sha[:12]}"
+
+
+async def test_applied_exits_9_with_a_summary_line_and_the_ui_summary(platform, sshd_host, host_name, cli, tmp_path):
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module, summary="bump redis")]))
+
+    ran = await cli.run("apply", str(plan_file), *approve_flags())
+
+    assert ran.code == 9, ran
+    assert ran.out == f"applied {module}@{host_name} 0123456 exit 9\n", ran
+    # Not a terminal: one plain line per phase change, on stderr.
+    phases = [line.split(": ", 1)[1] for line in ran.err.splitlines() if line.startswith(f"{wid(module)}: ")]
+    assert "health_check" in phases and len(phases) == len(set(phases)), ran.err
+    assert sshd_host.calls().count(compose_up_argv(sshd_host, module)) == 1
+    described = await platform.client.get_workflow_handle(wid(module)).describe()
+    assert await described.static_summary() == f"{module}@{host_name} 0123456 PR #165"
+    details = await described.static_details()
+    assert details is not None and f"- `update` compose.service.{module}: bump redis" in details, details
+
+
+async def test_a_dry_run_exits_0_and_json_prints_the_apply_result(platform, sshd_host, host_name, cli, tmp_path):
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase=None)
+    # The whole apply input, approval included, is accepted as well as a bare plan.
+    plan_file = write_json(tmp_path / "input.json", {"plan": plan(module=module, changes=[change(module)]),
+                                                     "approval": approval()})
+
+    ran = await cli.run("apply", str(plan_file), "--json")
+
+    assert ran.code == 0, ran
+    result = json.loads(ran.out)
+    assert (result["status"], result["exitCode"], result["module"], result["host"]) == ("dry_run", 0, module, host_name)
+    assert result["command"].startswith("docker compose -f ")
+    assert sshd_host.calls() == []
+
+
+async def test_a_blocked_plan_exits_3(platform, host_name, cli, tmp_path):
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change("someone-else")]))
+
+    ran = await cli.run("apply", str(plan_file), *approve_flags())
+
+    assert ran.code == 3, ran
+    assert ran.out.startswith(f"blocked {module}@{host_name} 0123456 exit 3: "), ran
+
+
+async def test_no_wait_then_a_refused_and_an_accepted_approve_while_a_rerun_attaches(
+    platform, sshd_host, host_name, cli, tmp_path
+):
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module)]))
+
+    started = await cli.run("apply", str(plan_file), "--no-wait")
+    assert (started.code, started.out) == (0, f"{wid(module)}\n"), started
+
+    # A CI re-run of the same plan attaches to the apply in flight and waits for it.
+    rerun = await cli.start("apply", str(plan_file))
+    await rerun.wait_stderr("attached to the apply in flight")
+
+    refused = await cli.run("approve", wid(module), "--sha", OTHER_SHA, "--pr", PR, "--by", "ci")
+    assert refused.code == 5, refused
+    assert "approval refused" in refused.err and OTHER_SHA in refused.err, refused
+
+    accepted = await cli.run("approve", wid(module), "--sha", SHA, "--pr", PR, "--by", "ci")
+    assert (accepted.code, accepted.out) == (0, f"approved {wid(module)}\n"), accepted
+
+    done = await rerun.finish()
+    assert done.code == 9 and done.out.startswith(f"applied {module}@{host_name} "), done
+    # One workflow run, one compose up: the re-run started nothing of its own.
+    assert sshd_host.calls().count(compose_up_argv(sshd_host, module)) == 1
+    runs = [r async for r in platform.client.list_workflows(f"WorkflowId = '{wid(module)}'")]
+    assert len(runs) <= 1, runs
+    history = [e async for e in platform.client.get_workflow_handle(wid(module)).fetch_history_events()]
+    assert history, "no workflow under the deterministic id"
+
+
+async def test_a_rerun_with_its_approval_approves_the_apply_it_attaches_to(
+    platform, sshd_host, host_name, cli, tmp_path
+):
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module)]))
+    assert (await cli.run("apply", str(plan_file), "--no-wait")).code == 0
+
+    ran = await cli.run("apply", str(plan_file), *approve_flags())
+
+    assert ran.code == 9, ran
+    assert "attached to the apply in flight" in ran.err
+    assert sshd_host.calls().count(compose_up_argv(sshd_host, module)) == 1
+
+
+async def test_a_rejected_apply_exits_5(platform, host_name, cli, tmp_path):
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module)]))
+
+    waiting = await cli.start("apply", str(plan_file))
+    await waiting.wait_stderr(f"{wid(module)}: awaiting_approval")
+    rejected = await cli.run("reject", wid(module), "--reason", "not during the sale", "--by", "alice")
+    assert (rejected.code, rejected.out) == (0, f"rejected {wid(module)}\n"), rejected
+
+    done = await waiting.finish()
+    assert done.code == 5, done
+    assert done.out.startswith(f"rejected {module}@{host_name} 0123456 exit 5: ") and "not during the sale" in done.out
+    assert [a.get("rejected_by") for a in platform.audit() if a.get("module") == module] == ["alice"]
+
+
+async def test_signed_approvals_with_the_key_and_refused_without(platform, sshd_host, host_name, cli, tmp_path):
+    key_file = tmp_path / "approval.key"
+    key_file.write_text("a-test-approval-key-of-32-bytes!\n")
+    platform.extra_env["PLATFORM_APPROVAL_KEY_FILE"] = str(key_file)
+    signed, unsigned = new_module(), new_module()
+    for module in (signed, unsigned):
+        write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    cli.env.pop("PLATFORM_APPROVAL_KEY_FILE", None)
+
+    plan_file = write_json(tmp_path / "unsigned.json", plan(module=unsigned, changes=[change(unsigned)]))
+    ran = await cli.run("apply", str(plan_file), *approve_flags())
+    assert ran.code == 5 and ran.out.startswith("approval_mismatch "), ran
+    assert "not signed" in ran.out
+
+    plan_file = write_json(tmp_path / "signed.json", plan(module=signed, changes=[change(signed)]))
+    ran = await cli.run("apply", str(plan_file), *approve_flags(), PLATFORM_APPROVAL_KEY_FILE=str(key_file))
+    assert ran.code == 9, ran
+    assert sshd_host.calls().count(compose_up_argv(sshd_host, signed)) == 1
+    assert sshd_host.calls().count(compose_up_argv(sshd_host, unsigned)) == 0
+
+    printed = await cli.run(
+        "sign", "--module", signed, "--sha", SHA, "--pr", PR, "--by", "ci", "--expires-at", "2030-01-01T00:00:00Z",
+        PLATFORM_APPROVAL_KEY_FILE=str(key_file),
+    )
+    assert printed.code == 0, printed
+    approval_json = json.loads(printed.out)
+    expected = Approval(approved_sha=SHA, approved_pr=165, approved_by="ci", expires_at="2030-01-01T00:00:00Z")
+    assert approval_json["signature"] == sign(b"a-test-approval-key-of-32-bytes!", signed, expected)
+    assert {k: v for k, v in approval_json.items() if k != "signature"} == {
+        "approved_sha": SHA, "approved_pr": 165, "approved_by": "ci", "allow_destructive": False,
+        "expires_at": "2030-01-01T00:00:00Z",
+    }
+
+
+async def test_approve_signs_through_the_update_when_the_key_is_set(platform, host_name, cli, tmp_path):
+    key_file = tmp_path / "approval.key"
+    key_file.write_text("another-test-approval-key-32-byte\n")
+    platform.extra_env["PLATFORM_APPROVAL_KEY_FILE"] = str(key_file)
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase=None)
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module)]))
+    waiting = await cli.start("apply", str(plan_file))
+    await waiting.wait_stderr(f"{wid(module)}: awaiting_approval")
+
+    accepted = await cli.run("approve", wid(module), "--sha", SHA, "--pr", PR, PLATFORM_APPROVAL_KEY_FILE=str(key_file))
+
+    assert accepted.code == 0, accepted
+    done = await asyncio.wait_for(waiting.finish(), 60)
+    assert done.code == 0 and done.out.startswith(f"dry_run {module}@{host_name} "), done

@@ -1,0 +1,124 @@
+"""Usage errors exit 64 before anything is contacted; an unreachable server exits 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from platformctl.cli.progress import Progress
+from tests.cli.conftest import PLATFORM_APPLY
+from tests.e2e.conftest import closed_port
+from tests.platform_files import SHA, plan
+
+
+def run(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PLATFORM_APPLY), *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+@pytest.fixture
+def unreachable_env(tmp_path) -> dict[str, str]:
+    # Nothing listens there: a command that got past its usage check would exit 2, not 64.
+    return {"PATH": "/usr/bin:/bin", "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}", "PLATFORM_ROOT": str(tmp_path)}
+
+
+def test_usage_errors_exit_64(tmp_path, unreachable_env):
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan()))
+    not_json = tmp_path / "not.json"
+    not_json.write_text("{nope")
+    no_plan = tmp_path / "no-plan.json"
+    no_plan.write_text(json.dumps({"changes": []}))
+    p = str(plan_file)
+    cases = [
+        [],
+        ["frobnicate"],
+        ["apply"],
+        ["apply", p, "--approve-pr", "x"],
+        ["apply", p, "--approve-sha", SHA],
+        ["apply", p, "--approve-pr", "165"],
+        ["apply", p, "--approved-by", "ci"],
+        ["apply", p, "--allow-destructive"],
+        ["apply", p, "--approve-sha", SHA, "--approve-pr", "1", "--expires-at", "tomorrow"],
+        ["apply", p, "--approve-sha", SHA, "--approve-pr", "1", "--expires-at", "2026-11-28T12:00:00"],
+        ["apply", str(tmp_path / "missing.json")],
+        ["apply", str(not_json)],
+        ["apply", str(no_plan)],
+        ["apply", p, "--no-such-flag"],
+        ["approve", "apply-x"],
+        ["approve", "apply-x", "--sha", SHA],
+        ["approve", "apply-x", "--sha", SHA, "--pr", "one"],
+        ["reject", "apply-x"],
+        ["locks", "extra"],
+        ["doctor"],
+        ["sign", "--module", "m", "--sha", SHA],
+        ["sign", "--module", "m", "--sha", SHA, "--pr", "1"],  # no PLATFORM_APPROVAL_KEY_FILE to sign with
+        ["status", "apply-x"],  # not a command of this tool (yet)
+    ]
+    for args in cases:
+        done = run(*args, env=unreachable_env)
+        assert done.returncode == 64, (args, done.returncode, done.stdout, done.stderr)
+        assert done.stderr.strip(), args
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+
+
+def test_an_unreachable_server_exits_2_with_one_line(tmp_path, unreachable_env):
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan()))
+    address = unreachable_env["TEMPORAL_ADDRESS"]
+    for args in (
+        ["apply", str(plan_file)],
+        ["apply", str(plan_file), "--approve-sha", SHA, "--approve-pr", "165", "--no-wait"],
+        ["approve", "apply-x", "--sha", SHA, "--pr", "165"],
+        ["reject", "apply-x", "--reason", "no"],
+        ["locks"],
+    ):
+        started = time.monotonic()
+        done = run(*args, env=unreachable_env)
+        assert (done.returncode, done.stdout) == (2, ""), (args, done.returncode, done.stdout, done.stderr)
+        assert time.monotonic() - started < 15, args
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and "cannot reach Temporal" in lines[0] and address in lines[0], (args, done.stderr)
+
+
+def test_progress_on_a_terminal_is_one_updating_line_with_a_spinner(tmp_path):
+    out = tmp_path / "tty"
+    with out.open("w", newline="") as stream:
+        progress = Progress("apply-m-0123", stream, tty=True)
+        for phase in ("validating", "waiting_for_lock", "applying"):
+            progress.show({"phase": phase, "lock": "platform-lock:h:core"})
+            progress.tick()
+            progress.tick()
+        progress.close()
+    text = out.read_bytes().decode()
+    assert "\n" not in text  # one line, rewritten in place
+    frames = text.split("\r\x1b[K")[1:]
+    assert frames[-1] == ""  # cleared at the end, so the summary line starts clean
+    assert [f[2:] for f in frames[:-1]] == [
+        "apply-m-0123: validating",
+        "apply-m-0123: validating",
+        "apply-m-0123: waiting_for_lock (platform-lock:h:core)",
+        "apply-m-0123: waiting_for_lock (platform-lock:h:core)",
+        "apply-m-0123: applying",
+        "apply-m-0123: applying",
+    ]
+    assert len({f[0] for f in frames[:-1]}) > 1  # the spinner turns
+
+
+def test_progress_elsewhere_is_one_plain_line_per_phase_change(tmp_path):
+    out = tmp_path / "log"
+    with out.open("w") as stream:
+        progress = Progress("apply-m-0123", stream, tty=False)
+        for phase in ("validating", "validating", "applying", "applying", "done"):
+            progress.show({"phase": phase})
+            progress.tick()
+        progress.close()
+    assert out.read_text().splitlines() == [
+        "apply-m-0123: validating",
+        "apply-m-0123: applying",
+        "apply-m-0123: done",
+    ]
