@@ -11,7 +11,9 @@ from activities.check_host_allowlist import CheckHostAllowlist
 from activities.compose_up import ComposeUp
 from activities.guard_compose_path import GuardComposePath
 from activities.health_smoke import HealthSmoke
+from activities.notify import Notify
 from activities.persist_state import PersistState
+from activities.reapply import Reapply
 from activities.rollback import Rollback
 from activities.validate_plan import ValidatePlan
 from activities.verify_checkout import VerifyCheckout
@@ -28,6 +30,8 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
         HealthSmoke(deps).compose_ps,
         PersistState(deps).persist_state,
         Rollback(deps).rollback,
+        Notify(deps).notify,
+        Reapply(deps).plan_reapply,
     ]
 
 

@@ -1,15 +1,22 @@
-"""Step 7 activity: record the outcome on the worker's disk.
+"""Step 7 activity: record the outcome on the worker's disk, then report it.
 
 An applied outcome replaces the module's status file; every outcome, applied
 or not, appends one audit line. `platformctl.state` builds both records.
+Once recorded (this activity runs once per outcome), the outcome is one INFO
+line, a count and a duration in the metrics, and for failures a notification.
 """
 
 from __future__ import annotations
 
+import logging
+
 from temporalio import activity
 
 from activities.base import StepActivities, step
+from platformctl.metrics import record_outcome
 from platformctl.models import PersistedState, PersistStateInput
+from platformctl.module_state import event_for, record_event
+from platformctl.notify import Notification, send
 from platformctl.outcomes import ToolError
 from platformctl.state import (
     AuditLine,
@@ -23,15 +30,39 @@ from platformctl.state import (
 
 __all__ = ["PersistState", "now_iso"]
 
+log = logging.getLogger("platform.apply")
+# Failed outcomes a person must look at (blocked, rejected, ... are answers, not incidents).
+NOTIFIED = frozenset({"remote_failed", "unhealthy", "tool_error", "cancelled"})
+
 
 def _reason(e: Exception) -> str:
     return str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+
+
+def _plain(text: str | None) -> str:
+    """As is when it cannot break the line (a module id from a blocked input may be anything)."""
+    if text is None:
+        return "-"
+    return text if text.isprintable() and " " not in text else repr(text[:64])
 
 
 class PersistState(StepActivities):
     @activity.defn(name="persist_state")
     @step
     async def persist_state(self, inp: PersistStateInput) -> PersistedState:
+        # Temporal first: when it cannot be told, the retry writes no second audit line.
+        await self._record_in_temporal(inp)
+        persisted = self._record(inp)
+        await self._report(inp)
+        return persisted
+
+    async def _record_in_temporal(self, inp: PersistStateInput) -> None:
+        """The module's state that re-apply, status and rollback read, the same for every worker."""
+        event = event_for(inp, now_iso())
+        if event is not None:
+            await record_event(self.deps.client, self.deps.settings.task_queue, event)
+
+    def _record(self, inp: PersistStateInput) -> PersistedState:
         state_dir = self.deps.settings.state_dir
         result = inp.result
         at = now_iso()
@@ -60,3 +91,34 @@ class PersistState(StepActivities):
                 "but audit.jsonl has no line for it"
             ) from None
         return PersistedState(state_artifact=display_path(path, self.deps.settings.platform_root))
+
+    async def _report(self, inp: PersistStateInput) -> None:
+        result = inp.result
+        duration = await self._duration()
+        error = f": {result.error.splitlines()[0][:300]}" if result.error else ""
+        log.info(
+            "apply %s@%s %s exit=%d in %s workflow=%s%s",
+            _plain(result.module), _plain(result.host), result.status, result.exitCode,
+            "?" if duration is None else f"{duration:.1f}s", inp.workflow_id, error,
+        )
+        record_outcome(result.status, result.module, duration)
+        if result.status in NOTIFIED:
+            await send(
+                Notification(
+                    event="apply_failed", module=result.module, host=result.host, status=result.status,
+                    exitCode=result.exitCode, workflow_id=inp.workflow_id, error=result.error, at=now_iso(),
+                )
+            )
+
+    async def _duration(self) -> float | None:
+        """Seconds from the workflow's start to this activity's: both stamped by the server,
+        so no clock skew between it and the worker. None when the workflow cannot be described."""
+        info = activity.info()
+        try:
+            desc = await self.deps.client.get_workflow_handle(
+                info.workflow_id or "", run_id=info.workflow_run_id
+            ).describe()
+        except Exception as e:
+            log.debug("no start time for workflow %s: %s", info.workflow_id, e)
+            return None
+        return max(0.0, (info.started_time - desc.start_time).total_seconds())

@@ -261,6 +261,9 @@ class PersistStateInput(_Model):
     run_id: str
     approved_by: str | None = None
     rejected_by: str | None = None
+    # What a re-apply needs: the plan and the approval it was applied with.
+    plan: Plan | None = None
+    approval: Approval | None = None
 
 
 class PersistedState(_Model):
@@ -283,3 +286,82 @@ class LockRequest(_Model):
     host: str = ""
     project: str = ""
     queue: list[str] = []  # waiters handed on by the previous holder, first in line first
+
+
+# ---- module state, kept in Temporal (workflows/module_state.py) ------------
+
+
+class AppliedRecord(_Model):
+    """The last successful apply of a module: what a re-apply applies again."""
+
+    sha: str
+    pr: int | None
+    approved_by: str | None
+    plan: Plan
+    approval: Approval
+    plan_digest: str | None
+    workflow_id: str
+    host: str | None
+    compose_service: str | None
+    at: str
+
+
+class FailedRecord(_Model):
+    sha: str | None
+    status: str
+    error: str | None
+    workflow_id: str
+    at: str
+
+
+class ModuleEvent(_Model):
+    """One outcome that touched a host, as persist_state reports it."""
+
+    module: str
+    applied: AppliedRecord | None = None
+    failed: FailedRecord | None = None
+
+
+class ModuleState(_Model):
+    module: str
+    last_applied: AppliedRecord | None = None
+    last_failure: FailedRecord | None = None  # only when newer than last_applied
+    events: int = 0  # recorded since the entity started, across continue-as-new
+
+
+# ---- ReapplyWorkflow ----------------------------------------------------------
+
+
+class ReapplyInput(_Model):
+    modules: list[BoundedStr] | None = Field(default=None, max_length=MAX_CHANGES)  # None: every recorded module
+    max_parallel: int = Field(default=4, ge=1, le=64)
+
+
+class PlanReapplyInput(_Model):
+    modules: list[str] | None
+
+
+class ReapplyCandidate(_Model):
+    """A module as the platform files and its recorded state give it, read once."""
+
+    module: str
+    state: ModuleState | None
+    host: str | None = None
+    lane: str | None = None  # host/project: applies in one lane run one after another
+    verify_checkout: bool = False
+    problem: RedactedText | None = None  # the platform files do not give a target
+
+
+ReapplyOutcome = Literal["applied", "failed", "skipped"]
+
+
+class ReapplyEntry(_Model):
+    module: str
+    outcome: ReapplyOutcome
+    reason: RedactedText | None = None
+    drift: bool = False
+    apply: dict[str, Any] | None = None  # the child's ApplyResult
+
+
+class ReapplyResult(_Model):
+    results: list[ReapplyEntry]

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,13 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities import Deps, build_activities
 from platformctl.client import SEARCH_ATTRIBUTES
 from platformctl.config import Settings
+from platformctl.module_state import module_state_id
 from platformctl.transport.fake import FakeTransport
 from tests.platform_files import SHA, write_platform
 
@@ -78,13 +82,21 @@ class Harness:
             approval_key_file=self.approval_key_file,
         )
 
-    def worker(self) -> Worker:
-        return Worker(
+    @contextlib.asynccontextmanager
+    async def worker(self) -> AsyncIterator[Worker]:
+        worker = Worker(
             self.client,
             task_queue=self.task_queue,
             workflows=ALL_WORKFLOWS,
             activities=build_activities(Deps(settings=self.settings, transport=self.transport, client=self.client)),
         )
+        async with worker:
+            yield worker
+            # Module state workflows run on: end them while this worker can still take their
+            # last task, which would otherwise stop the shared server from skipping time.
+            for module in (self.root / "modules").iterdir():
+                with contextlib.suppress(RPCError):
+                    await self.client.get_workflow_handle(module_state_id(self.task_queue, module.name)).terminate()
 
     async def start(self, request: Any, workflow_id: str | None = None) -> WorkflowHandle:
         return await self.client.start_workflow(

@@ -558,6 +558,8 @@ class ApplyWorkflow:
             run_id=info.run_id,
             approved_by=self._approval.approved_by if self._approval else None,
             rejected_by=self._rejection.rejected_by if self._rejection else None,
+            plan=self._input.plan if self._input else None,
+            approval=self._approval,
         )
 
     def _result(self, status: Status, error: str | None = None) -> ApplyResult:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,23 @@ DIGEST = "sha256:" + "ab" * 32
 COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
 
 
-@dataclass
-class StubDeps:
-    """What the state activities use of Deps: settings only (no host, no Temporal client)."""
+class RecordingClient:
+    """Stands in for the Temporal client: records what persist_state reports to the module's state."""
 
-    settings: Settings
-    transport: Any = None
+    def __init__(self) -> None:
+        self.started: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    async def start_workflow(self, *args: Any, **kwargs: Any) -> None:
+        self.started.append((args, kwargs))
+
+
+class StubDeps:
+    """What the state activities use of Deps: settings, and a client that only records."""
+
+    def __init__(self, settings: Settings, transport: Any = None) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.client = RecordingClient()
 
     async def authorize(self) -> None:  # these tests call the activity directly
         return None

@@ -1,0 +1,58 @@
+"""Reporting an outcome to the module's state workflow (workflows/module_state.py)."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+
+from platformctl.config import MODULE_ID
+from platformctl.models import AppliedRecord, FailedRecord, ModuleEvent, ModuleState, PersistStateInput
+
+RECORD = "record"
+
+
+def module_state_id(task_queue: str, module: str) -> str:
+    """Per task queue: two platforms served in one namespace keep their own state."""
+    return f"platform-module:{task_queue}/{module}"
+
+
+async def record_event(client: Client, task_queue: str, event: ModuleEvent) -> None:
+    """Signal the module's state workflow, starting it if it does not run yet."""
+    await client.start_workflow(
+        "ModuleStateWorkflow",
+        ModuleState(module=event.module),
+        id=module_state_id(task_queue, event.module),
+        task_queue=task_queue,
+        start_signal=RECORD,
+        start_signal_args=[event],
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"state of module {event.module}",
+    )
+
+
+def event_for(inp: PersistStateInput, at: str) -> ModuleEvent | None:
+    """What an outcome tells the module's state: a success, a failure that touched
+    the host, or nothing (refused before compose up, so the host is as it was)."""
+    result = inp.result
+    if result.module is None or not MODULE_ID.fullmatch(result.module):
+        return None
+    if result.status == "applied" and inp.plan is not None and inp.approval is not None and inp.source_sha:
+        applied = AppliedRecord(
+            sha=inp.source_sha,
+            pr=inp.approved_pr,
+            approved_by=inp.approved_by,
+            plan=inp.plan,
+            approval=inp.approval,
+            plan_digest=inp.plan_digest,
+            workflow_id=inp.workflow_id,
+            host=result.host,
+            compose_service=result.compose_service,
+            at=at,
+        )
+        return ModuleEvent(module=result.module, applied=applied)
+    if result.remote is not None or result.rollback is not None:
+        failed = FailedRecord(
+            sha=inp.source_sha, status=result.status, error=result.error, workflow_id=inp.workflow_id, at=at
+        )
+        return ModuleEvent(module=result.module, failed=failed)
+    return None

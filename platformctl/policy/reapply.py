@@ -1,0 +1,34 @@
+"""Which modules a re-apply may apply again, and what compose's output says about drift.
+
+A re-apply never applies content that was not approved: only a module's last
+successfully applied SHA, with the approval it was applied with, on a host
+that verifies its checkout.
+"""
+
+from __future__ import annotations
+
+from platformctl.models import ReapplyCandidate
+
+# What `docker compose up -d` prints for a container it had to change; an
+# unchanged one is only "Running".
+_CHANGED = ("Recreate", "Creat", "Start", "Restart", "Pull")
+
+
+def skip_reason(c: ReapplyCandidate) -> str | None:
+    """Why this module is not re-applied, or None when it may be."""
+    if c.state is None or c.state.last_applied is None:
+        return "no successful apply recorded"
+    failed = c.state.last_failure
+    if failed is not None and failed.sha == c.state.last_applied.sha:
+        return f"the last apply of {c.state.last_applied.sha[:12]} failed ({failed.status}): fix it with a new apply"
+    if not c.verify_checkout:
+        return f"host {c.host} does not verify its checkout (verify_checkout: false)"
+    return None
+
+
+def drifted(compose_stderr: str) -> bool:
+    """True when compose had to create, recreate or start a container."""
+    return any(
+        word in line for line in compose_stderr.splitlines() if line.lstrip().startswith("Container")
+        for word in _CHANGED
+    )

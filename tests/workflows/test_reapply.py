@@ -1,0 +1,163 @@
+"""Module state kept in Temporal, and ReapplyWorkflow over it (time-skipping server, fake transport)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from platformctl.models import ModuleState
+from platformctl.module_state import module_state_id
+from platformctl.transport.fake import failed, ok, ps
+from tests.platform_files import (
+    OTHER_SHA,
+    SHA,
+    apply_input,
+    approval,
+    host_doc,
+    module_doc,
+    plan,
+    write_platform,
+)
+
+CHANGED = " Container core-honcho-redis-1  Recreate\n Container core-honcho-redis-1  Started\n"
+UNCHANGED = " Container core-honcho-redis-1  Running\n"
+
+
+async def module_state(harness, module: str = "honcho-redis") -> ModuleState | None:
+    handle = harness.client.get_workflow_handle(module_state_id(harness.task_queue, module))
+    return await handle.query("state", result_type=ModuleState)
+
+
+async def reapply(harness, request: dict) -> tuple[str, dict]:
+    """(how it ended, its result): "completed", or the ReapplyFailed error type."""
+    handle = await harness.client.start_workflow(
+        "ReapplyWorkflow", request, id=f"reapply-{uuid.uuid4()}", task_queue=harness.task_queue
+    )
+    try:
+        return "completed", await handle.result()
+    except WorkflowFailureError as e:
+        assert isinstance(e.cause, ApplicationError)
+        return e.cause.type or "", e.cause.details[0]
+
+
+@pytest.fixture
+def fresh_module(harness) -> str:
+    """A module id of its own: module state workflows outlive a test on the shared server."""
+    module = f"m-{uuid.uuid4().hex[:10]}"
+    write_platform(harness.root, modules=[module_doc(module, compose_service="honcho-redis")])
+    return module
+
+
+def request_for(module: str, sha: str = SHA) -> dict:
+    return apply_input(plan(module=module, sha=sha), approval(sha=sha))
+
+
+async def test_an_applied_outcome_is_recorded_in_temporal(harness, fresh_module):
+    async with harness.worker():
+        out = await harness.outcome(await harness.start(request_for(fresh_module)))
+        state = await module_state(harness, fresh_module)
+    assert out.status == "applied"
+    assert state is not None and state.last_applied is not None
+    assert (state.last_applied.sha, state.last_applied.pr, state.last_applied.workflow_id) == (SHA, 165, out.handle.id)
+    assert state.last_applied.plan.changes[0].target == "compose.service.honcho-redis"
+    assert state.last_failure is None
+
+
+async def test_a_failure_after_compose_up_is_recorded_and_keeps_the_last_good_apply(harness, fresh_module):
+    async with harness.worker():
+        await harness.outcome(await harness.start(request_for(fresh_module)))
+        harness.transport.script = {"compose_up": [failed(1, "boom")]}
+        harness.transport.head = OTHER_SHA
+        out = await harness.outcome(await harness.start(request_for(fresh_module, OTHER_SHA)))
+        state = await module_state(harness, fresh_module)
+    assert out.status == "remote_failed"
+    assert state.last_applied.sha == SHA
+    assert (state.last_failure.sha, state.last_failure.status) == (OTHER_SHA, "remote_failed")
+
+
+async def test_reapply_applies_the_last_approved_sha_again_and_reports_drift(harness, fresh_module):
+    async with harness.worker():
+        await harness.outcome(await harness.start(request_for(fresh_module)))
+        harness.transport.calls.clear()
+        harness.transport.script = {"compose_up": [ok(stderr=CHANGED)]}
+        how, result = await reapply(harness, {"modules": [fresh_module], "max_parallel": 2})
+    assert how == "completed"
+    [entry] = result["results"]
+    assert (entry["module"], entry["outcome"], entry["drift"]) == (fresh_module, "applied", True)
+    assert entry["apply"]["status"] == "applied"
+    assert harness.transport.commands("git_head") == ["git -C /opt/platform rev-parse HEAD"]
+
+
+async def test_reapply_without_drift(harness, fresh_module):
+    async with harness.worker():
+        await harness.outcome(await harness.start(request_for(fresh_module)))
+        harness.transport.script = {"compose_up": [ok(stderr=UNCHANGED)]}
+        how, result = await reapply(harness, {"modules": [fresh_module]})
+    assert how == "completed" and result["results"][0]["drift"] is False
+
+
+async def test_reapply_skips_what_it_must_not_apply(harness, fresh_module):
+    never = f"m-{uuid.uuid4().hex[:10]}"
+    unverified = f"m-{uuid.uuid4().hex[:10]}"
+    write_platform(
+        harness.root,
+        modules=[module_doc(m, compose_service="honcho-redis") for m in (fresh_module, never)]
+        + [module_doc(unverified, host="loose", compose_service="honcho-redis")],
+        hosts={"rs2000": host_doc(harness.root), "loose": host_doc(harness.root, verify_checkout=False)},
+    )
+    async with harness.worker():
+        for m in (fresh_module, unverified):
+            assert (await harness.outcome(await harness.start(request_for(m)))).status == "applied"
+        # the checkout moved on to a commit that was never applied here
+        harness.transport.head = OTHER_SHA
+        harness.transport.calls.clear()
+        how, result = await reapply(harness, {"modules": [fresh_module, never, unverified]})
+    assert how == "completed"
+    by_module = {e["module"]: e for e in result["results"]}
+    assert [e["module"] for e in result["results"]] == [fresh_module, never, unverified]
+    assert by_module[never]["outcome"] == "skipped" and "no successful apply" in by_module[never]["reason"]
+    assert by_module[unverified]["outcome"] == "skipped" and "verify_checkout: false" in by_module[unverified]["reason"]
+    assert by_module[fresh_module]["outcome"] == "skipped" and "holds commit" in by_module[fresh_module]["reason"]
+    assert harness.transport.commands("compose_up") == []
+
+
+async def test_reapply_skips_a_sha_whose_last_apply_failed(harness, fresh_module):
+    async with harness.worker():
+        await harness.outcome(await harness.start(request_for(fresh_module)))
+        harness.transport.script = {"compose_ps": [ps("honcho-redis", "exited", "")]}
+        assert (await harness.outcome(await harness.start(request_for(fresh_module)))).status == "unhealthy"
+        harness.transport.calls.clear()
+        how, result = await reapply(harness, {"modules": [fresh_module]})
+    assert how == "completed"
+    assert result["results"][0]["outcome"] == "skipped" and "failed (unhealthy)" in result["results"][0]["reason"]
+    assert harness.transport.calls == []
+
+
+async def test_reapply_fails_when_a_module_fails(harness, fresh_module):
+    broken = f"m-{uuid.uuid4().hex[:10]}"
+    write_platform(harness.root, modules=[
+        module_doc(fresh_module, compose_service="honcho-redis"),
+        module_doc(broken, compose_service="honcho-redis", compose_file="../escape.yml"),
+    ])
+    async with harness.worker():
+        await harness.outcome(await harness.start(request_for(fresh_module)))
+        harness.transport.script = {"compose_up": [failed(1, "daemon said no")]}
+        how, result = await reapply(harness, {"modules": [fresh_module, broken]})
+    assert how == "ReapplyFailed"
+    outcomes = {e["module"]: e["outcome"] for e in result["results"]}
+    assert outcomes == {fresh_module: "failed", broken: "failed"}
+    assert result["results"][0]["apply"]["status"] == "remote_failed"
+    assert "'..'" in result["results"][1]["reason"]
+
+
+@pytest.mark.parametrize("bad", [{"max_parallel": 0}, {"max_parallel": 1000}, {"modules": "all"}, "not an object"])
+async def test_a_bad_reapply_input_fails_at_once_instead_of_wedging(harness, bad):
+    async with harness.worker():
+        handle = await harness.client.start_workflow(
+            "ReapplyWorkflow", bad, id=f"reapply-{uuid.uuid4()}", task_queue=harness.task_queue
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()

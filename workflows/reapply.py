@@ -1,0 +1,95 @@
+"""ReapplyWorkflow: apply each module's last approved state again, to correct drift.
+
+Meant for a Temporal Schedule (overlap policy: skip; pause on failure). One
+child ApplyWorkflow per module, at most `max_parallel` at once and one at a
+time per compose project, with the plan and approval the module was last
+applied with: no new approval, and nothing that was not approved (see
+platformctl/policy/reapply.py for which modules are skipped, and why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.reapply import Reapply
+    from platformctl.models import (
+        ApplyInput,
+        PlanReapplyInput,
+        ReapplyCandidate,
+        ReapplyEntry,
+        ReapplyInput,
+        ReapplyResult,
+    )
+    from platformctl.policy.reapply import drifted, skip_reason
+
+APPLY_WORKFLOW = "ApplyWorkflow"
+
+
+# A bad input (a hand-made schedule) fails this run instead of wedging it:
+# the schedule pauses and the UI shows why.
+@workflow.defn(name="ReapplyWorkflow", failure_exception_types=[Exception])
+class ReapplyWorkflow:
+    @workflow.run
+    async def run(self, request: ReapplyInput | None = None) -> ReapplyResult:
+        req = request or ReapplyInput()
+        candidates = await workflow.execute_activity_method(
+            Reapply.plan_reapply,
+            PlanReapplyInput(modules=req.modules),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+            summary="read recorded state and platform files",
+        )
+        slots = asyncio.Semaphore(req.max_parallel)
+        entries: dict[str, ReapplyEntry] = {}
+        lanes: dict[str, list[ReapplyCandidate]] = defaultdict(list)
+        for c in candidates:
+            reason = c.problem or skip_reason(c)
+            if reason is not None:
+                entries[c.module] = ReapplyEntry(
+                    module=c.module, outcome="failed" if c.problem else "skipped", reason=reason
+                )
+            else:
+                lanes[c.lane or c.module].append(c)
+
+        async def run_lane(lane: list[ReapplyCandidate]) -> None:
+            for c in lane:  # one project at a time: they would only queue on its lock
+                async with slots:
+                    entries[c.module] = await self._reapply(c)
+
+        await asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
+        result = ReapplyResult(results=[entries[c.module] for c in candidates])
+        failed = [e.module for e in result.results if e.outcome == "failed"]
+        if failed:
+            raise ApplicationError(
+                f"re-apply failed for {', '.join(failed)}", result, type="ReapplyFailed", non_retryable=True
+            )
+        return result
+
+    async def _reapply(self, c: ReapplyCandidate) -> ReapplyEntry:
+        assert c.state is not None and c.state.last_applied is not None
+        last = c.state.last_applied
+        try:
+            result = await workflow.execute_child_workflow(
+                APPLY_WORKFLOW,
+                ApplyInput(plan=last.plan, approval=last.approval.model_dump(mode="json")),
+                id=f"reapply-{c.module}-{last.sha[:12]}-{workflow.info().run_id[:8]}",
+                static_summary=f"re-apply {c.module}@{c.host} {last.sha[:7]} PR #{last.pr}",
+                result_type=dict,
+            )
+        except ChildWorkflowError as e:
+            cause = e.cause
+            detail = cause.details[0] if isinstance(cause, ApplicationError) and cause.details else None
+            applied = detail if isinstance(detail, dict) else None
+            error = str(applied.get("error") if applied else getattr(cause, "message", e))
+            if applied and applied.get("status") == "blocked" and " holds commit " in error:
+                return ReapplyEntry(module=c.module, outcome="skipped", reason=error, apply=applied)
+            return ReapplyEntry(module=c.module, outcome="failed", reason=error, apply=applied)
+        stderr = (result.get("remote") or {}).get("stderr") or ""
+        return ReapplyEntry(module=c.module, outcome="applied", drift=drifted(stderr), apply=result)
