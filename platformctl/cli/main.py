@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from temporalio.service import RPCError
 
-from platformctl.cli import apply, approve, doctor, locks, reject, sign
+from platformctl.cli import apply, approve, doctor, locks, reapply, reject, sign, status
 from platformctl.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, CliError, one_line
 from platformctl.config import Settings
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "PLATFORM_ROOT, TEMPORAL_TLS_*, TEMPORAL_API_KEY, PLATFORM_APPROVAL_KEY_FILE.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (apply, approve, reject, locks, doctor, sign):
+    for module in (apply, approve, reject, status, reapply, locks, doctor, sign):
         module.add_parser(commands)
     return parser
 
