@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar, Unpack
 
 from temporalio import workflow
@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.compose_up import ComposeUp
     from activities.guard_compose_path import GuardComposePath
     from activities.health_smoke import HealthSmoke
+    from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
     from activities.rollback import Rollback
     from activities.validate_plan import ValidatePlan
@@ -94,6 +95,8 @@ PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
 PROJECT_LOCK_PATCH = "project-lock"
 # Applies started before PlatformStatus followed the phases keep "running" until done.
 PHASE_STATUS_PATCH = "phase-status"
+# Applies that began waiting for approval before notifications keep their single timer.
+APPROVAL_NOTIFY_PATCH = "approval-notify"
 # What the Web UI shows for each activity (its summary).
 STEP_SUMMARIES = {
     "validate_plan": "1 validate plan",
@@ -105,6 +108,7 @@ STEP_SUMMARIES = {
     "compose_ps": "6 health smoke: compose ps",
     "persist_state": "7 persist state",
     "rollback": "rollback",
+    "notify": "notify a person",
 }
 LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
@@ -265,16 +269,37 @@ class ApplyWorkflow:
             f"Waiting for an approval of `{self._sha7()}` until {deadline:%Y-%m-%d %H:%M} UTC: "
             "the `approve` Update or signal, or `reject`.",
         )
+        arrived = lambda: self._signalled_approval is not None or self._rejection is not None  # noqa: E731
         try:
-            await workflow.wait_condition(
-                lambda: self._signalled_approval is not None or self._rejection is not None,
-                timeout=timedelta(seconds=timeout_s),
-            )
+            if workflow.patched(APPROVAL_NOTIFY_PATCH):
+                # Tell a person the apply waits for them, and again shortly before the wait ends.
+                await self._notify("awaiting_approval", deadline)
+                warn_s = timeout_s - min(3600, timeout_s // 10)
+                try:
+                    await workflow.wait_condition(arrived, timeout=timedelta(seconds=warn_s))
+                except TimeoutError:
+                    await self._notify("approval_expiring", deadline)
+                    await workflow.wait_condition(arrived, timeout=deadline - workflow.now())
+            else:
+                await workflow.wait_condition(arrived, timeout=timedelta(seconds=timeout_s))
         except TimeoutError:
             raise _Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
         self._raise_if_rejected()
         self._enter("validating", "Checking the approval, the compose path and the host allowlist.")
         return self._signalled_approval
+
+    async def _notify(self, event: Literal["awaiting_approval", "approval_expiring"], deadline: datetime) -> None:
+        """Best effort: a notification that cannot be sent never changes the apply."""
+        try:
+            await self._step(
+                Notify.notify,
+                NotifyInput(
+                    event=event, module=self._module or "", host=self._plan.host if self._plan else None,
+                    workflow_id=workflow.info().workflow_id, deadline=deadline.isoformat(),
+                ),
+            )
+        except _Stop as e:
+            workflow.logger.warning("notification %s not sent: %s", event, e.message)
 
     async def _check_approval(self, inp: ApplyInput, given: Any) -> None:
         try:

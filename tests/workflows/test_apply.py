@@ -411,3 +411,21 @@ async def test_the_ui_sees_each_phase_what_it_waits_for_and_each_step(harness):
         if e.HasField("activity_task_scheduled_event_attributes")
     }
     assert {json.loads(s) for s in summaries} >= {"1 validate plan", "5 compose up", "7 persist state"}
+
+
+async def test_a_person_is_told_when_an_apply_waits_and_before_the_wait_ends(harness):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None, approval_timeout_seconds=7200))
+        out = await harness.outcome(handle)  # nobody approves: the wait runs out in skipped time
+    assert out.status == "approval_expired"
+    events = (await handle.fetch_history()).events
+    scheduled = [
+        (e.event_time.ToDatetime(), e.activity_task_scheduled_event_attributes)
+        for e in events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == "notify"
+    ]
+    notified = [json.loads(attrs.input.payloads[0].data)["event"] for _, attrs in scheduled]
+    assert notified == ["awaiting_approval", "approval_expiring"]
+    started = events[0].event_time.ToDatetime()
+    # the warning comes a tenth of the wait (at most an hour) before the deadline: 720 s of 7200
+    assert 6470 <= (scheduled[1][0] - started).total_seconds() <= 6500
