@@ -57,7 +57,10 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
         ["doctor"],
         ["sign", "--module", "m", "--sha", SHA],
         ["sign", "--module", "m", "--sha", SHA, "--pr", "1"],  # no PLATFORM_APPROVAL_KEY_FILE to sign with
-        ["status", "apply-x"],  # not a command of this tool (yet)
+        ["status", "m1", "m2"],
+        ["reapply", "--max-parallel", "many"],
+        ["schedule", "m1"],  # neither --every nor --cron
+        ["statuz"],  # not a command of this tool
     ]
     for args in cases:
         done = run(*args, env=unreachable_env)
