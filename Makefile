@@ -12,8 +12,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-run: setup
-	$(VENV)/bin/python worker.py --dev
+# The example platform's deploy key is made on first use: none ships in the repo, and
+# a dry run of the example checks everything a real run needs, the key included.
+example/keys/platform_deploy:
+	mkdir -p example/keys
+	ssh-keygen -q -t ed25519 -N '' -C platform-example -f $@
+
+# Serves example/ unless PLATFORM_ROOT names your own platform.
+run: setup example/keys/platform_deploy
+	PLATFORM_ROOT="$${PLATFORM_ROOT:-$(CURDIR)/example}" $(VENV)/bin/python worker.py --dev
 
 test: setup
 	$(VENV)/bin/python -m pytest

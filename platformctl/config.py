@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from platformctl.commands import SERVICE_NAME
 from platformctl.models import HealthConfig, HostConfig, brief_errors
 from platformctl.outcomes import PolicyViolation, ToolError
+from platformctl.policy.hosts import is_inline_pin
 
 MODULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 OPEN_PHASE = "05"
@@ -140,10 +141,22 @@ def load_hosts(root: Path) -> dict[str, HostConfig]:
         if not isinstance(entry, dict):
             raise ToolError(f"hosts.yaml: host {name!r} must be a mapping")
         try:
-            hosts[str(name)] = HostConfig.model_validate({**entry, "name": str(name)})
+            host = HostConfig.model_validate({**entry, "name": str(name)})
         except ValidationError as e:
             raise ToolError(f"hosts.yaml: host {name!r} is invalid: {brief_errors(e)}") from None
+        hosts[str(name)] = _files_under(root, host)
     return hosts
+
+
+def _files_under(root: Path, host: HostConfig) -> HostConfig:
+    """Relative key and known_hosts file paths name files beside hosts.yaml, not
+    wherever the worker happens to run."""
+
+    def resolved(path: str) -> str:
+        return path if not path or path.startswith(("/", "~")) else str(root / path)
+
+    known_hosts = host.known_hosts if is_inline_pin(host.known_hosts) else resolved(host.known_hosts.strip())
+    return host.model_copy(update={"client_key": resolved(host.client_key), "known_hosts": known_hosts})
 
 
 def load_sacred_paths(root: Path) -> tuple[str, ...]:

@@ -214,3 +214,19 @@ def test_malformed_policy_file_is_a_tool_error(tmp_path, text):
     (tmp_path / "policy.yaml").write_text(text)
     with pytest.raises(ToolError, match="policy.yaml"):
         load_sacred_paths(tmp_path)
+
+
+def test_relative_key_and_known_hosts_paths_are_read_beside_hosts_yaml(tmp_path):
+    pin = "rs2000 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB1Yq9pTmYbLQxkqo7j2y8ysQ6vXg2YxpEo0kKqJSVGo"
+    entry = {"address": "a", "user": "deploy", "remote_root": "/opt/p"}
+    (tmp_path / "hosts.yaml").write_text(yaml.safe_dump({"hosts": {
+        "relative": {**entry, "client_key": "keys/k", "known_hosts": "pins/known_hosts"},
+        "absolute": {**entry, "client_key": "/etc/k", "known_hosts": "~/.ssh/known_hosts"},
+        "inline": {**entry, "client_key": "~/.ssh/k", "known_hosts": pin},
+    }}))
+    hosts = load_hosts(tmp_path)
+    assert (hosts["relative"].client_key, hosts["relative"].known_hosts) == (
+        str(tmp_path / "keys/k"), str(tmp_path / "pins/known_hosts"),
+    )
+    assert (hosts["absolute"].client_key, hosts["absolute"].known_hosts) == ("/etc/k", "~/.ssh/known_hosts")
+    assert (hosts["inline"].client_key, hosts["inline"].known_hosts) == ("~/.ssh/k", pin)
