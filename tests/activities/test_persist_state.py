@@ -25,11 +25,6 @@ from tests.activities.state_helpers import (
 )
 
 
-@pytest.fixture
-def settings(tmp_path):
-    return settings_for(tmp_path)
-
-
 def activity(settings):
     return PersistState(StubDeps(settings)).persist_state  # type: ignore[arg-type]
 

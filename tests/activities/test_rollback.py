@@ -21,13 +21,7 @@ from tests.activities.state_helpers import (
     result,
     rollback_input,
     run,
-    settings_for,
 )
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return settings_for(tmp_path)
 
 
 def rollback(settings):
