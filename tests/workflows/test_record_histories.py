@@ -1,10 +1,14 @@
-"""Records histories of in-flight applies for the replay tests (run by hand).
+"""Records histories of applies for the replay tests (run by hand, before a workflow change).
 
-    RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_record_histories.py -q
+    RECORD_HISTORIES=<set> .venv/bin/python -m pytest tests/workflows/test_record_histories.py -q
 
-writes `histories/<name>.json`: an apply awaiting approval, one waiting for
-the lock, one in the middle of its health check. Each is cut where it stands,
-so the replay tests check that a worker upgrade can pick it up from there.
+writes `histories/<set>/<name>.json`: an apply awaiting approval, one waiting
+for the lock, one in the middle of its health check (each cut where it
+stands, so a worker upgrade must pick it up from there), and finished ones
+(applied, unhealthy with its rollback; recorded first, as the time-skipping
+server stalls after the in-flight ones). `test_replay.py` replays every set.
+The files at the top of `histories/` are the first set, recorded before the
+project lock, phase statuses and notifications.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from platformctl.transport.fake import ps
 from tests.platform_files import apply_input
 
 HISTORIES = Path(__file__).parent / "histories"
+SET = os.environ.get("RECORD_HISTORIES", "")
 
-pytestmark = pytest.mark.skipif(os.environ.get("RECORD_HISTORIES") != "1", reason="records histories by hand")
+pytestmark = pytest.mark.skipif(not SET or SET == "1", reason="records histories by hand: RECORD_HISTORIES=<set name>")
 
 
 async def _phase(handle, phase: str) -> None:
@@ -34,7 +39,20 @@ async def _phase(handle, phase: str) -> None:
 
 async def _save(handle, name: str) -> None:
     history = await handle.fetch_history()
-    (HISTORIES / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    folder = HISTORIES / SET
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+
+
+async def test_record_finished_histories(harness):
+    out = await harness.apply(apply_input())
+    assert out.status == "applied"
+    await _save(out.handle, "applied")
+
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "unhealthy")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "unhealthy"
+    await _save(out.handle, "unhealthy_rolled_back")
 
 
 async def test_record_in_flight_histories(harness):

@@ -5,8 +5,9 @@ non-determinism inside the code as it is now. The recorded history in
 `histories/applied.json` catches a change that would break workflows already
 running when a new worker is deployed.
 
-To record it again (only when a history change is intended, e.g. after a
-versioned migration), run:
+`histories/*/` hold later sets (in flight and finished), each recorded before
+a workflow change. To record `applied.json` again (only when a history change
+is intended), run:
 
     RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_replay.py -q
 
@@ -104,11 +105,24 @@ async def test_recorded_history_replays_against_current_code():
     assert await replay(recorded_history()) is None
 
 
-@pytest.mark.parametrize("name", ["awaiting_approval", "waiting_for_lock", "mid_health_check"])
-async def test_recorded_in_flight_history_replays_against_current_code(name):
-    """Applies that were running when a new worker took over (see test_record_histories.py)."""
-    path = RECORDED.parent / f"{name}.json"
-    assert await replay(WorkflowHistory.from_json(name, path.read_text())) is None
+FIRST_SET = [RECORDED.parent / f"{name}.json" for name in ("awaiting_approval", "waiting_for_lock", "mid_health_check")]
+# Later sets, each recorded right before a workflow change (see test_record_histories.py).
+LATER_SETS = sorted(RECORDED.parent.glob("*/*.json"))
+
+
+def test_every_later_set_has_in_flight_and_finished_applies():
+    names = {p.parent.name: set() for p in LATER_SETS}
+    for p in LATER_SETS:
+        names[p.parent.name].add(p.stem)
+    assert names, "no history set recorded"
+    for recorded in names.values():
+        assert {"awaiting_approval", "waiting_for_lock", "mid_health_check", "applied"} <= recorded
+
+
+@pytest.mark.parametrize("path", FIRST_SET + LATER_SETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+async def test_recorded_in_flight_history_replays_against_current_code(path):
+    """Applies that were running (or done) when a new worker took over."""
+    assert await replay(WorkflowHistory.from_json(path.stem, path.read_text())) is None
 
 
 @workflow.defn(name="ApplyWorkflow", sandboxed=False)
