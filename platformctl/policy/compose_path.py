@@ -56,6 +56,11 @@ def guard_compose_path(compose_file: str, remote_root: str, sacred_paths: tuple[
         raise PolicyViolation(f"compose_file {compose_file!r} resolves outside remote_root {root!r}")
     for sacred in sacred_paths:
         guarded = posixpath.normpath(sacred if sacred.startswith("/") else posixpath.join(root, sacred))
+        # normpath keeps exactly two leading slashes (POSIX leaves "//x" to the
+        # system), but on Linux "//etc/" is /etc: without this, a sacred entry
+        # spelt so would protect nothing (found by tests/policy/test_properties.py).
+        if guarded.startswith("//"):
+            guarded = "/" + guarded.lstrip("/")
         if _is_under(path, guarded):
             raise PolicyViolation(f"compose_file {compose_file!r} touches protected path {sacred!r}")
     return path
