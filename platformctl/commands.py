@@ -4,17 +4,25 @@ A command is an argument vector; it is rendered with shell quoting for every
 part, because SSH hands the string to the remote user's shell. Each builder
 re-checks its parts, so nothing but these shapes can reach a host even if a
 caller skipped a policy check.
+
+A command may carry bytes for the remote program's standard input (today only
+the image rollback's pin); they are sent after the command, then EOF, and are
+never part of the rendered command.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 import shlex
 from dataclasses import dataclass
 
 SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# host/platform-gate refuses a longer standard input (it reads at most this).
+PIN_MAX_BYTES = 4096
 
 
 class UnsafeCommand(ValueError):
@@ -25,6 +33,7 @@ class UnsafeCommand(ValueError):
 class RemoteCommand:
     kind: str
     argv: tuple[str, ...]
+    stdin: bytes | None = None  # sent to the program, then EOF; None: EOF at once
 
     def render(self) -> str:
         return shlex.join(self.argv)
@@ -71,3 +80,36 @@ def compose_ps(compose_path: str, service: str) -> RemoteCommand:
 def git_head(remote_root: str) -> RemoteCommand:
     """Read-only: which commit the host's checkout holds."""
     return RemoteCommand("git_head", ("git", "-C", _absolute_path(remote_root), "rev-parse", "HEAD"))
+
+
+def compose_images(compose_path: str, service: str) -> RemoteCommand:
+    """Read-only: the image ID each of the service's containers runs."""
+    return RemoteCommand(
+        "compose_images",
+        ("docker", "compose", "-f", _compose_file(compose_path), "images", "--format", "json", _service(service)),
+    )
+
+
+def image_pin(service: str, image_id: str) -> bytes:
+    """The compose override that pins one service to one image, by ID: the
+    only standard input the host gate accepts, byte for byte."""
+    if not IMAGE_ID.fullmatch(image_id):
+        raise UnsafeCommand(f"not an image ID (sha256:<64 lowercase hex>): {image_id!r}")
+    pin = json.dumps({"services": {_service(service): {"image": image_id}}}, separators=(",", ":")).encode("ascii")
+    if len(pin) > PIN_MAX_BYTES:
+        raise UnsafeCommand(f"image pin longer than {PIN_MAX_BYTES} bytes (service name of {len(service)} chars)")
+    return pin
+
+
+def compose_rollback(compose_path: str, service: str, image_id: str) -> RemoteCommand:
+    """Put `service` back on the image `image_id`, touching nothing else: the
+    pin on standard input (`-f -`) overrides its image; no dependencies, no
+    build, no pull (the image must still be on the host)."""
+    return RemoteCommand(
+        "compose_rollback",
+        (
+            "docker", "compose", "-f", _compose_file(compose_path), "-f", "-",
+            "up", "-d", "--no-deps", "--no-build", "--pull", "never", _service(service),
+        ),
+        stdin=image_pin(service, image_id),
+    )

@@ -44,7 +44,8 @@ class AuthenticationFailed(TransportError):
 
 class Transport(Protocol):
     async def run(self, host: HostConfig, command: RemoteCommand, *, timeout_s: float) -> RemoteOutput:
-        """Run `command` on `host`; kill it on the host after `timeout_s`."""
+        """Run `command` on `host`; kill it on the host after `timeout_s`.
+        Its standard input is `command.stdin` then EOF, or EOF at once when that is None."""
         ...
 
     async def close(self) -> None: ...

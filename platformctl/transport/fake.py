@@ -27,6 +27,32 @@ def ps(service: str, state: str = "running", health: str = "healthy") -> RemoteO
     return ok(json.dumps(row) + "\n")
 
 
+DEFAULT_IMAGE_ID = "sha256:" + "1" * 64
+
+
+def images(
+    service: str, image_id: str = DEFAULT_IMAGE_ID, repository: str | None = None, tag: str = "1"
+) -> RemoteOutput:
+    """What `docker compose images --format json SERVICE` prints for one container
+    (compose v2.40: one JSON array, then a blank line)."""
+    row = {
+        "ID": image_id,
+        "ContainerName": f"core-{service}-1",
+        "Repository": repository if repository is not None else f"local/{service}",
+        "Tag": tag,
+        "Platform": "linux/amd64",
+        "Size": 1000,
+        "LastTagTime": "0001-01-01T00:00:00Z",
+    }
+    return ok(json.dumps([row], separators=(",", ":")) + "\n\n")
+
+
+def empty_images() -> RemoteOutput:
+    """`compose images` for a service with no container (it never ran): compose
+    v2.40 prints `null`, not an empty array."""
+    return ok("null\n\n")
+
+
 async def hang(timeout_s: float) -> RemoteOutput:
     """A command that never finishes: killed at its timeout, like the SSH transport does."""
     await asyncio.sleep(timeout_s)
@@ -35,8 +61,8 @@ async def hang(timeout_s: float) -> RemoteOutput:
 
 @dataclass
 class FakeTransport:
-    """Responses per command kind, used in order; the last one repeats."""
-
+    """Responses per command kind, used in order; the last one repeats.
+    `calls` keeps each RemoteCommand whole, its `stdin` (the rollback's pin) included."""
 
     script: dict[str, list[Response]] = field(default_factory=dict)
     head: str = ""  # what an unscripted `git rev-parse HEAD` prints: the host's checkout
@@ -61,9 +87,12 @@ class FakeTransport:
 
     @staticmethod
     def _default(command: RemoteCommand, head: str) -> RemoteOutput:
-        """Unscripted: every command succeeds, every service is healthy, the checkout is at `head`."""
+        """Unscripted: every command succeeds, every service is healthy and runs
+        DEFAULT_IMAGE_ID, the checkout is at `head`."""
         if command.kind == "compose_ps":
             return ps(command.argv[-1])
+        if command.kind == "compose_images":
+            return images(command.argv[-1])
         return ok(head + "\n") if command.kind == "git_head" else ok()
 
     def commands(self, kind: str | None = None) -> list[str]:

@@ -10,6 +10,9 @@ neither works everywhere: a KILL "signal" request (OpenSSH >= 7.9 kills the
 session's process group, but refuses this for forced-command sessions) and
 closing the channel (which host/platform-gate, the forced command, watches
 for and answers by killing its command).
+
+A command's standard input is its `stdin` bytes followed by EOF, or EOF at
+once when it has none: a remote program never waits on input.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class SshTransport:
             deadline = asyncio.get_running_loop().time() + timeout_s
             try:
                 async with asyncio.timeout_at(deadline):
-                    process = await _open_process(pooled.conn, command.render())
+                    process = await _open_process(pooled.conn, command)
             except TimeoutError:
                 raise ConnectFailed(f"{host.name}: no channel opened within {timeout_s} s") from None
             except (asyncssh.Error, OSError) as exc:
@@ -100,7 +103,7 @@ class SshTransport:
                 if may_retry and pooled.conn.is_closed():
                     raise _DroppedWhilePooled from None
                 raise ConnectFailed(f"{host.name}: cannot open a channel: {_describe(exc)}") from None
-            return await self._collect(host, process, deadline, started)
+            return await self._collect(host, process, command.stdin, deadline, started)
 
     async def close(self) -> None:
         pooled, self._pool = list(self._pool.values()), {}
@@ -110,11 +113,18 @@ class SshTransport:
             await entry.conn.wait_closed()
 
     async def _collect(
-        self, host: HostConfig, process: asyncssh.SSHClientProcess[bytes], deadline: float, started: float
+        self,
+        host: HostConfig,
+        process: asyncssh.SSHClientProcess[bytes],
+        stdin: bytes | None,
+        deadline: float,
+        started: float,
     ) -> RemoteOutput:
         stdout, stderr = _Tail(self._output_cap), _Tail(self._output_cap)
         try:
             async with asyncio.timeout_at(deadline):
+                if stdin is not None:
+                    _feed(process, stdin)
                 await asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr))
                 await process.wait_closed()
         except asyncio.CancelledError:
@@ -219,19 +229,34 @@ def _client_key(host: HostConfig) -> asyncssh.SSHKey:
         ) from None
 
 
-async def _open_process(conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHClientProcess[bytes]:
+async def _open_process(
+    conn: asyncssh.SSHClientConnection, command: RemoteCommand
+) -> asyncssh.SSHClientProcess[bytes]:
+    # Without input, DEVNULL sends EOF at once; with it, _feed writes it and the EOF.
+    stdin = asyncssh.DEVNULL if command.stdin is None else asyncssh.PIPE
     # sshd frees a session only after the main-loop pass that processes its
     # channel close, so a channel opened right after several others closed can
     # be refused ("no more sessions") although fewer than MaxSessions are open.
     # A refused open runs nothing: on a live connection, wait briefly and retry.
     for delay in OPEN_RETRY_DELAYS_S:
         try:
-            return await conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
+            return await conn.create_process(command.render(), stdin=stdin, encoding=None)
         except asyncssh.ChannelOpenError:
             if conn.is_closed():
                 raise
         await asyncio.sleep(delay)
-    return await conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
+    return await conn.create_process(command.render(), stdin=stdin, encoding=None)
+
+
+def _feed(process: asyncssh.SSHClientProcess[bytes], data: bytes) -> None:
+    """Queue `data` and the EOF after it; asyncssh sends them as the channel's window allows."""
+    try:
+        process.stdin.write(data)
+    except BrokenPipeError:
+        # The channel is already closing: the program ended (or was refused,
+        # e.g. exit 126 from the host gate) without reading; its exit status says so.
+        return
+    process.stdin.write_eof()
 
 
 async def _drain(stream: asyncssh.SSHReader[bytes], tail: _Tail) -> None:

@@ -16,7 +16,16 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from platformctl.commands import compose_ps, compose_up, git_head
+from platformctl.commands import (
+    PIN_MAX_BYTES,
+    RemoteCommand,
+    compose_images,
+    compose_ps,
+    compose_rollback,
+    compose_up,
+    git_head,
+    image_pin,
+)
 from platformctl.transport.ssh import SshTransport
 from tests.sshd import (
     COMPOSE_FILE,
@@ -31,6 +40,8 @@ from tests.sshd import (
 )
 
 REFUSED = 126
+IMAGE = "sha256:" + "ab" * 32
+ROLLBACK_FLAGS = "-f - up -d --no-deps --no-build --pull never"
 # The tests run as root (the sshd ones must) and the gate refuses uid 0, so
 # the gate on its own runs with a non-root euid faked; the uid-0 tests don't.
 AS_NON_ROOT = (
@@ -90,6 +101,133 @@ def injections(root: str) -> list[str]:
     ]
 
 
+def near_misses(root: str) -> list[str]:
+    """Commands one step away from the images and the rollback shapes: each
+    must be refused even with the right image pin on its standard input."""
+    compose = f"{root}/{COMPOSE_FILE}"
+    base = f"docker compose -f {compose}"
+    back = f"{base} {ROLLBACK_FLAGS}"
+    return [
+        f"{base} -f - up -d --no-deps --no-build --pull always redis",
+        f"{base} -f - up -d --no-deps --no-build --pull missing redis",
+        f"{base} -f - up -d --no-build --pull never redis",  # no --no-deps
+        f"{base} -f - up -d --no-deps --pull never redis",  # no --no-build
+        f"{base} -f - up -d --no-deps --build --pull never redis",
+        f"{base} -f - up -d --no-deps --no-build --build --pull never redis",
+        f"{base} -f - up -d --no-deps --no-build redis",  # may pull
+        f"{base} -f - up -d --no-deps --no-build --pull=never redis",
+        f"{base} -f - up -d --no-build --no-deps --pull never redis",  # reordered
+        f"{base} -f - up --no-deps -d --no-build --pull never redis",
+        f"{base} -f - up --no-deps --no-build --pull never redis",  # no -d
+        f"{base} -f - up -d --no-deps --no-build --pull never --force-recreate redis",
+        f"{back} redis --build",
+        f"{base} -f - -f - up -d --no-deps --no-build --pull never redis",  # -f - twice
+        f"docker compose -f - -f {compose} up -d --no-deps --no-build --pull never redis",
+        f"{base} up -d --no-deps --no-build --pull never -f - redis",
+        f"{base} up -d -f - --no-deps --no-build --pull never redis",
+        "docker compose -f - up -d --no-deps --no-build --pull never redis",  # stdin the only file
+        f"{base} -f /dev/stdin up -d --no-deps --no-build --pull never redis",
+        f"{base} -f {compose} up -d --no-deps --no-build --pull never redis",
+        f"{base} -f /etc/other.yaml up -d --no-deps --no-build --pull never redis",
+        f"{back}",
+        f"{back} redis web",
+        f"{back} -redis",
+        f"{back} .redis",
+        f"{back} 'redis x'",
+        f"{back} redis;id",
+        f"{back} $(id)",
+        f"{back} redis | sh",
+        f"{base} -f - up -d redis",
+        f"{base} -f - run --rm redis",
+        f"{base} -f - ps --format json redis",
+        f"{base} -f - images --format json redis",
+        f"docker compose -f {root}/../etc/compose.yaml {ROLLBACK_FLAGS} redis",
+        f"docker compose -f /etc/compose.yaml {ROLLBACK_FLAGS} redis",
+        f"docker compose -f {root}/compose/escape.yaml {ROLLBACK_FLAGS} redis",  # symlink out of ROOT
+        f"docker compose -f {posixpath.dirname(root)}/alias.yaml {ROLLBACK_FLAGS} redis",
+        f"docker compose -f {root}/compose/core/compose.txt {ROLLBACK_FLAGS} redis",
+        f"docker compose -f {root}/secrets/x.yml {ROLLBACK_FLAGS} redis",
+        f"docker compose -f {root}/compose/evil.yml {ROLLBACK_FLAGS} redis",  # symlink to secrets/x.yml
+        f"docker compose -f {root}/private/x.yml {ROLLBACK_FLAGS} redis",  # sacred by --sacred (over ssh)
+        f"{base} images redis",
+        f"{base} images --format table redis",
+        f"{base} images --format json",
+        f"{base} images --format json redis web",
+        f"{base} images --format json --quiet redis",
+        f"{base} images --quiet --format json redis",
+        f"{base} images --format=json redis",
+        f"{base} images json --format redis",
+        f"{base} image --format json redis",
+        f"{base} images --format json -redis",
+        f"{base} images --format json 'redis x'",
+        "docker compose -f /etc/compose.yaml images --format json redis",
+        f"docker compose -f {root}/compose/escape.yaml images --format json redis",
+        f"docker compose -f {root}/secrets/x.yml images --format json redis",
+        f"docker compose -f {root}/compose/env.yml images --format json redis",  # symlink to .env
+        f"docker compose -f {root}/private/x.yml images --format json redis",
+        "docker compose images --format json redis",
+        "docker images --format json",
+        f"docker image inspect {IMAGE}",
+    ]
+
+
+def bad_pins() -> dict[str, bytes]:
+    """Standard inputs refused for the rollback of `redis` to IMAGE."""
+    good = image_pin("redis", IMAGE)
+    other = "sha256:" + "cd" * 32
+
+    def compact(value: object) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def pin_of(image: object) -> bytes:
+        return compact({"services": {"redis": {"image": image}}})
+
+    over = "s" * (PIN_MAX_BYTES - len(image_pin("s", IMAGE)) + 2)  # canonical, one byte too long
+    return {
+        "empty": b"",
+        "trailing newline": good + b"\n",
+        "trailing CRLF": good + b"\r\n",
+        "leading space": b" " + good,
+        "json.dumps spacing": json.dumps({"services": {"redis": {"image": IMAGE}}}).encode(),
+        "indented": json.dumps({"services": {"redis": {"image": IMAGE}}}, indent=2).encode(),
+        "duplicate services key": good[:-1] + b',"services":{"redis":{"image":"' + IMAGE.encode() + b'"}}}',
+        "duplicate image key": b'{"services":{"redis":{"image":"redis:7","image":"' + IMAGE.encode() + b'"}}}',
+        "duplicate service": b'{"services":{"redis":{"image":"' + other.encode()
+        + b'"},"redis":{"image":"' + IMAGE.encode() + b'"}}}',
+        "another key in the service": compact({"services": {"redis": {"image": IMAGE, "command": "sh"}}}),
+        "privileged": compact({"services": {"redis": {"image": IMAGE, "privileged": True}}}),
+        "another top-level key": compact({"services": {"redis": {"image": IMAGE}}, "volumes": {"x": {}}}),
+        "a second service": compact({"services": {"redis": {"image": IMAGE}, "web": {"image": IMAGE}}}),
+        "another service's name": image_pin("web", IMAGE),
+        "the service's name in another case": image_pin("Redis", IMAGE),
+        "a tag": pin_of("redis:7"),
+        "a name and digest": pin_of("redis@" + IMAGE),
+        "uppercase id": pin_of(IMAGE.upper()),
+        "uppercase hex": pin_of("sha256:" + "AB" * 32),
+        "short id": pin_of(IMAGE[:-1]),
+        "long id": pin_of(IMAGE + "a"),
+        "docker's short id": pin_of(IMAGE[:19]),
+        "sha512": pin_of("sha512:" + "ab" * 64),
+        "id with a newline": pin_of(IMAGE + "\n"),
+        "image not a string": pin_of([IMAGE]),
+        "image null": pin_of(None),
+        "escaped character": good.replace(b"sha256:a", b"sha256:\\u0061"),
+        "escaped key": good.replace(b'"image"', b'"imag\\u0065"'),
+        "utf-8 BOM": b"\xef\xbb\xbf" + good,
+        "utf-16": good.decode().encode("utf-16"),
+        "yaml": b"services:\n  redis:\n    image: " + IMAGE.encode() + b"\n",
+        "not text": b"\x00\xff\xfe",
+        "a NUL after the pin": good + b"\x00",
+        "a list": b"[]",
+        "null": b"null",
+        "services a list": compact({"services": [{"redis": {"image": IMAGE}}]}),
+        "deep nesting": b"[" * 2000 + b"]" * 2000,  # within the bound, past json's recursion limit
+        "deep nesting inside": b'{"services":{"redis":' + b"[" * 4000,
+        "over the bound": image_pin("s", IMAGE).replace(b'"s"', b'"' + over.encode() + b'"'),
+        "far over the bound": good + b" " * (1 << 20),
+    }
+
+
 def sacred_links(root: str) -> dict[Path, Path]:
     """Symlinks inside ROOT, to files inside ROOT, but sacred ones."""
     return {
@@ -133,14 +271,31 @@ def gate_argv(root: str, *options: str, as_root: bool = False) -> list[str]:
 
 
 def run_gate(
-    root: str, state: Path, command: str | None, *options: str, as_root: bool = False
+    root: str, state: Path, command: str | None, *options: str, as_root: bool = False, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess:
+    """Run the gate; with `stdin`, those bytes and EOF are its standard input."""
     argv = gate_argv(root, *options, as_root=as_root)
-    return subprocess.run(argv, env=gate_env(command, state), capture_output=True, text=True, timeout=10)
+    done = subprocess.run(argv, env=gate_env(command, state), input=stdin, capture_output=True, timeout=10)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 def recorded(state: Path) -> list[list[str]]:
     return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+
+
+def received_stdin(state: Path | str) -> list[tuple[list[str], bytes]]:
+    """What each rollback the stand-in docker ran read on its standard input:
+    (argv, bytes), in order."""
+    path = Path(state, "stdin.jsonl")
+    if not path.exists():
+        return []
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(e["argv"], e["stdin"].encode("latin-1")) for e in entries]
+
+
+def forget_stdin(state: Path | str) -> None:
+    """Drop the stand-in's stdin records: a shared test sshd's reset() keeps them."""
+    Path(state, "stdin.jsonl").unlink(missing_ok=True)
 
 
 # ---- the gate on its own ----------------------------------------------------
@@ -156,6 +311,8 @@ def local_root(tmp_path):
     [
         lambda r: compose_up(f"{r}/{COMPOSE_FILE}", "redis"),
         lambda r: compose_ps(f"{r}/{COMPOSE_FILE}", "a_b.c-1"),
+        lambda r: compose_images(f"{r}/{COMPOSE_FILE}", "redis"),
+        lambda r: compose_images(f"{r}/{COMPOSE_FILE}", "a_b.c-1"),
         git_head,
     ],
 )
@@ -165,6 +322,93 @@ def test_allowed_commands_reach_the_program_unchanged(local_root, build):
     result = run_gate(root, state, command.render())
     assert result.returncode == 0, result.stderr
     assert recorded(state) == [list(command.argv)]
+
+
+def test_images_prints_the_stand_ins_image_id(local_root):
+    root, state = local_root
+    (state / "behaviour" / "redis").write_text(f"image={IMAGE}\n")
+    result = run_gate(root, state, compose_images(f"{root}/{COMPOSE_FILE}", "redis").render())
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert (row["ID"], row["ContainerName"]) == (IMAGE, "core-redis-1")
+
+
+@pytest.mark.parametrize("service", ["redis", "a_b.c-1", "0"])
+def test_rollback_passes_exactly_the_pin_to_the_program(local_root, service):
+    root, state = local_root
+    command = compose_rollback(f"{root}/{COMPOSE_FILE}", service, IMAGE)
+    result = run_gate(root, state, command.render(), stdin=command.stdin)
+    assert result.returncode == 0, result.stderr
+    assert recorded(state) == [list(command.argv)]
+    assert received_stdin(state) == [(list(command.argv), command.stdin)]
+
+
+def test_a_pin_of_exactly_the_bound_is_accepted(local_root):
+    root, state = local_root
+    service = "s" * (PIN_MAX_BYTES - len(image_pin("s", IMAGE)) + 1)
+    command = compose_rollback(f"{root}/{COMPOSE_FILE}", service, IMAGE)
+    assert command.stdin is not None and len(command.stdin) == PIN_MAX_BYTES
+    result = run_gate(root, state, command.render(), stdin=command.stdin)
+    assert result.returncode == 0, result.stderr
+    assert received_stdin(state) == [(list(command.argv), command.stdin)]
+
+
+def test_a_pin_one_byte_over_the_bound_is_refused(local_root):
+    root, state = local_root
+    service = "s" * (PIN_MAX_BYTES - len(image_pin("s", IMAGE)) + 2)
+    argv = compose_rollback(f"{root}/{COMPOSE_FILE}", "s", IMAGE).argv[:-1] + (service,)
+    pin = image_pin("s", IMAGE).replace(b'"s"', b'"' + service.encode() + b'"')
+    assert len(pin) == PIN_MAX_BYTES + 1
+    result = run_gate(root, state, RemoteCommand("compose_rollback", argv).render(), stdin=pin)
+    refusal = f"platform-gate: image pin longer than {PIN_MAX_BYTES} bytes\n"
+    assert (result.returncode, result.stderr) == (REFUSED, refusal)
+    assert recorded(state) == []
+
+
+def test_rollback_exit_status_is_passed_on(local_root):
+    root, state = local_root
+    (state / "behaviour" / "redis").write_text("rollback=fail\n")
+    command = compose_rollback(f"{root}/{COMPOSE_FILE}", "redis", IMAGE)
+    result = run_gate(root, state, command.render(), stdin=command.stdin)
+    assert result.returncode == 1
+    assert "stand-in failure" in result.stderr
+    assert received_stdin(state) == [(list(command.argv), command.stdin)]
+
+
+def test_near_misses_of_the_new_shapes_are_refused_and_nothing_runs(local_root):
+    root, state = local_root
+    Path(root, "private").mkdir()
+    Path(root, "private", "x.yml").write_text("services: {}\n")
+    pin = image_pin("redis", IMAGE)
+    outcomes = {cmd: run_gate(root, state, cmd, "--sacred", "private/", stdin=pin) for cmd in near_misses(root)}
+    wrong = {cmd: (r.returncode, r.stderr) for cmd, r in outcomes.items() if r.returncode != REFUSED}
+    assert wrong == {}
+    assert all(r.stderr.startswith("platform-gate: ") for r in outcomes.values())
+    assert recorded(state) == []
+    assert received_stdin(state) == []
+
+
+@pytest.mark.parametrize("case", list(bad_pins()))
+def test_a_rollback_with_anything_but_its_exact_pin_is_refused(local_root, case):
+    root, state = local_root
+    command = compose_rollback(f"{root}/{COMPOSE_FILE}", "redis", IMAGE)
+    result = run_gate(root, state, command.render(), stdin=bad_pins()[case])
+    assert result.returncode == REFUSED, result.stderr
+    if "bound" in case:
+        assert result.stderr == f"platform-gate: image pin longer than {PIN_MAX_BYTES} bytes\n"
+    else:
+        assert result.stderr == "platform-gate: standard input is not the image pin of service redis\n"
+    assert recorded(state) == []
+    assert received_stdin(state) == []
+
+
+def test_the_pin_must_name_the_commands_own_service(local_root):
+    # The pin names the service of the command, not any service of the file.
+    root, state = local_root
+    command = compose_rollback(f"{root}/{COMPOSE_FILE}", "web", IMAGE)
+    result = run_gate(root, state, command.render(), stdin=image_pin("redis", IMAGE))
+    assert result.returncode == REFUSED
+    assert recorded(state) == []
 
 
 def test_quoted_parts_are_accepted(local_root):
@@ -306,16 +550,23 @@ def test_sacred_paths_are_resolved_like_the_compose_file(tmp_path):
     assert recorded(state) == []
 
 
-def test_command_is_killed_when_the_client_goes_away(local_root):
+@pytest.mark.parametrize("shape", ["up", "rollback"])
+def test_command_is_killed_when_the_client_goes_away(local_root, shape):
     root, state = local_root
-    (state / "behaviour" / "redis").write_text("hang")
+    (state / "behaviour" / "redis").write_text("hang rollback=hang")
+    path = f"{root}/{COMPOSE_FILE}"
+    command = compose_up(path, "redis") if shape == "up" else compose_rollback(path, "redis", IMAGE)
     gate = subprocess.Popen(
         gate_argv(root),
-        env=gate_env(compose_up(f"{root}/{COMPOSE_FILE}", "redis").render(), state),
+        env=gate_env(command.render(), state),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
+        if command.stdin is not None:
+            gate.stdin.write(command.stdin)
+        gate.stdin.close()
         assert wait_until(lambda: (state / "hang.pid").exists())
         pid = int((state / "hang.pid").read_text())
         time.sleep(0.2)
@@ -340,6 +591,7 @@ def gated_server():
 @pytest.fixture
 def gated_host(gated_server):
     gated_server.reset()
+    forget_stdin(gated_server.state_dir)
     return gated_server
 
 
@@ -363,31 +615,83 @@ async def test_transport_commands_pass_the_gate(gated_host):
     gated_host.set_head_sha("b" * 40)
     transport = SshTransport()
     config = gated_host.host_config()
+    gated_host.set_behaviour("redis", f"image={IMAGE}")
+    rollback = compose_rollback(gated_host.compose_path, "redis", "sha256:" + "cd" * 32)
     commands = [
         compose_up(gated_host.compose_path, "redis"),
         compose_ps(gated_host.compose_path, "redis"),
         git_head(gated_host.remote_root),
+        compose_images(gated_host.compose_path, "redis"),
+        rollback,
     ]
     try:
         outs = [await transport.run(config, c, timeout_s=10) for c in commands]
     finally:
         await transport.close()
-    assert [o.returncode for o in outs] == [0, 0, 0]
+    assert [o.returncode for o in outs] == [0, 0, 0, 0, 0], [o.stderr for o in outs]
     assert json.loads(outs[1].stdout)["State"] == "running"
     assert outs[2].stdout == "b" * 40 + "\n"
+    assert [row["ID"] for row in json.loads(outs[3].stdout)] == [IMAGE]
     assert gated_host.calls() == [list(c.argv) for c in commands]
+    assert received_stdin(gated_host.state_dir) == [(list(rollback.argv), rollback.stdin)]
 
 
-async def test_injections_over_ssh_exit_126_and_nothing_runs(gated_host, gated_conn):
-    root = gated_host.remote_root
+def link_traps(host) -> None:
+    """The symlinks the refusal lists expect inside the gated host's root."""
+    root = host.remote_root
     links = {
         Path(root, "compose", "escape.yaml"): Path("/etc/hostname"),
-        Path(gated_host.base_dir, "alias.yaml"): Path(gated_host.compose_path),
+        Path(host.base_dir, "alias.yaml"): Path(host.compose_path),
         **sacred_links(root),
     }
     for link, target in links.items():
         if not link.is_symlink():
             link.symlink_to(target)
+
+
+async def test_near_misses_over_ssh_exit_126_and_nothing_runs(gated_host, gated_conn):
+    link_traps(gated_host)
+    pin = image_pin("redis", IMAGE).decode()
+    results = {cmd: await gated_conn.run(cmd, input=pin) for cmd in near_misses(gated_host.remote_root)}
+    wrong = {c: (r.exit_status, r.stderr) for c, r in results.items() if r.exit_status != REFUSED}
+    assert wrong == {}
+    assert gated_host.calls() == []
+    assert received_stdin(gated_host.state_dir) == []
+
+
+@pytest.mark.parametrize(
+    "case", ["trailing newline", "another service's name", "a tag", "duplicate services key", "far over the bound"]
+)
+async def test_bad_pins_over_ssh_exit_126_and_nothing_runs(gated_host, case):
+    command = compose_rollback(gated_host.compose_path, "redis", IMAGE)
+    bad = RemoteCommand(command.kind, command.argv, stdin=bad_pins()[case])
+    transport = SshTransport()
+    try:
+        out = await transport.run(gated_host.host_config(), bad, timeout_s=10)
+    finally:
+        await transport.close()
+    assert out.returncode == REFUSED, out.stderr
+    assert out.stderr.startswith("platform-gate: ")
+    assert gated_host.calls() == []
+
+
+async def test_a_refused_command_with_stdin_reports_126(gated_host):
+    # The gate refuses before reading: the transport's write may then find the
+    # channel closing, and must still report the exit status, not a lost connection.
+    near = near_misses(gated_host.remote_root)[0]
+    command = RemoteCommand("test_only", tuple(near.split()), stdin=image_pin("redis", IMAGE) * 50)
+    transport = SshTransport()
+    try:
+        outs = [await transport.run(gated_host.host_config(), command, timeout_s=10) for _ in range(20)]
+    finally:
+        await transport.close()
+    assert {o.returncode for o in outs} == {REFUSED}
+    assert gated_host.calls() == []
+
+
+async def test_injections_over_ssh_exit_126_and_nothing_runs(gated_host, gated_conn):
+    root = gated_host.remote_root
+    link_traps(gated_host)
     results = {}
     for command in [*injections(root), f"docker compose -f {root}/private/x.yml up -d redis"]:
         results[command] = await gated_conn.run(command)
@@ -410,13 +714,16 @@ async def test_port_forwarding_is_refused(gated_host, gated_conn):
         await gated_conn.open_connection(gated_host.address, gated_host.port)
 
 
-async def test_timeout_kills_the_command_behind_the_gate(gated_host):
+@pytest.mark.parametrize("shape", ["up", "rollback"])
+async def test_timeout_kills_the_command_behind_the_gate(gated_host, shape):
     # OpenSSH refuses signals to forced-command sessions: only the gate's
     # watch on the closed channel can end this process.
-    gated_host.set_behaviour("redis", "hang")
+    gated_host.set_behaviour("redis", "hang rollback=hang")
+    path = gated_host.compose_path
+    command = compose_up(path, "redis") if shape == "up" else compose_rollback(path, "redis", IMAGE)
     transport = SshTransport()
     try:
-        out = await transport.run(gated_host.host_config(), compose_up(gated_host.compose_path, "redis"), timeout_s=1)
+        out = await transport.run(gated_host.host_config(), command, timeout_s=1)
     finally:
         await transport.close()
     assert out.timed_out

@@ -8,12 +8,16 @@ import socket
 import time
 from pathlib import Path
 
+import asyncssh
 import pytest
 
-from platformctl.commands import RemoteCommand, compose_ps, compose_up, git_head
+from platformctl.commands import RemoteCommand, compose_images, compose_ps, compose_rollback, compose_up, git_head
 from platformctl.transport.base import AuthenticationFailed, ConnectFailed, HostKeyMismatch
-from platformctl.transport.ssh import SshTransport
+from platformctl.transport.ssh import SshTransport, _feed
 from tests.sshd import SshHost, eventually, known_hosts_pattern, make_keypair, process_running
+from tests.transport.test_gate import forget_stdin, received_stdin
+
+IMAGE = "sha256:" + "ab" * 32
 
 
 @pytest.fixture
@@ -25,6 +29,17 @@ async def transport():
 
 def up(host: SshHost, service: str = "redis"):
     return compose_up(host.compose_path, service)
+
+
+def rollback(host: SshHost, service: str = "redis", image_id: str = IMAGE) -> RemoteCommand:
+    return compose_rollback(host.compose_path, service, image_id)
+
+
+@pytest.fixture
+def stdin_host(sshd_host):
+    """sshd_host without the stand-in's stdin records of earlier tests."""
+    forget_stdin(sshd_host.state_dir)
+    return sshd_host
 
 
 def connection_attempts(host: SshHost) -> int:
@@ -48,6 +63,99 @@ async def test_stdout_of_ps_and_git(sshd_host, transport):
     assert (container["Service"], container["State"], container["Health"]) == ("redis", "running", "healthy")
     head = await transport.run(config, git_head(sshd_host.remote_root), timeout_s=10)
     assert (head.returncode, head.stdout) == (0, "f" * 40 + "\n")
+
+
+async def test_rollback_delivers_exactly_its_pin_on_stdin(stdin_host, transport):
+    command = rollback(stdin_host)
+    out = await transport.run(stdin_host.host_config(), command, timeout_s=10)
+    assert (out.returncode, out.timed_out) == (0, False), out.stderr
+    assert stdin_host.calls() == [list(command.argv)]
+    assert received_stdin(stdin_host.state_dir) == [(list(command.argv), command.stdin)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes(range(256)) * 3,
+        b"no newline at the end",
+        bytes(range(256)) + b"0123456789abcdef\n" * (3 << 16),  # > 3 MiB: past the channel's 2 MiB window
+    ],
+    ids=["empty", "every-byte", "no-newline", "3MiB"],
+)
+async def test_any_stdin_bytes_arrive_exactly_then_eof(stdin_host, transport, data):
+    # The stand-in reads to EOF and records what it got: the bytes must
+    # arrive whole and in order, and the EOF after them.
+    command = RemoteCommand("test_only", rollback(stdin_host).argv, stdin=data)
+    out = await transport.run(stdin_host.host_config(), command, timeout_s=20)
+    assert not out.timed_out
+    assert out.returncode == 1  # not a JSON object: the stand-in refuses it, as compose would
+    [(_, received)] = received_stdin(stdin_host.state_dir)
+    assert (len(received), received) == (len(data), data)
+
+
+async def test_a_command_without_stdin_gets_eof_at_once(stdin_host, transport):
+    # The rollback's stand-in reads stdin to EOF before anything else: without
+    # an EOF sent at once it would hang until the timeout.
+    command = RemoteCommand("test_only", rollback(stdin_host).argv)
+    started = time.monotonic()
+    out = await transport.run(stdin_host.host_config(), command, timeout_s=5)
+    assert (out.returncode, out.timed_out) == (1, False)
+    assert time.monotonic() - started < 2
+    assert received_stdin(stdin_host.state_dir) == [(list(command.argv), b"")]
+
+
+async def test_a_program_that_ignores_its_stdin_still_reports_its_exit(stdin_host, transport):
+    command = RemoteCommand("test_only", up(stdin_host).argv, stdin=b"x" * 100_000)
+    outs = [await transport.run(stdin_host.host_config(), command, timeout_s=10) for _ in range(5)]
+    assert [o.returncode for o in outs] == [0] * 5
+
+
+async def test_stdin_for_a_command_that_already_ended_is_dropped(sshd_host):
+    # E.g. the host gate refused the command (exit 126) before the input was
+    # written: that is the command's outcome, not a lost connection.
+    async with asyncssh.connect(
+        sshd_host.address,
+        sshd_host.port,
+        username=sshd_host.user,
+        known_hosts=asyncssh.import_known_hosts(sshd_host.host_key_line),
+        client_keys=[sshd_host.client_key_path],
+        agent_path=None,
+        config=[],
+    ) as conn:
+        process = await conn.create_process(up(sshd_host).render(), stdin=asyncssh.PIPE, encoding=None)
+        await process.wait_closed()
+        _feed(process, b"too late")
+    assert process.returncode == 0
+
+
+async def test_concurrent_rollbacks_each_get_their_own_pin(stdin_host, transport):
+    commands = [rollback(stdin_host, f"svc-{i}", "sha256:" + f"{i:x}" * 64) for i in range(12)]
+    outs = await asyncio.gather(*(transport.run(stdin_host.host_config(), c, timeout_s=10) for c in commands))
+    assert [o.returncode for o in outs] == [0] * 12
+    received = sorted(received_stdin(stdin_host.state_dir))
+    assert received == sorted((list(c.argv), c.stdin) for c in commands)
+    assert stdin_host.connection_count() == 1
+
+
+async def test_a_rollback_after_the_connection_dropped_runs_once_with_its_pin(stdin_host, transport):
+    config = stdin_host.host_config()
+    assert (await transport.run(config, up(stdin_host), timeout_s=10)).returncode == 0
+    stdin_host.drop_connections()
+    command = rollback(stdin_host)
+    assert (await transport.run(config, command, timeout_s=10)).returncode == 0
+    assert stdin_host.connection_count() == 2
+    assert received_stdin(stdin_host.state_dir) == [(list(command.argv), command.stdin)]
+
+
+async def test_timeout_kills_a_rollback(stdin_host, transport):
+    stdin_host.set_behaviour("redis", "rollback=hang")
+    out = await transport.run(stdin_host.host_config(), rollback(stdin_host), timeout_s=1)
+    assert (out.returncode, out.timed_out) == (None, True)
+    pid = stdin_host.hang_pid()
+    assert pid is not None
+    assert await eventually(lambda: not process_running(pid)), f"remote pid {pid} survived the timeout"
+    assert [stdin for _, stdin in received_stdin(stdin_host.state_dir)] == [rollback(stdin_host).stdin]
 
 
 async def test_failure_returns_code_and_stderr(sshd_host, transport):
@@ -296,3 +404,43 @@ async def test_stand_in_secrets_and_unexpected_commands(sshd_host, transport):
     other = RemoteCommand("test_only", ("docker", "run", "--rm", "alpine"))
     out = await transport.run(sshd_host.host_config(), other, timeout_s=10)
     assert (out.returncode, out.stderr) == (125, "stand-in docker: unexpected command\n")
+
+
+async def test_stand_in_images(sshd_host, transport):
+    config = sshd_host.host_config()
+    default = compose_images(sshd_host.compose_path, "web")
+    out = await transport.run(config, default, timeout_s=10)
+    assert out.stdout.startswith('[{"ID":"sha256:') and out.stdout.endswith("}]\n\n")
+    [row] = json.loads(out.stdout)
+    assert row == {
+        "ID": "sha256:" + "1" * 64,
+        "ContainerName": "core-web-1",
+        "Repository": "example/web",
+        "Tag": "latest",
+        "Platform": "linux/amd64",
+        "Size": 1000,
+        "LastTagTime": "0001-01-01T00:00:00Z",
+    }
+    other = "sha256:" + "cd" * 32
+    sshd_host.set_behaviour("redis", f"starting_then_healthy 1 image={IMAGE},{other}")
+    images = compose_images(sshd_host.compose_path, "redis")
+    seen = []
+    for _ in range(3):
+        out = await transport.run(config, images, timeout_s=10)
+        seen.append([r["ID"] for r in json.loads(out.stdout)])
+    assert seen == [[IMAGE], [other], [other]]  # one per call since the reset, the last repeating
+    ps = await transport.run(config, compose_ps(sshd_host.compose_path, "redis"), timeout_s=10)
+    assert json.loads(ps.stdout)["Health"] == "starting"  # the options leave the mode alone
+    sshd_host.set_behaviour("redis", "absent")
+    out = await transport.run(config, images, timeout_s=10)
+    assert (out.returncode, out.stdout) == (0, "null\n\n")  # as compose v2.40 prints it
+
+
+async def test_stand_in_rollback_outcomes(stdin_host, transport):
+    stdin_host.set_behaviour("redis", "unhealthy rollback=fail")
+    out = await transport.run(stdin_host.host_config(), rollback(stdin_host), timeout_s=10)
+    assert (out.returncode, out.stderr) == (1, "Error response from daemon: stand-in failure starting core-redis-1\n")
+    stdin_host.set_behaviour("redis", "fail")  # the mode is for a plain up; the rollback succeeds
+    out = await transport.run(stdin_host.host_config(), rollback(stdin_host), timeout_s=10)
+    assert out.returncode == 0
+    assert len(received_stdin(stdin_host.state_dir)) == 2
