@@ -12,6 +12,12 @@ sshd or its config.
 Fixtures: `sshd_server` / `sshd_server2` (session scoped, 127.0.0.1 and
 127.0.0.2) and `sshd_host` / `sshd_host2`, the same servers reset to a clean
 state (no calls, default behaviours, fresh log) before each test.
+
+With `engine=` (a tests/docker_engine.DockerEngine) the host runs the real
+docker.io client against that engine instead of the stand-in docker: the
+deploy user joins the socket's group, sessions get DOCKER_HOST and
+DOCKER_CONFIG, and `docker` on the sessions' PATH (and so on the gate's
+`--path`) is a link to /usr/bin/docker. The stand-in git stays.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from platformctl.models import HostConfig
+
+if TYPE_CHECKING:
+    from tests.docker_engine import DockerEngine
 
 SSHD = "/usr/sbin/sshd"
 DEPLOY_USER = "platform-deploy"
@@ -83,6 +93,7 @@ class SshHost:
     base_dir: str
     bin_dir: str  # the stand-ins the deploy user runs
     process: subprocess.Popen = field(repr=False)
+    engine: DockerEngine | None = field(default=None, repr=False)  # the real engine `docker` talks to, if any
 
     @property
     def compose_path(self) -> str:
@@ -145,6 +156,7 @@ class SshHost:
         self._kill_hung_stand_in()
         # Truncate in place: the files stay owned by the deploy user who writes them.
         os.truncate(Path(self.state_dir, "calls.jsonl"), 0)
+        Path(self.state_dir, "stdin.jsonl").unlink(missing_ok=True)  # what the rollbacks were given
         os.truncate(self.log_path, 0)  # sshd appends (O_APPEND), so this is safe
         for path in Path(self.state_dir, "behaviour").iterdir():
             path.unlink()
@@ -256,10 +268,10 @@ def _install(source: Path, target: Path) -> None:
     target.chmod(0o755)
 
 
-def _check_stand_ins(entry: pwd.struct_passwd, path: str, bin_dir: Path) -> None:
+def _check_stand_ins(entry: pwd.struct_passwd, path: str, bin_dir: Path, names: tuple[str, ...] = STAND_INS) -> None:
     """Fail loudly unless the deploy user, on the sessions' PATH, gets the
     stand-ins: else the machine's real docker would answer the tests."""
-    for name in STAND_INS:
+    for name in names:
         found = subprocess.run(
             [name],  # looked up on env's PATH, as the user's shell would
             env={"PATH": path},  # no STAND_IN_DIR: a stand-in says so and exits 125
@@ -278,12 +290,40 @@ def _check_stand_ins(entry: pwd.struct_passwd, path: str, bin_dir: Path) -> None
             )
 
 
+def _join_engine(user: str, engine: DockerEngine, path: str, bin_dir: Path) -> None:
+    """Let `user` reach the engine as the sessions will, or fail loudly."""
+    subprocess.run(["usermod", "-a", "-G", engine.socket_group, user], check=True)
+    entry = pwd.getpwnam(user)
+    found = subprocess.run(
+        ["sh", "-c", "command -v docker && docker version --format '{{.Server.Version}}' && docker compose version"],
+        env={"PATH": path, **engine.env()},
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=os.getgrouplist(entry.pw_name, entry.pw_gid),
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0 or found.stdout.splitlines()[:1] != [str(bin_dir / "docker")]:
+        raise RuntimeError(
+            f"{user} on PATH={path} cannot use the engine at {engine.host} through {bin_dir / 'docker'}: "
+            f"exit {found.returncode}, stdout {found.stdout[:300]!r}, stderr {found.stderr[:300]!r}"
+        )
+
+
 def start_sshd(
-    address: str = "127.0.0.1", *, user: str = DEPLOY_USER, gate: bool = False, sacred: tuple[str, ...] = ()
+    address: str = "127.0.0.1",
+    *,
+    user: str = DEPLOY_USER,
+    gate: bool = False,
+    sacred: tuple[str, ...] = (),
+    engine: DockerEngine | None = None,
 ) -> SshHost:
     """Start a test sshd on `address`. With `gate`, every login of the deploy
     key runs host/platform-gate as a forced command, as on a production host,
-    with `--sacred` for each of `sacred`."""
+    with `--sacred` for each of `sacred`. With `engine`, `docker` is the real
+    client talking to that engine (see the module doc); git stays a stand-in."""
     entry = _ensure_user(user)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation chroot
 
@@ -292,10 +332,17 @@ def start_sshd(
     bin_dir = base / "bin"
     bin_dir.mkdir()
     bin_dir.chmod(0o755)  # mkdir's mode is cut down by the umask
-    for name in STAND_INS:
+    stand_ins = STAND_INS if engine is None else tuple(n for n in STAND_INS if n != "docker")
+    for name in stand_ins:
         _install(STAND_IN_BIN / name, bin_dir / name)
     session_path = f"{bin_dir}:{SYSTEM_PATH}"
-    _check_stand_ins(entry, session_path, bin_dir)
+    _check_stand_ins(entry, session_path, bin_dir, stand_ins)
+    engine_env = ""
+    if engine is not None:
+        # Ahead of SYSTEM_PATH, where /usr/local/bin may hold another docker client.
+        (bin_dir / "docker").symlink_to(engine.client)
+        _join_engine(user, engine, session_path, bin_dir)
+        engine_env = "".join(f" {k}={v}" for k, v in engine.env().items())
     host_key_pub = make_keypair(base / "host_key", "test-sshd-host")
     client_pub = make_keypair(base / "client_key", "platform-deploy-test")
 
@@ -346,7 +393,7 @@ def start_sshd(
                     # the default prohibit-password: the gate must refuse it itself.
                     f"PermitRootLogin {'forced-commands-only' if gate else 'no'}",
                     "LogLevel VERBOSE",
-                    f"SetEnv PATH={session_path} STAND_IN_DIR={state_dir}",
+                    f"SetEnv PATH={session_path} STAND_IN_DIR={state_dir}{engine_env}",
                     *penalties,
                     "",
                 ]
@@ -370,6 +417,7 @@ def start_sshd(
             base_dir=str(base),
             bin_dir=str(bin_dir),
             process=process,
+            engine=engine,
         )
         if _wait_listening(host):
             host.reset()

@@ -31,7 +31,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Outcome
-from tests.sshd import SshHost, known_hosts_pattern, make_keypair
+from tests.docker_engine import DockerEngine, compose_file_text, serve_engine
+from tests.sshd import SshHost, known_hosts_pattern, make_keypair, serve
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -307,6 +308,7 @@ def write_module(
     *,
     health: dict | None = None,
     compose_file: str = "compose/core/compose.yaml",
+    rollback: str | None = None,
     **runtime: Any,
 ) -> None:
     doc = {
@@ -322,6 +324,8 @@ def write_module(
             "health": health if health is not None else FAST_HEALTH,
         },
     }
+    if rollback is not None:
+        doc["spec"]["rollback"] = rollback
     folder = root / "modules" / module_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "module.yaml").write_text(yaml.safe_dump(doc))
@@ -376,3 +380,100 @@ def history_text(history: Any) -> str:
 
     walk(json.loads(raw))
     return raw + "\n" + "\n".join(decoded)
+
+
+# ---- a real Docker engine behind a real sshd and the gate ------------------
+#
+# `docker_engine` (tests/docker_engine.py) is the session's dockerd with the
+# images APP_V1 (healthy) and APP_V2 (unhealthy); `engine_host` is a gated
+# test sshd whose deploy user runs the real docker client against it (and the
+# stand-in git: the checkout is at SHA). A test writes its module with
+# `write_engine_module` and reads the engine as root with `engine_service` or
+# `docker_engine.docker(...)`.
+
+ENGINE_ADDRESS = "127.0.0.3"
+ENGINE_HOST = "engine"  # the host's name in hosts.yaml (`engine_e2e`)
+# Short windows for a real engine: the compose healthcheck runs every second.
+ENGINE_HEALTH = {"stable_seconds": 2, "timeout_seconds": 20, "poll_seconds": 1}
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The session's real dockerd (tests/docker_engine.py), started on first use."""
+    yield from serve_engine()
+
+
+@pytest.fixture(scope="session")
+def engine_sshd_server(docker_engine: DockerEngine):
+    """A gated test sshd on 127.0.0.3 whose `docker` is the real client on the session's engine."""
+    yield from serve(ENGINE_ADDRESS, gate=True, engine=docker_engine)
+
+
+@pytest.fixture
+def engine_host(engine_sshd_server: SshHost, docker_engine: DockerEngine) -> SshHost:
+    """The engine's sshd reset, and the engine without the containers and networks of earlier tests."""
+    engine_sshd_server.reset()
+    docker_engine.reset()
+    return engine_sshd_server
+
+
+@pytest.fixture
+def engine_e2e(e2e, engine_host):
+    """The e2e harness whose hosts.yaml holds only the engine's sshd, as ENGINE_HOST."""
+    write_hosts(e2e.root, {ENGINE_HOST: ssh_host_entry(engine_host)})
+    return e2e
+
+
+def engine_compose_file(project: str) -> str:
+    """The compose file of `project`, relative to remote_root (module.yaml's compose_file)."""
+    return f"compose/{project}/compose.yaml"
+
+
+def write_engine_compose(host: SshHost, project: str, service: str, image: str) -> str:
+    """(Re)write remote_root/compose/<project>/compose.yaml so that `service` runs
+    `image` (a tag or a `sha256:` ID) with the healthcheck `test -f /healthy`;
+    return its absolute path, as the gate and `docker compose -f` see it.
+    Compose names the project after the directory: `project`."""
+    path = Path(host.remote_root, engine_compose_file(project))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(compose_file_text(image, service))
+    owner = Path(host.remote_root).stat()
+    for p in (path.parent, path):
+        os.chown(p, owner.st_uid, owner.st_gid)  # the deploy user's checkout, like the rest of remote_root
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return str(path)
+
+
+def write_engine_module(
+    root: Path,
+    host: SshHost,
+    module_id: str,
+    image: str,
+    *,
+    service: str = "app",
+    project: str | None = None,
+    health: dict | None = None,
+    host_name: str = ENGINE_HOST,
+    **runtime: Any,
+) -> str:
+    """A module on the engine host whose compose file (project `module_id` unless
+    given) runs `image` as `service`; ENGINE_HEALTH unless `health`. Returns the
+    compose file's absolute path. Call again with another image to change it."""
+    project = project or module_id
+    compose_path = write_engine_compose(host, project, service, image)
+    write_module(
+        root, module_id, host_name, service,
+        health=health if health is not None else ENGINE_HEALTH,
+        compose_file=engine_compose_file(project),
+        **runtime,
+    )
+    return compose_path
+
+
+def engine_service(engine: DockerEngine, compose_path: str, service: str) -> dict:
+    """The one container of `service`, as root's `docker compose ps --format json` shows it."""
+    out = engine.compose(compose_path, "ps", "--all", "--format", "json", service).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(rows) == 1, f"expected one container of {service}, got: {out}"
+    return rows[0]
+
