@@ -12,9 +12,11 @@ from activities.compose_up import ComposeUp
 from activities.guard_compose_path import GuardComposePath
 from activities.health_smoke import HealthSmoke
 from activities.notify import Notify
+from activities.operator_rollback import PlanRollback, RecordRollback
 from activities.persist_state import PersistState
 from activities.reapply import Reapply
-from activities.rollback import Rollback
+from activities.rollback import Rollback, RollbackImages
+from activities.snapshot_images import SnapshotImages
 from activities.validate_plan import ValidatePlan
 from activities.verify_checkout import VerifyCheckout
 
@@ -26,12 +28,16 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
         GuardComposePath(deps).guard_compose_path,
         CheckHostAllowlist(deps).check_host_allowlist,
         VerifyCheckout(deps).verify_checkout,
+        SnapshotImages(deps).compose_images,
         ComposeUp(deps).compose_up,
         HealthSmoke(deps).compose_ps,
         PersistState(deps).persist_state,
+        RollbackImages(deps).compose_rollback,
         Rollback(deps).rollback,
         Notify(deps).notify,
         Reapply(deps).plan_reapply,
+        PlanRollback(deps).plan_rollback,
+        RecordRollback(deps).record_rollback,
     ]
 
 

@@ -21,7 +21,7 @@ from platformctl.redact import redact
 from platformctl.transport import Transport, TransportError
 
 # The contract's workflows: the only ones whose activity tasks this worker runs.
-CONTRACT_WORKFLOWS = frozenset({"ApplyWorkflow", "ReapplyWorkflow"})
+CONTRACT_WORKFLOWS = frozenset({"ApplyWorkflow", "ReapplyWorkflow", "RollbackWorkflow"})
 HEARTBEAT_EVERY_S = 1.0
 # Policy refusals: one line each, the reason plain (the SDK logs benign failures only at DEBUG).
 refusals = logging.getLogger("platform.activity")

@@ -1,19 +1,50 @@
-"""The rollback hook: runs on any failure after compose up started.
+"""The rollback step: runs on any failure after compose up started.
 
-A full automatic revert is a later step. For now it records the failure in
-the module's status file, keeps the last known good apply, and says so loudly
-(the ROLLBACK log line and notification go out even when the record cannot be).
+Two activities. `compose_rollback` puts the service back on the image the
+snapshot saw before compose up: `docker compose -f F -f - up -d --no-deps
+--no-build --pull never SERVICE`, with a one-service JSON image pin on
+standard input, so the compose file on the host is not touched and sibling
+services stay as they are (the workflow then watches its health again).
+`rollback` records what happened in the module's status file and says so
+loudly (the ROLLBACK log line and notification go out even when the record
+cannot be written), whether or not the images could be put back.
 """
 
 from __future__ import annotations
 
 from temporalio import activity
 
-from activities.base import StepActivities, step
-from platformctl.models import RollbackInput, RollbackRecord
+from activities.base import StepActivities, heartbeating, step
+from platformctl import commands
+from platformctl.models import ComposeUpResult, RemoteRecord, RollbackImagesInput, RollbackInput, RollbackRecord
 from platformctl.notify import Notification, send
+from platformctl.outcomes import PolicyViolation
 from platformctl.redact import redact
 from platformctl.state import StatusRecord, display_path, now_iso, read_status, write_status
+from platformctl.target import check_unchanged
+
+
+class RollbackImages(StepActivities):
+    @activity.defn(name="compose_rollback")
+    @step
+    async def compose_rollback(self, inp: RollbackImagesInput) -> ComposeUpResult:
+        target = inp.target
+        settings = self.deps.settings
+        command = commands.compose_rollback(target.compose_path, target.compose_service, inp.image_id)
+        if not (target.execute and settings.execute_remote):
+            raise PolicyViolation("an image rollback needs PLATFORMCTL_PHASE=05, like compose up")
+        check_unchanged(settings, inp.module, target)
+        activity.logger.warning("rolling back on %s: %s (image %s)", target.host.name, command.render(), inp.image_id)
+        async with heartbeating():
+            out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
+        return ComposeUpResult(
+            executed=True,
+            command=command.render(),
+            timed_out=out.timed_out,
+            remote=RemoteRecord(
+                returncode=out.returncode, stdout=out.stdout, stderr=out.stderr, duration_s=round(out.duration_s, 3)
+            ),
+        )
 
 
 class Rollback(StepActivities):
@@ -23,10 +54,18 @@ class Rollback(StepActivities):
         settings = self.deps.settings
         result = inp.result
         last_good: str | None = None
+        record = RollbackRecord(
+            reason=result.error or result.status,
+            last_good_sha=None,
+            state_artifact=None,
+            action=inp.policy,
+            image=inp.image,
+        )
         try:
             previous = read_status(settings.state_dir, result.module)
             last_good = previous.last_apply_sha if previous else None
-            path = write_status(settings.state_dir, StatusRecord.after_failure(previous, inp, now_iso()))
+            record = record.model_copy(update={"last_good_sha": last_good})
+            path = write_status(settings.state_dir, StatusRecord.after_failure(previous, inp, record, now_iso()))
         except Exception as e:
             extra = f" The failure could not be recorded: {type(e).__name__}: {e}."
             self._log(inp, last_good, extra)
@@ -34,20 +73,17 @@ class Rollback(StepActivities):
             raise
         self._log(inp, last_good, "")
         await self._notify(inp, "")
-        return RollbackRecord(
-            reason=result.error or result.status,
-            last_good_sha=last_good,
-            state_artifact=display_path(path, settings.platform_root),
-        )
+        return record.model_copy(update={"state_artifact": display_path(path, settings.platform_root)})
 
     @staticmethod
     async def _notify(inp: RollbackInput, extra: str) -> None:
         result = inp.result
         await send(
             Notification(
-                event="rollback", module=result.module, host=result.host, status=result.status,
+                event="rollback_failed" if _failed(inp) else "rollback",
+                module=result.module, host=result.host, status=result.status,
                 exitCode=result.exitCode, workflow_id=inp.workflow_id,
-                error=f"{result.error or result.status}.{extra}", at=now_iso(),
+                error=f"{result.error or result.status}. {_what_was_done(inp)}{extra}", at=now_iso(),
             )
         )
 
@@ -56,8 +92,28 @@ class Rollback(StepActivities):
         result = inp.result
         activity.logger.error(
             redact(
-                f"ROLLBACK module={result.module} host={result.host} status={result.status} "
-                f"sha={inp.source_sha}: {result.error}. Last known good sha={last_good}.{extra} "
-                "No automatic revert yet: check the service on the host."
+                f"{'ROLLBACK FAILED' if _failed(inp) else 'ROLLBACK'} module={result.module} host={result.host} "
+                f"status={result.status} sha={inp.source_sha}: {result.error}. {_what_was_done(inp)} "
+                f"Last known good sha={last_good}.{extra}"
             )
         )
+
+
+def _failed(inp: RollbackInput) -> bool:
+    """An image rollback ran and the service is not back healthy."""
+    return inp.image is not None and inp.image.outcome in ("failed", "unhealthy")
+
+
+def _what_was_done(inp: RollbackInput) -> str:
+    image = inp.image
+    if inp.policy == "record":
+        return "Rollback policy is record: the service was left as it is; check it on the host."
+    if image is None:
+        return "No image rollback: check the service on the host."
+    if image.outcome == "skipped":
+        return f"No image rollback: {image.error}. Check the service on the host."
+    if image.outcome == "failed":
+        return f"The image rollback to {image.image_id} FAILED ({image.error}): check the service on the host."
+    if image.outcome == "unhealthy":
+        return f"The service was put back on image {image.image_id} but is NOT healthy ({image.error}): check it."
+    return f"The service is back on image {image.image_id} and healthy."

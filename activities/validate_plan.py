@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.base import StepActivities, step
-from platformctl.config import load_module
+from platformctl.config import load_module, load_rollback_policy
 from platformctl.models import ValidatedPlan, ValidatePlanInput
 from platformctl.policy.plan import is_destructive, plan_digest, validate_plan
 
@@ -15,7 +15,8 @@ class ValidatePlan(StepActivities):
     @step
     async def validate_plan(self, inp: ValidatePlanInput) -> ValidatedPlan:
         plan = inp.plan
-        module = load_module(self.deps.settings.platform_root, plan.module)
+        root = self.deps.settings.platform_root
+        module = load_module(root, plan.module)
         validate_plan(plan, module.compose_service)
         return ValidatedPlan(
             module=module.id,
@@ -27,4 +28,5 @@ class ValidatePlan(StepActivities):
             plan_digest=plan_digest(plan),
             has_changes=bool(plan.changes),
             destructive=is_destructive(plan),
+            rollback=load_rollback_policy(root, module),
         )

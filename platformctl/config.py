@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from platformctl.commands import SERVICE_NAME
-from platformctl.models import HealthConfig, HostConfig, brief_errors
+from platformctl.models import HealthConfig, HostConfig, RollbackPolicy, brief_errors
 from platformctl.outcomes import PolicyViolation, ToolError
 from platformctl.policy.hosts import is_inline_pin
 
@@ -84,6 +84,7 @@ class _ModuleSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     runtime: _Runtime
     health: HealthConfig = HealthConfig()
+    rollback: RollbackPolicy | None = None  # None: policy.yaml's default
 
 
 class ModuleFile(BaseModel):
@@ -159,15 +160,29 @@ def _files_under(root: Path, host: HostConfig) -> HostConfig:
     return host.model_copy(update={"client_key": resolved(host.client_key), "known_hosts": known_hosts})
 
 
-def load_sacred_paths(root: Path) -> tuple[str, ...]:
-    """The defaults always hold; policy.yaml can only add to them."""
+def _read_policy(root: Path) -> dict[str, Any]:
     path = root / "policy.yaml"
     if not path.exists():
-        return DEFAULT_SACRED_PATHS
+        return {}
     data = _read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ToolError("policy.yaml must be a mapping")
-    paths = data.get("sacred_paths") or []
+    return data
+
+
+def load_sacred_paths(root: Path) -> tuple[str, ...]:
+    """The defaults always hold; policy.yaml can only add to them."""
+    paths = _read_policy(root).get("sacred_paths") or []
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
         raise ToolError("policy.yaml: sacred_paths must be a list of non-empty strings")
     return DEFAULT_SACRED_PATHS + tuple(paths)
+
+
+def load_rollback_policy(root: Path, module: ModuleFile) -> RollbackPolicy:
+    """The module's `spec.rollback`, else policy.yaml's `rollback`, else image."""
+    if module.spec.rollback is not None:
+        return module.spec.rollback
+    default = _read_policy(root).get("rollback", "image")
+    if default not in ("image", "record"):
+        raise ToolError("policy.yaml: rollback must be image or record")
+    return "image" if default == "image" else "record"

@@ -99,10 +99,53 @@ class HealthRecord(_Model):
     observed_s: float
 
 
+# ---- image snapshots (a host's `docker compose images --format json`) ------------
+
+IMAGE_ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
+ImageId = Annotated[str, StringConstraints(pattern=IMAGE_ID_PATTERN)]
+RollbackPolicy = Literal["image", "record"]
+
+
+class ContainerImage(_Model):
+    """One container of the service and the image it runs. The ID is validated,
+    never redacted; the names are kept only when they look like docker's own."""
+
+    container: str
+    repository: str
+    tag: str
+    image_id: ImageId
+
+
+class ImageSnapshot(_Model):
+    """What the service's containers ran at one moment: empty when it ran none."""
+
+    images: list[ContainerImage] = Field(default_factory=list, max_length=100)
+
+    def image_ids(self) -> list[str]:
+        return sorted({i.image_id for i in self.images})
+
+
+class ImageRollback(_Model):
+    """What the image rollback did: `restored` (back on `image_id` and healthy),
+    `unhealthy` (back on it, not healthy), `failed` (the rollback command failed),
+    or `skipped` (nothing to go back to; `error` says why)."""
+
+    outcome: Literal["restored", "unhealthy", "failed", "skipped"]
+    image_id: str | None = None
+    healthy: bool | None = None
+    health: HealthRecord | None = None
+    remote: RemoteRecord | None = None
+    error: RedactedText | None = None
+
+
 class RollbackRecord(_Model):
     reason: RedactedText
     last_good_sha: str | None
     state_artifact: str | None
+    # "image": the service was put back on the snapshot's image (see `image`);
+    # "record": the failure was only recorded. Absent in applies before image rollback.
+    action: RollbackPolicy = "record"
+    image: ImageRollback | None = None
 
 
 class RecordedResult(_Model):
@@ -125,6 +168,9 @@ class RecordedResult(_Model):
     error: RedactedText | None = None
     # False when the host opted out of verify_checkout: the SHA was not confirmed on the host.
     checkout_verified: bool | None = None
+    # The images the service ran before compose up, and after a healthy apply.
+    snapshot: ImageSnapshot | None = None
+    images: ImageSnapshot | None = None
 
 
 class ApplyResult(RecordedResult):
@@ -184,6 +230,7 @@ class ValidatedPlan(_Model):
     plan_digest: str
     has_changes: bool
     destructive: bool
+    rollback: RollbackPolicy = "image"  # module.yaml, else policy.yaml's default
 
 
 class CheckApprovalInput(_Model):
@@ -252,6 +299,18 @@ class ServiceObservation(_Model):
     error: RedactedText | None = None  # why this poll saw nothing
 
 
+class SnapshotInput(_Model):
+    target: Target
+    module: str
+
+
+class RollbackImagesInput(_Model):
+    target: Target
+    module: str
+    image_id: ImageId
+    timeout_seconds: int
+
+
 class PersistStateInput(_Model):
     result: RecordedResult
     source_sha: str | None
@@ -278,6 +337,8 @@ class RollbackInput(_Model):
     approved_pr: int | None = None
     approved_by: str | None = None
     plan_digest: str | None = None
+    image: ImageRollback | None = None  # what the image rollback did, before this record
+    policy: RollbackPolicy = "record"
 
 
 class LockRequest(_Model):
@@ -304,12 +365,27 @@ class AppliedRecord(_Model):
     host: str | None
     compose_service: str | None
     at: str
+    images: list[ContainerImage] = []  # what the service runs since: the module's last good images
+    images_before: list[ContainerImage] = []
 
 
 class FailedRecord(_Model):
     sha: str | None
     status: str
     error: str | None
+    workflow_id: str
+    at: str
+    rollback: RollbackRecord | None = None
+
+
+class PinRecord(_Model):
+    """An operator's rollback put the module on older images: re-apply leaves it alone
+    until the next approved apply."""
+
+    sha: str | None  # the SHA whose images it runs now
+    images: list[ContainerImage]
+    by: str
+    reason: str
     workflow_id: str
     at: str
 
@@ -320,11 +396,14 @@ class ModuleEvent(_Model):
     module: str
     applied: AppliedRecord | None = None
     failed: FailedRecord | None = None
+    pinned: PinRecord | None = None
 
 
 class ModuleState(_Model):
     module: str
     last_applied: AppliedRecord | None = None
+    previous_applied: AppliedRecord | None = None  # the successful apply before the last one
+    pinned: PinRecord | None = None  # set by an operator's rollback, cleared by the next apply
     last_failure: FailedRecord | None = None  # only when newer than last_applied
     events: int = 0  # recorded since the entity started, across continue-as-new
 
@@ -365,3 +444,59 @@ class ReapplyEntry(_Model):
 
 class ReapplyResult(_Model):
     results: list[ReapplyEntry]
+
+
+# ---- RollbackWorkflow (an operator's rollback) --------------------------------------
+
+NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=4096), AfterValidator(redact_and_cap)]
+
+
+class RollbackRequest(_Model):
+    """Put a module back on the images of the successful apply before the last one
+    (`to_sha`, or that apply's SHA when null). With a signing key, `signature` signs
+    it like an approval of `to_sha` with no PR."""
+
+    module: BoundedStr
+    to_sha: BoundedStr | None = None
+    approved_by: NonEmptyText
+    reason: NonEmptyText
+    expires_at: BoundedStr | None = None
+    signature: BoundedStr | None = None
+
+
+class PlanRollbackInput(_Model):
+    request: RollbackRequest
+
+
+class RollbackPlan(_Model):
+    """Where and what an operator's rollback runs, read once."""
+
+    plan: ValidatedPlan
+    target: Target
+    to_sha: str
+    image_id: str
+    images: list[ContainerImage]
+
+
+class RollbackOutcome(_Model):
+    """RollbackWorkflow's result: `rolled_back` (exit 9) when the host changed."""
+
+    status: str
+    exitCode: int
+    module: str | None = None
+    host: str | None = None
+    compose_service: str | None = None
+    to_sha: str | None = None
+    image_id: str | None = None
+    snapshot: ImageSnapshot | None = None  # the images before the rollback
+    remote: RemoteRecord | None = None
+    health: HealthRecord | None = None
+    error: RedactedText | None = None
+
+
+class RecordRollbackInput(_Model):
+    request: RollbackRequest | None
+    outcome: RollbackOutcome
+    images: list[ContainerImage]  # what the service runs now, when the rollback changed it
+    workflow_id: str
+    run_id: str

@@ -48,11 +48,14 @@ def event_for(inp: PersistStateInput, at: str) -> ModuleEvent | None:
             host=result.host,
             compose_service=result.compose_service,
             at=at,
+            images=result.images.images if result.images else [],
+            images_before=result.snapshot.images if result.snapshot else [],
         )
         return ModuleEvent(module=result.module, applied=applied)
     if result.remote is not None or result.rollback is not None:
         failed = FailedRecord(
-            sha=inp.source_sha, status=result.status, error=result.error, workflow_id=inp.workflow_id, at=at
+            sha=inp.source_sha, status=result.status, error=result.error, workflow_id=inp.workflow_id, at=at,
+            rollback=result.rollback,
         )
         return ModuleEvent(module=result.module, failed=failed)
     return None

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from platformctl.config import MODULE_ID
 from platformctl.models import (
+    ContainerImage,
     PersistStateInput,
     RedactedText,
     RollbackInput,
@@ -69,6 +70,8 @@ class FailureRecord(_Record):
     approved_by: RedactedText | None = None
     approved_pr: int | None = None
     plan_digest: str | None = None
+    snapshot: list[ContainerImage] | None = None  # the images before compose up
+    rollback: RollbackRecord | None = None
 
 
 class StatusRecord(_Record):
@@ -94,6 +97,10 @@ class StatusRecord(_Record):
     approved_by: RedactedText | None = None
     # False: the host opted out of verify_checkout, the SHA was not confirmed there.
     checkout_verified: bool | None = None
+    # The images the last applied run left running (the module's last good images),
+    # and those it replaced.
+    images: list[ContainerImage] | None = None
+    images_before: list[ContainerImage] | None = None
     last_failure: FailureRecord | None = None
 
     @classmethod
@@ -115,11 +122,15 @@ class StatusRecord(_Record):
             command=result.command,
             approved_by=inp.approved_by,
             checkout_verified=result.checkout_verified,
+            images=result.images.images if result.images else None,
+            images_before=result.snapshot.images if result.snapshot else None,
             last_failure=None,
         )
 
     @classmethod
-    def after_failure(cls, previous: StatusRecord | None, inp: RollbackInput, at: str) -> StatusRecord:
+    def after_failure(
+        cls, previous: StatusRecord | None, inp: RollbackInput, rollback: RollbackRecord, at: str
+    ) -> StatusRecord:
         """The previous record's last good apply, with this failure as `status` and `last_failure`."""
         result = inp.result
         if result.module is None:
@@ -139,6 +150,8 @@ class StatusRecord(_Record):
             command=good.command,
             approved_by=good.approved_by,
             checkout_verified=good.checkout_verified,
+            images=good.images,
+            images_before=good.images_before,
             last_failure=FailureRecord(
                 at=at,
                 status=result.status,
@@ -149,6 +162,8 @@ class StatusRecord(_Record):
                 approved_by=inp.approved_by,
                 approved_pr=inp.approved_pr,
                 plan_digest=inp.plan_digest,
+                snapshot=result.snapshot.images if result.snapshot else None,
+                rollback=rollback,
             ),
         )
 
@@ -175,6 +190,9 @@ class AuditLine(_Record):
     error: RedactedText | None = None
     checkout_verified: bool | None = None
     rollback: RollbackRecord | None = None
+    snapshot: list[ContainerImage] | None = None
+    images: list[ContainerImage] | None = None
+    reason: RedactedText | None = None  # an operator's rollback: why
 
     @classmethod
     def of(cls, inp: PersistStateInput, at: str) -> AuditLine:
@@ -196,6 +214,8 @@ class AuditLine(_Record):
             error=result.error,
             checkout_verified=result.checkout_verified,
             rollback=result.rollback,
+            snapshot=result.snapshot.images if result.snapshot else None,
+            images=result.images.images if result.images else None,
         )
 
 

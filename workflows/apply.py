@@ -39,7 +39,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.health_smoke import HealthSmoke
     from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
-    from activities.rollback import Rollback
+    from activities.rollback import Rollback, RollbackImages
+    from activities.snapshot_images import SnapshotImages
     from activities.validate_plan import ValidatePlan
     from activities.verify_checkout import VerifyCheckout
     from platformctl.client import SEARCH_ATTRIBUTES
@@ -54,12 +55,17 @@ with workflow.unsafe.imports_passed_through():
         GuardComposePathInput,
         HealthConfig,
         HealthRecord,
+        ImageRollback,
+        ImageSnapshot,
         LockRequest,
         PersistStateInput,
         Rejection,
         RemoteRecord,
+        RollbackImagesInput,
         RollbackInput,
+        RollbackOutcome,
         RollbackRecord,
+        SnapshotInput,
         Target,
         ValidatedPlan,
         ValidatePlanInput,
@@ -70,8 +76,10 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.payload import UnreadablePayload, decode_json
     from platformctl.policy.approval import check_approval
     from platformctl.policy.health import verdict
+    from platformctl.policy.snapshot import rollback_image
     from workflows.module_lock import ModuleLockWorkflow, lock_workflow_id
     from workflows.project_lock import ENQUEUE, LOCK_FREE, RELEASE, ProjectLockWorkflow, project_lock_id, workflow_ids
+    from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
 
 T = TypeVar("T")
 A = TypeVar("A")  # an activity's argument
@@ -97,6 +105,10 @@ PROJECT_LOCK_PATCH = "project-lock"
 PHASE_STATUS_PATCH = "phase-status"
 # Applies that began waiting for approval before notifications keep their single timer.
 APPROVAL_NOTIFY_PATCH = "approval-notify"
+# Applies that passed compose up's lock before image snapshots only record a failure.
+IMAGE_ROLLBACK_PATCH = "image-rollback"
+# Failures after compose up started that put the service back on its snapshot's image.
+ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
 # What the Web UI shows for each activity (its summary).
 STEP_SUMMARIES = {
     "validate_plan": "1 validate plan",
@@ -104,11 +116,15 @@ STEP_SUMMARIES = {
     "guard_compose_path": "3 guard compose path",
     "check_host_allowlist": "4 check host allowlist",
     "verify_checkout": "4 verify the host's checkout",
+    "compose_images": "5 snapshot: compose images",
     "compose_up": "5 compose up",
     "compose_ps": "6 health smoke: compose ps",
     "persist_state": "7 persist state",
-    "rollback": "rollback",
+    "compose_rollback": "rollback: back to the snapshot's image",
+    "rollback": "rollback: record",
     "notify": "notify a person",
+    "plan_rollback": "rollback: what to go back to",
+    "record_rollback": "rollback: record",
 }
 LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
@@ -156,6 +172,8 @@ class ApplyWorkflow:
         self._health: HealthRecord | None = None
         self._state_artifact: str | None = None
         self._rollback: RollbackRecord | None = None
+        self._snapshot: ImageSnapshot | None = None  # None: an apply from before image snapshots
+        self._images: ImageSnapshot | None = None  # after a healthy apply
         self._error: str | None = None
         self._checkout_verified: bool | None = None
         self._lock_id: str | None = None
@@ -163,15 +181,18 @@ class ApplyWorkflow:
         self._phase_status = False  # PlatformStatus follows the phases (PHASE_STATUS_PATCH)
 
     @workflow.run
-    async def run(self, args: Sequence[RawValue]) -> ApplyResult:
-        if workflow.info().workflow_type != APPLY_WORKFLOW:
+    async def run(self, args: Sequence[RawValue]) -> ApplyResult | RollbackOutcome:
+        kind = workflow.info().workflow_type
+        if kind not in (APPLY_WORKFLOW, ROLLBACK_WORKFLOW):
             raise ApplicationError(
-                f"unknown workflow type {workflow.info().workflow_type[:100]!r}: this task queue runs {APPLY_WORKFLOW}",
+                f"unknown workflow type {kind[:100]!r}: this task queue runs {APPLY_WORKFLOW} and {ROLLBACK_WORKFLOW}",
                 type="UnknownWorkflowType",
                 non_retryable=True,
             )
         self._phase_status = workflow.patched(PHASE_STATUS_PATCH)
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
+        if kind == ROLLBACK_WORKFLOW:
+            return await OperatorRollback(self).run(args)
         try:
             result = await self._apply(args)
         except _Stop as stop:
@@ -211,6 +232,9 @@ class ApplyWorkflow:
         self._raise_if_rejected()
         async with self._project_lock(target):
             await self._verify_checkout(target, inp.plan.source_sha)
+            if workflow.patched(IMAGE_ROLLBACK_PATCH):
+                # What a rollback goes back to, seen under the lock right before anything changes.
+                self._snapshot = await self._snapshot_images(target, "before compose up")
             self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
                 # 5. Compose up with a timeout
@@ -221,7 +245,9 @@ class ApplyWorkflow:
                 await self._compose_up(target, plan.up_timeout_seconds)
                 # 6. Post-apply health smoke
                 self._enter("health_check", self._health_details(plan.health))
-                self._health = await self._health_smoke(target, plan.health)
+                self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
+                if self._snapshot is not None:
+                    self._images = await self._images_now(target)
                 # 7. Persist state (a cancel arriving now is too late: the service is live)
                 self._enter("persisting", "Recording the applied state.")
                 persisted = await self._uncancellable(
@@ -229,11 +255,11 @@ class ApplyWorkflow:
                 )
                 self._state_artifact = persisted.state_artifact
             except _Stop as stop:
-                await self._roll_back(stop.status, stop.message)
+                await self._roll_back(stop.status, stop.message, target)
                 raise
             except asyncio.CancelledError:
                 self._error = f"cancelled during {self._phase}, after compose up started"
-                await self._roll_back("cancelled", self._error)
+                await self._roll_back("cancelled", self._error, target)
                 raise
         return self._done("applied")
 
@@ -359,7 +385,40 @@ class ApplyWorkflow:
             code = up.remote.returncode if up.remote else None
             raise _Stop("remote_failed", f"compose up exited with code {code}")
 
-    async def _health_smoke(self, target: Target, cfg: HealthConfig) -> HealthRecord:
+    async def _snapshot_images(self, target: Target, when: str) -> ImageSnapshot:
+        assert self._plan is not None
+        self._enter(
+            "applying", f"Listing the images `{target.compose_service}` runs on {target.host.name} {when}."
+        )
+        return await self._step(
+            SnapshotImages.compose_images,
+            SnapshotInput(target=target, module=self._plan.module),
+            remote=True,
+            **READ_STEP,
+        )
+
+    async def _images_now(self, target: Target) -> ImageSnapshot | None:
+        """The images a healthy apply left running: the module's last good images.
+        Only a record: failing to list them does not fail a healthy apply."""
+        assert self._plan is not None
+        try:
+            return await self._step(
+                SnapshotImages.compose_images,
+                SnapshotInput(target=target, module=self._plan.module),
+                remote=True,
+                **READ_STEP,
+            )
+        except _Stop as e:
+            workflow.logger.warning("images after the apply not recorded: %s", e.message)
+            return None
+
+    def _on_apply_health(self, record: HealthRecord, cfg: HealthConfig) -> None:
+        self._health = record
+        workflow.set_current_details(self._health_details(cfg))
+
+    async def _health_smoke(
+        self, target: Target, cfg: HealthConfig, on_poll: Callable[[HealthRecord, HealthConfig], None]
+    ) -> HealthRecord:
         """Poll with durable timers until healthy for a stable window, or fail."""
         module = self._plan.module if self._plan else ""
         started = workflow.now()
@@ -372,19 +431,19 @@ class ApplyWorkflow:
             state = verdict(seen)
             healthy_since = (healthy_since or now) if state == "healthy" else None
             stable_s = (now - healthy_since).total_seconds() if healthy_since else 0.0
-            self._health = HealthRecord(
+            record = HealthRecord(
                 state=seen.state or "absent", health=seen.health or "none", observed_s=round(stable_s, 1)
             )
-            workflow.set_current_details(self._health_details(cfg))
+            on_poll(record, cfg)
             if state == "healthy" and stable_s >= cfg.stable_seconds:
-                return self._health
+                return record
             waited = (now - started).total_seconds()
             if state == "failed" or waited >= cfg.timeout_seconds:
                 why = f"; last poll: {seen.error}" if seen.error else ""
                 raise _Stop(
                     "unhealthy",
                     f"service {target.compose_service!r} did not stay healthy for {cfg.stable_seconds}s "
-                    f"within {cfg.timeout_seconds}s: state={self._health.state}, health={self._health.health}{why}",
+                    f"within {cfg.timeout_seconds}s: state={record.state}, health={record.health}{why}",
                 )
             await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
 
@@ -497,9 +556,17 @@ class ApplyWorkflow:
 
     # ---- endings ----------------------------------------------------------
 
-    async def _roll_back(self, status: Status, message: str) -> None:
+    async def _roll_back(self, status: Status, message: str, target: Target) -> None:
+        """Put the service back on the image it ran before (where the snapshot and
+        the module's policy allow), then record the failure. Neither is cut short
+        by a cancel; the apply's status stays the failure it was."""
         self._enter("rolling_back", f"Rolling back after `{status}`: {message}")
         self._status = status
+        # Applies from before image snapshots have none, and only record.
+        policy = self._plan.rollback if self._plan and self._snapshot is not None else "record"
+        image = None
+        if policy == "image" and status in ROLLED_BACK:
+            image = await self._uncancellable(self._restore_images(target))
         try:
             rollback = await self._uncancellable(
                 self._step(
@@ -512,6 +579,8 @@ class ApplyWorkflow:
                         approved_pr=self._approval.approved_pr if self._approval else None,
                         approved_by=self._approval.approved_by if self._approval else None,
                         plan_digest=self._plan.plan_digest if self._plan else None,
+                        image=image,
+                        policy=policy,
                     ),
                     **LOCAL_STEP,
                 )
@@ -524,7 +593,59 @@ class ApplyWorkflow:
                 reason=f"{message} (rollback record failed: {failed.message})",
                 last_good_sha=None,
                 state_artifact=None,
+                action=policy,
+                image=image,
             )
+
+    async def _restore_images(self, target: Target) -> ImageRollback:
+        """The service back on the snapshot's image, with the file on the host
+        untouched, then the module's health smoke again. Never raises: what it did
+        goes in the result, and a failed rollback is not retried in a loop."""
+        assert self._plan is not None and self._snapshot is not None
+        plan = self._plan
+        try:
+            image_id = rollback_image(self._snapshot)
+        except ValueError as e:
+            return ImageRollback(outcome="skipped", error=str(e))
+        self._enter(
+            "rolling_back",
+            f"Putting `{target.compose_service}` on {target.host.name} back on image {image_id} "
+            f"(killed after {plan.up_timeout_seconds} s).",
+        )
+        try:
+            up = await self._step(
+                RollbackImages.compose_rollback,
+                RollbackImagesInput(
+                    target=target, module=plan.module, image_id=image_id, timeout_seconds=plan.up_timeout_seconds
+                ),
+                remote=True,
+                start_to_close_timeout=timedelta(seconds=plan.up_timeout_seconds + 60),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=REMOTE_RETRY,
+            )
+        except _Stop as e:
+            return ImageRollback(outcome="failed", image_id=image_id, error=e.message)
+        if up.timed_out or up.remote is None or up.remote.returncode != 0:
+            why = "still running after its timeout: killed" if up.timed_out else (
+                f"exited with code {up.remote.returncode if up.remote else None}"
+            )
+            return ImageRollback(outcome="failed", image_id=image_id, remote=up.remote, error=f"compose up {why}")
+        seen: list[HealthRecord] = []
+
+        def on_poll(record: HealthRecord, cfg: HealthConfig) -> None:
+            seen.append(record)
+            workflow.set_current_details(
+                f"Rolled back to {image_id}. {self._health_details(cfg, record)}"
+            )
+
+        try:
+            health = await self._health_smoke(target, plan.health, on_poll)
+        except _Stop as e:
+            return ImageRollback(
+                outcome="unhealthy", image_id=image_id, healthy=False, health=seen[-1] if seen else None,
+                remote=up.remote, error=e.message,
+            )
+        return ImageRollback(outcome="restored", image_id=image_id, healthy=True, health=health, remote=up.remote)
 
     async def _finish(self, status: Status, message: str | None = None) -> ApplyResult:
         """End a non-applied outcome: one audit line, then the result."""
@@ -602,6 +723,8 @@ class ApplyWorkflow:
             rollback=self._rollback,
             error=error,
             checkout_verified=self._checkout_verified,
+            snapshot=self._snapshot,
+            images=self._images,
         )
 
     def _done(self, status: Status) -> ApplyResult:
@@ -614,18 +737,17 @@ class ApplyWorkflow:
 
     def _enter(self, phase: Phase, details: str) -> None:
         """A new phase, shown in the status query, PlatformStatus and the UI's current details."""
-        self._phase = phase
-        if self._phase_status:
+        if self._phase_status and phase != self._phase:
             workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(phase)])
+        self._phase = phase
         workflow.set_current_details(details)
 
     def _sha7(self) -> str:
         return self._input.plan.source_sha[:7] if self._input else "?"
 
-    def _health_details(self, cfg: HealthConfig) -> str:
+    def _health_details(self, cfg: HealthConfig, last_seen: HealthRecord | None = None) -> str:
         last = ""
-        if self._health:
-            h = self._health
+        if h := last_seen or self._health:
             last = f" Last: state={h.state}, health={h.health}, stable {h.observed_s} s."
         window = f"healthy for {cfg.stable_seconds} s (fails after {cfg.timeout_seconds} s)"
         return f"Polling `compose ps` until {window}.{last}"
@@ -649,7 +771,7 @@ class ApplyWorkflow:
     @workflow.update(dynamic=True)
     async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
         """`approve` as an Update: answers once the approval has been checked."""
-        if self._signalled_approval is None:
+        if self._signalled_approval is None and (self._input is None or self._input.approval is None):
             self._signalled_approval = _first_json(args, default={})
         await workflow.wait_condition(lambda: self._approval_verdict is not None)
         if self._approval_verdict:
@@ -660,18 +782,32 @@ class ApplyWorkflow:
     def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
         """Refuse at once, with the reason, what cannot approve this apply."""
         if name != "approve":
-            raise ApplicationError(f"unknown update {name[:100]!r}: this workflow takes 'approve'")
+            raise ApplicationError(f"unknown update {name[:100]!r}: this workflow takes 'approve'", non_retryable=True)
         if self._input is None:
-            raise ApplicationError("the apply has not read its plan yet: try again in a moment")
-        if self._phase != "awaiting_approval" or self._signalled_approval is not None:
-            raise ApplicationError(f"the apply is not waiting for an approval (phase {self._phase})")
+            return  # arrived with the start, before the plan was read: checked when the apply gets to it
+        offered = _first_json(args, default={})
+        given = self._input.approval if self._input.approval is not None else self._signalled_approval
+        if given is not None:
+            # A CI re-run delivering the same approval again gets that approval's verdict.
+            if offered != given:
+                raise ApplicationError("the apply already has another approval", non_retryable=True)
+            return
+        # Before the wait starts (still validating the plan) an approval is taken and used when it does.
+        if self._phase not in ("validating", "awaiting_approval"):
+            raise ApplicationError(
+                f"the apply is not waiting for an approval (phase {self._phase})", non_retryable=True
+            )
         try:
-            approval = Approval.model_validate(_first_json(args, default={}))
+            approval = Approval.model_validate(offered)
             check_approval(self._input.plan, approval)
         except ValidationError as e:
-            raise ApplicationError(f"not a valid approval: {brief_errors(e)}", type="ApprovalMismatch") from None
+            raise ApplicationError(
+                f"not a valid approval: {brief_errors(e)}", type="ApprovalMismatch", non_retryable=True
+            ) from None
         except Exception as e:  # the policy's own refusal, with its reason
-            raise ApplicationError(str(e), type=getattr(e, "error_type", "ApprovalMismatch")) from None
+            raise ApplicationError(
+                str(e), type=getattr(e, "error_type", "ApprovalMismatch"), non_retryable=True
+            ) from None
 
     @workflow.query
     def status(self) -> dict[str, Any]:

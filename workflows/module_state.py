@@ -68,9 +68,15 @@ class ModuleStateWorkflow:
         self._this_run += 1
         update: dict[str, object] = {"events": state.events + 1}
         if event.applied is not None:
-            update.update(last_applied=event.applied, last_failure=None)
+            # The apply before the last one is that of another SHA: a re-apply of the
+            # same SHA does not push it out. A new apply ends an operator's rollback pin.
+            last = state.last_applied
+            previous = last if last is not None and last.sha != event.applied.sha else state.previous_applied
+            update.update(last_applied=event.applied, previous_applied=previous, last_failure=None, pinned=None)
         if event.failed is not None:
             update["last_failure"] = event.failed
+        if event.pinned is not None:
+            update["pinned"] = event.pinned
         self._state = state.model_copy(update=update)
 
     @workflow.query

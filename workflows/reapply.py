@@ -91,5 +91,4 @@ class ReapplyWorkflow:
             if applied and applied.get("status") == "blocked" and " holds commit " in error:
                 return ReapplyEntry(module=c.module, outcome="skipped", reason=error, apply=applied)
             return ReapplyEntry(module=c.module, outcome="failed", reason=error, apply=applied)
-        stderr = (result.get("remote") or {}).get("stderr") or ""
-        return ReapplyEntry(module=c.module, outcome="applied", drift=drifted(stderr), apply=result)
+        return ReapplyEntry(module=c.module, outcome="applied", drift=drifted(result), apply=result)

@@ -9,13 +9,15 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from platformctl.client import connect
-from platformctl.config import Settings
+from platformctl.config import MODULE_ID, Settings
 from platformctl.models import Approval, brief_errors
-from platformctl.outcomes import ApplyError
+from platformctl.outcomes import OUTCOMES, ApplyError
 from platformctl.policy.approval import sign
+from platformctl.policy.plan import SHA
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 2  # the contract's tool_error: our side could not do its job
@@ -62,6 +64,27 @@ def iso_time(value: str) -> str:
     return value
 
 
+def module_id(value: str) -> str:
+    """argparse type of a MODULE argument: a module id (platformctl.config.MODULE_ID)."""
+    if not MODULE_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"invalid module id {value!r}: must match {MODULE_ID.pattern}")
+    return value
+
+
+def full_sha(value: str) -> str:
+    """argparse type of a commit SHA: 40 lowercase hex digits, as plans and approvals carry it."""
+    if not SHA.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"not a full commit SHA (40 lowercase hex digits): {value!r}")
+    return value
+
+
+def non_blank(value: str) -> str:
+    """argparse type of a text that must say something (kept as written)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def approval_object(
     sha: str, pr: int, by: str | None, allow_destructive: bool, expires_at: str | None
 ) -> dict[str, Any]:
@@ -92,6 +115,30 @@ def with_signature(key: bytes, module: str, approval: dict[str, Any]) -> dict[st
     except ValidationError as e:
         raise usage_error(f"cannot sign the approval: {brief_errors(e)}") from None
     return {**approval, "signature": sign(key, module, parsed)}
+
+
+def outcome_of(result: Any, module: str, host: str | None, noun: str = "apply") -> dict[str, Any]:
+    """The result object of a finished workflow that ends like ApplyWorkflow: its result
+    when it completed, the first detail of its non-retryable ApplicationError when it
+    failed, a `cancelled` outcome when it closed as Canceled. Anything else (terminated,
+    timed out, no result object) is exit 2. `result` is the future `progress.watch` returns."""
+    try:
+        value = result.result()
+    except WorkflowFailureError as e:
+        cause = e.cause
+        if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+            return dict(cause.details[0])
+        if isinstance(cause, CancelledError):
+            return {
+                "status": "cancelled", "exitCode": OUTCOMES["cancelled"].exit_code, "module": module,
+                "host": host, "error": f"the {noun} was cancelled",
+            }
+        raise CliError(EXIT_UNREACHABLE, f"the {noun} ended without a result: {one_line(cause or e)}") from None
+    if not isinstance(value, dict):
+        raise CliError(
+            EXIT_UNREACHABLE, f"the {noun} returned something that is not a result object: {one_line(value)}"
+        )
+    return value
 
 
 def one_line(text: object, limit: int = 300) -> str:

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from temporalio.service import RPCError
 
-from platformctl.cli import apply, approve, doctor, locks, reapply, reject, sign, status
+from platformctl.cli import apply, approve, doctor, locks, reapply, reject, rollback, sign, status
 from platformctl.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, CliError, one_line
 from platformctl.config import Settings
 
@@ -32,12 +32,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Start, approve, reject and inspect platform applies (ApplyWorkflow on Temporal). "
+        description="Start, approve, reject, roll back and inspect platform applies (ApplyWorkflow, "
+        "RollbackWorkflow on Temporal). "
         "Configured by the worker's environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, PLATFORM_TASK_QUEUE, "
         "PLATFORM_ROOT, TEMPORAL_TLS_*, TEMPORAL_API_KEY, PLATFORM_APPROVAL_KEY_FILE.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (apply, approve, reject, status, reapply, locks, doctor, sign):
+    for module in (apply, approve, reject, rollback, status, reapply, locks, doctor, sign):
         module.add_parser(commands)
     return parser
 

@@ -39,6 +39,12 @@ def state_line(state: ModuleState, in_flight: dict[str, Any] | None) -> str:
     if state.last_failure is not None:
         failed = state.last_failure
         line += f"; last failure {failed.status} of {(failed.sha or '?')[:12]} at {failed.at}"
+        image = failed.rollback.image if failed.rollback else None
+        if image is not None:
+            line += f" (rollback {image.outcome}{' to ' + image.image_id[:19] if image.image_id else ''})"
+    if state.pinned is not None:
+        pin = state.pinned
+        line += f"; PINNED by rollback to {(pin.sha or '?')[:12]} by {pin.by} at {pin.at} (re-apply skips it)"
     if in_flight:
         line += f"; in flight: {in_flight['workflow_id']} ({in_flight.get('phase')})"
     return line

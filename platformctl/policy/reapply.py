@@ -7,6 +7,8 @@ that verifies its checkout.
 
 from __future__ import annotations
 
+from typing import Any
+
 from platformctl.models import ReapplyCandidate
 
 # What `docker compose up -d` prints for a container it had to change; an
@@ -18,6 +20,12 @@ def skip_reason(c: ReapplyCandidate) -> str | None:
     """Why this module is not re-applied, or None when it may be."""
     if c.state is None or c.state.last_applied is None:
         return "no successful apply recorded"
+    pin = c.state.pinned
+    if pin is not None:
+        return (
+            f"pinned by the rollback {pin.workflow_id} ({pin.by}: {pin.reason[:200]}): "
+            "re-apply resumes after the next approved apply"
+        )
     failed = c.state.last_failure
     if failed is not None and failed.sha == c.state.last_applied.sha:
         return f"the last apply of {c.state.last_applied.sha[:12]} failed ({failed.status}): fix it with a new apply"
@@ -26,8 +34,20 @@ def skip_reason(c: ReapplyCandidate) -> str | None:
     return None
 
 
-def drifted(compose_stderr: str) -> bool:
-    """True when compose had to create, recreate or start a container."""
+def drifted(result: dict[str, Any]) -> bool:
+    """True when compose had to create, recreate or start a container, or the
+    service's images after the apply differ from those before (an ApplyResult)."""
+    before, after = result.get("snapshot"), result.get("images")
+    if isinstance(before, dict) and isinstance(after, dict) and _ids(before) != _ids(after):
+        return True
+    return _compose_changed((result.get("remote") or {}).get("stderr") or "")
+
+
+def _ids(snapshot: dict[str, Any]) -> set[Any]:
+    return {i.get("image_id") for i in snapshot.get("images") or [] if isinstance(i, dict)}
+
+
+def _compose_changed(compose_stderr: str) -> bool:
     return any(
         word in line for line in compose_stderr.splitlines() if line.lstrip().startswith("Container")
         for word in _CHANGED

@@ -70,7 +70,9 @@ async def test_other_outcomes_write_one_audit_line_and_no_status_file(tmp_path, 
     assert files_under(tmp_path) == {".platform/state/audit.jsonl"}
     [line] = audit(settings)
     assert (line["status"], line["module"], line["rejected_by"], line["approved_by"]) == (status, module, "carol", None)
-    assert line["rollback"] == {"reason": "unhealthy", "last_good_sha": SHA, "state_artifact": None}
+    assert line["rollback"] == {
+        "reason": "unhealthy", "last_good_sha": SHA, "state_artifact": None, "action": "record", "image": None
+    }
 
 
 @pytest.mark.parametrize("module", ["../../escaped", "modules/../../escaped", "Redis"])

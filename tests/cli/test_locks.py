@@ -30,7 +30,8 @@ async def locks_until(cli, expected: str, timeout_s: float = 30) -> list[str]:
 async def test_locks_lists_the_holder_and_the_waiters_and_cancelled_applies_exit_5(platform, host_name, cli, tmp_path):
     holder, waiter = new_module(), new_module()
     for module in (holder, waiter):  # one compose file: one project, one lock
-        write_module(platform.root, module, host_name, health=LONG_HEALTH)
+        # Record-only rollback: a cancelled holder ends at once instead of watching a restored image.
+        write_module(platform.root, module, host_name, health=LONG_HEALTH, rollback="record")
     await platform.start_worker(phase="05")
     flags = ["--approve-sha", SHA, "--approve-pr", "165", "--approved-by", "ci"]
     holder_id, waiter_id = f"apply-{holder}-{SHA[:12]}", f"apply-{waiter}-{SHA[:12]}"

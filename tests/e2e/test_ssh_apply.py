@@ -63,12 +63,29 @@ def git_head_argv(host: SshHost) -> list[str]:
     return ["git", "-C", host.remote_root, "rev-parse", "HEAD"]
 
 
+def images_argv(host: SshHost, service: str) -> list[str]:
+    return ["docker", "compose", "-f", host.compose_path, "images", "--format", "json", service]
+
+
+def rollback_argv(host: SshHost, service: str) -> list[str]:
+    return [
+        "docker", "compose", "-f", host.compose_path, "-f", "-", "up", "-d", "--no-deps", "--no-build",
+        "--pull", "never", service,
+    ]
+
+
+def before_up(host: SshHost, service: str) -> list[list[str]]:
+    """The checkout check (verify_checkout is on by default), the image snapshot, compose up."""
+    return [git_head_argv(host), images_argv(host, service), compose_up_argv(host, service)]
+
+
 def only_up_then_ps(host: SshHost, service: str, min_ps: int = 1) -> list[list[str]]:
-    """The checkout check (verify_checkout is on by default), compose up, then only ps polls."""
+    """A healthy apply: checkout, snapshot, compose up, only ps polls, then the images it left running."""
     calls = host.calls()
-    assert calls[:2] == [git_head_argv(host), compose_up_argv(host, service)], calls
-    assert calls[2:] and all(c == compose_ps_argv(host, service) for c in calls[2:]), calls
-    assert len(calls) - 2 >= min_ps, calls
+    assert calls[:3] == before_up(host, service), calls
+    assert calls[-1] == images_argv(host, service), calls
+    polls = calls[3:-1]
+    assert len(polls) >= min_ps and all(c == compose_ps_argv(host, service) for c in polls), calls
     return calls
 
 
@@ -141,8 +158,11 @@ async def test_compose_up_fails_remote_failed_with_rollback(ssh_e2e, sshd_host):
     assert "stand-in failure starting core-svc-fail-1" in r["remote"]["stderr"]
     assert "exited with code 1" in r["error"]
     assert r["rollback"] is not None and r["rollback"]["last_good_sha"] is None
-    # no health polls after a failed up
-    assert sshd_host.calls() == [git_head_argv(sshd_host), compose_up_argv(sshd_host, "svc-fail")]
+    # no health polls after a failed up: the rollback, then the polls of its own health smoke
+    calls = sshd_host.calls()
+    assert calls[:4] == [*before_up(sshd_host, "svc-fail"), rollback_argv(sshd_host, "svc-fail")], calls
+    assert calls[4:] and all(c == compose_ps_argv(sshd_host, "svc-fail") for c in calls[4:]), calls
+    assert r["rollback"]["image"]["outcome"] == "restored"
     status = json.loads(e2e.status_file("e2e-fail").read_text())
     assert status["status"] == "remote_failed" and status["last_apply_sha"] is None
     assert status["last_failure"]["source_sha"] == SHA and status["last_failure"]["workflow_id"] == wid
@@ -168,7 +188,8 @@ async def test_hung_compose_up_is_killed_at_its_timeout(ssh_e2e, sshd_host):
     pid = sshd_host.hang_pid()
     assert pid is not None
     assert await eventually(lambda: not process_running(pid), 5), f"remote compose (pid {pid}) survived the timeout"
-    assert sshd_host.calls() == [git_head_argv(sshd_host), compose_up_argv(sshd_host, "svc-hang")]
+    calls = sshd_host.calls()
+    assert calls[:4] == [*before_up(sshd_host, "svc-hang"), rollback_argv(sshd_host, "svc-hang")], calls
 
 
 @pytest.mark.parametrize(
@@ -194,7 +215,10 @@ async def test_unhealthy_after_up_rolls_back(ssh_e2e, sshd_host, behaviour, stat
     assert (r["health"]["state"], r["health"]["health"]) == (state, health)
     assert r["rollback"] is not None and "did not stay healthy" in r["rollback"]["reason"]
     assert min_s <= out.seconds < max_s, f"{behaviour}: unhealthy after {out.seconds:.1f} s"
-    only_up_then_ps(sshd_host, service)
+    calls = sshd_host.calls()
+    assert calls[:3] == before_up(sshd_host, service), calls
+    assert rollback_argv(sshd_host, service) in calls, calls
+    assert r["rollback"]["image"]["outcome"] == "unhealthy"  # the stand-in's service stays unhealthy
     assert json.loads(e2e.status_file(f"e2e-{behaviour}").read_text())["status"] == "unhealthy"
     assert [a["status"] for a in e2e.audit()] == ["unhealthy"]
 
@@ -308,11 +332,39 @@ async def test_kill_9_during_compose_up_then_a_new_worker_finishes(ssh_e2e, sshd
     assert await activity_attempts(handle, "compose_up") == [2]
     calls = sshd_host.calls()
     assert calls.count(up) == 2
-    assert all(c in (compose_ps_argv(sshd_host, "svc-kill"), git_head_argv(sshd_host)) for c in calls if c != up)
+    reads = (compose_ps_argv(sshd_host, "svc-kill"), git_head_argv(sshd_host), images_argv(sshd_host, "svc-kill"))
+    assert all(c in reads for c in calls if c != up)
     assert sshd_host.connection_count() == 2  # one per worker
     assert json.loads(e2e.status_file("e2e-kill").read_text())["status"] == "applied"
     print(f"kill -9 recovery: applied {elapsed:.1f} s after start")
     assert elapsed < 90
+
+
+async def test_kill_9_during_the_rollback_then_a_new_worker_finishes_it(ssh_e2e, sshd_host):
+    """A worker lost while it puts the service back: the next one runs the rollback
+    again (the pin converges like up -d) and the apply ends with what it did."""
+    e2e = ssh_e2e
+    write_module(e2e.root, "e2e-kill-rb", "h1", "svc-kill-rb", up_timeout_seconds=5,
+                 health={"stable_seconds": 1, "timeout_seconds": 3, "poll_seconds": 1})
+    # The rollback hangs each time: killed with the first worker, then at its 5 s timeout.
+    sshd_host.set_behaviour("svc-kill-rb", "unhealthy rollback=hang")
+    first = await e2e.start_worker()
+    handle = await e2e.start(request("e2e-kill-rb", "svc-kill-rb"))
+    rollback = rollback_argv(sshd_host, "svc-kill-rb")
+
+    assert await eventually(lambda: rollback in sshd_host.calls(), 30), "the rollback never started"
+    first.kill9()
+    await e2e.start_worker()
+    out = await e2e.outcome(handle, timeout_s=120)
+
+    assert (out.status, out.result["exitCode"]) == ("unhealthy", 4)
+    image = out.result["rollback"]["image"]
+    assert image["outcome"] == "failed" and "still running after its timeout" in image["error"]
+    assert await activity_attempts(handle, "compose_rollback") == [2]
+    assert sshd_host.calls().count(rollback) == 2
+    status = json.loads(e2e.status_file("e2e-kill-rb").read_text())
+    assert status["last_failure"]["rollback"]["image"]["outcome"] == "failed"
+    assert [a["status"] for a in e2e.audit()] == ["unhealthy"]
 
 
 async def test_sigterm_during_compose_up_lets_it_finish_and_a_new_worker_continues(ssh_e2e, sshd_host):

@@ -29,6 +29,7 @@ from tests.platform_files import (
 
 COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
 PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --format json honcho-redis"
+IMAGES_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml images --format json honcho-redis"
 
 
 def audit_lines(harness) -> list[dict]:
@@ -104,7 +105,11 @@ async def test_remote_failure_rolls_back_and_keeps_last_good_sha(harness):
     assert (out.status, out.result["exitCode"], out.error_type) == ("remote_failed", 4, "RemoteFailed")
     assert "pull access denied" in out.result["remote"]["stderr"]
     assert out.result["rollback"]["last_good_sha"] == SHA
-    assert harness.transport.commands("compose_ps") == []
+    # The service went back to the image it ran before, and was watched until healthy.
+    assert [c.kind for _, c in harness.transport.calls][:4] == [
+        "git_head", "compose_images", "compose_up", "compose_rollback"
+    ]
+    assert out.result["rollback"]["image"]["outcome"] == "restored"
     state = read_status(harness.settings.state_dir, "honcho-redis")
     assert state.last_apply_sha == SHA and state.status == "remote_failed"
     assert state.last_failure.source_sha == OTHER_SHA
@@ -154,7 +159,9 @@ async def test_exited_container_fails_without_waiting_out_the_timeout(harness):
     harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", ""), ps("honcho-redis", "exited", "")]}
     out = await harness.apply(apply_input())
     assert out.status == "unhealthy" and out.result["health"]["state"] == "exited"
-    assert len(harness.transport.commands("compose_ps")) == 2
+    # Two polls of the apply, one after the rollback (which sees the same exited container).
+    assert len(harness.transport.commands("compose_ps")) == 3
+    assert out.result["rollback"]["image"]["outcome"] == "unhealthy"
 
 
 async def test_health_flapping_restarts_the_stable_window(harness):
@@ -354,7 +361,7 @@ async def test_verify_checkout_confirms_the_host_holds_the_approved_commit(harne
     harness.transport.script = {"git_head": [ok(stdout=SHA + "\n")]}
     out = await harness.apply(apply_input())
     assert out.status == "applied"
-    assert harness.transport.commands()[:2] == ["git -C /opt/platform rev-parse HEAD", COMMAND]
+    assert harness.transport.commands()[:3] == ["git -C /opt/platform rev-parse HEAD", IMAGES_COMMAND, COMMAND]
 
 
 @pytest.mark.parametrize("answer", [ok(stdout=OTHER_SHA + "\n"), failed(128, "fatal: not a git repository")])

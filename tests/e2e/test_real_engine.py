@@ -1,0 +1,134 @@
+"""Applies against a real Docker engine: the real worker process and Temporal
+dev server, a real OpenSSH sshd whose deploy key is gated by
+host/platform-gate, and Debian's dockerd with compose v2 behind it
+(tests/docker_engine.py). No stand-in docker: compose really creates,
+recreates and health-checks the containers.
+
+The images: local/app:1 passes the compose healthcheck (`test -f /healthy`),
+local/app:2 fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from tests.docker_engine import APP_V1, APP_V2, DockerEngine
+from tests.e2e.conftest import ENGINE_HEALTH, ENGINE_HOST, engine_service, write_engine_module
+from tests.platform_files import SHA, apply_input, change, plan
+from tests.sshd import SshHost
+
+SERVICE = "app"
+# ENGINE_HEALTH with a short timeout, for an apply that cannot become healthy.
+UNHEALTHY_WINDOW = {**ENGINE_HEALTH, "timeout_seconds": 8}
+
+
+def request(module: str, service: str = SERVICE) -> dict:
+    return apply_input(plan(module=module, changes=[change(service)]))
+
+
+def workflow_id(tag: str) -> str:
+    return f"apply-engine-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def container_image_id(engine: DockerEngine, container: str) -> str:
+    return engine.docker("inspect", "--format", "{{.Image}}", container).stdout.strip()
+
+
+def health_events(engine: DockerEngine, since: float, image: str) -> list[str]:
+    """The health_status events ("health_status: healthy", ...) of containers of `image` since `since`."""
+    out = engine.docker(
+        "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+        "--filter", "type=container", "--filter", "event=health_status", "--filter", f"image={image}",
+        "--format", "{{.Status}}",
+    ).stdout
+    return out.splitlines()
+
+
+async def test_apply_on_a_real_engine_ends_applied_and_the_service_is_healthy(
+    engine_e2e, engine_host: SshHost, docker_engine: DockerEngine
+):
+    e2e = engine_e2e
+    compose = write_engine_module(e2e.root, engine_host, "rt-ok", APP_V1)
+    worker = await e2e.start_worker()
+    assert "EXECUTING remote commands" in worker.log()
+    wid = workflow_id("ok")
+
+    out = await e2e.outcome(await e2e.start(request("rt-ok"), workflow_id=wid), timeout_s=60)
+
+    assert out.status == "applied", out.result
+    r = out.result
+    assert (r["exitCode"], out.error_type, r["error"], r["rollback"]) == (9, None, None, None)
+    assert (r["module"], r["host"], r["compose_service"]) == ("rt-ok", ENGINE_HOST, SERVICE)
+    assert r["command"] == f"docker compose -f {compose} up -d {SERVICE}"
+    assert r["remote"]["returncode"] == 0
+    assert "Container rt-ok-app-1  Started" in r["remote"]["stderr"], r["remote"]["stderr"]
+    assert (r["health"]["state"], r["health"]["health"]) == ("running", "healthy")
+    assert r["health"]["observed_s"] >= ENGINE_HEALTH["stable_seconds"]
+
+    # The engine itself, asked as root: the service runs v1 and is healthy.
+    row = engine_service(docker_engine, compose, SERVICE)
+    assert (row["Project"], row["State"], row["Health"], row["Image"]) == ("rt-ok", "running", "healthy", APP_V1), row
+    assert container_image_id(docker_engine, row["ID"]) == docker_engine.image_ids[APP_V1]
+    assert docker_engine.docker("exec", row["ID"], "cat", "/version").stdout == "1\n"
+    # The snapshot: nothing ran before; the images it left running are the module's last good ones.
+    assert r["snapshot"] == {"images": []}
+    assert [i["image_id"] for i in r["images"]["images"]] == [docker_engine.image_ids[APP_V1]]
+    # Only the checkout check went to a stand-in; one pooled connection carried everything.
+    assert engine_host.calls() == [["git", "-C", engine_host.remote_root, "rev-parse", "HEAD"]]
+    assert engine_host.connection_count() == 1
+
+    status = json.loads(e2e.status_file("rt-ok").read_text())
+    assert (status["status"], status["host"], status["last_apply_sha"]) == ("applied", ENGINE_HOST, SHA)
+    assert [(a["workflow_id"], a["status"], a["exitCode"]) for a in e2e.audit()] == [(wid, "applied", 9)]
+
+
+async def test_changing_the_image_to_an_unhealthy_one_ends_unhealthy(
+    engine_e2e, engine_host: SshHost, docker_engine: DockerEngine
+):
+    e2e = engine_e2e
+    compose = write_engine_module(e2e.root, engine_host, "rt-bad", APP_V1)
+    await e2e.start_worker()
+    first = await e2e.apply(request("rt-bad"), timeout_s=60)
+    assert first.status == "applied", (first.result, e2e.all_logs()[-3000:])
+    v1_container = engine_service(docker_engine, compose, SERVICE)["ID"]
+
+    # The next commit points the service at v2, whose healthcheck fails. v2 is
+    # never healthy, so a shorter window only saves waiting for a recovery.
+    assert write_engine_module(e2e.root, engine_host, "rt-bad", APP_V2, health=UNHEALTHY_WINDOW) == compose
+    since = time.time()
+    wid = workflow_id("unhealthy")
+    out = await e2e.outcome(await e2e.start(request("rt-bad"), workflow_id=wid), timeout_s=90)
+
+    assert (out.status, out.error_type, out.result["exitCode"]) == ("unhealthy", "Unhealthy", 4), out.result
+    r = out.result
+    assert r["remote"]["returncode"] == 0
+    assert "Container rt-bad-app-1  Recreated" in r["remote"]["stderr"], r["remote"]["stderr"]
+    # What the workflow saw through the gate, from the real healthcheck.
+    assert (r["health"]["state"], r["health"]["health"]) == ("running", "unhealthy")
+    assert "did not stay healthy" in r["error"], r["error"]
+    # The image rollback: back on the exact image v1's container ran, watched until healthy.
+    v1 = docker_engine.image_ids[APP_V1]
+    assert [i["image_id"] for i in r["snapshot"]["images"]] == [v1]
+    image = r["rollback"]["image"]
+    assert (r["rollback"]["action"], image["outcome"], image["image_id"], image["healthy"]) == (
+        "image", "restored", v1, True
+    ), r["rollback"]
+    assert image["health"]["health"] == "healthy"
+    # It waited the whole window for a recovery, then rolled back, not much longer.
+    assert UNHEALTHY_WINDOW["timeout_seconds"] <= out.seconds < UNHEALTHY_WINDOW["timeout_seconds"] + 40, out.seconds
+    # The engine ran v2 in a new container, found it unhealthy, and now runs v1 again, healthy.
+    assert "health_status: unhealthy" in health_events(docker_engine, since, APP_V2)
+    assert not any(c.startswith(v1_container) for c in docker_engine.container_ids())
+    row = engine_service(docker_engine, compose, SERVICE)
+    assert (row["State"], row["Health"]) == ("running", "healthy"), row
+    assert container_image_id(docker_engine, row["ID"]) == v1
+    assert docker_engine.docker("exec", row["ID"], "cat", "/version").stdout == "1\n"
+    # The compose file on the host was not touched: it still names v2.
+    assert APP_V2 in open(compose).read()
+
+    status = json.loads(e2e.status_file("rt-bad").read_text())
+    assert status["status"] == "unhealthy" and status["last_failure"]["workflow_id"] == wid
+    assert status["last_failure"]["rollback"]["image"]["outcome"] == "restored"
+    assert [a["status"] for a in e2e.audit()] == ["applied", "unhealthy"]

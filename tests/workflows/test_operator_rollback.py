@@ -1,0 +1,163 @@
+"""RollbackWorkflow over the fake transport: an operator puts a module back on
+the images of the successful apply before the last one.
+
+These run on a real dev server (the module's health window is short): the
+time-skipping test server answered a signal-with-start to the module's state
+workflow by starting a second run beside the first, which the real server never does.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.common import RawValue
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from platformctl.client import SEARCH_ATTRIBUTES
+from platformctl.commands import image_pin
+from platformctl.models import Approval, ModuleState, ReapplyCandidate
+from platformctl.module_state import module_state_id
+from platformctl.policy.approval import sign
+from platformctl.policy.reapply import skip_reason
+from platformctl.transport.fake import empty_images, failed, images
+from tests.conftest import VENV_BIN, Harness
+from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, module_doc, plan, write_platform
+
+OLD = "sha256:" + "a" * 64
+NEW = "sha256:" + "b" * 64
+REQUEST = {"module": "honcho-redis", "approved_by": "alice", "reason": "bad release"}
+FAST = {"stable_seconds": 1, "timeout_seconds": 5, "poll_seconds": 1}
+
+
+@pytest.fixture(scope="module")
+async def dev_env():
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(VENV_BIN / "temporal"),
+        data_converter=pydantic_data_converter,
+        ui=False,
+        search_attributes=list(SEARCH_ATTRIBUTES),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def harness(dev_env, tmp_path) -> Harness:
+    write_platform(tmp_path, modules=[module_doc(health=FAST)])
+    return Harness(client=dev_env.client, root=tmp_path)
+
+
+def signed(key: bytes | None, raw: dict) -> dict:
+    if key is not None:
+        raw["signature"] = sign(key, "honcho-redis", Approval.model_validate(raw))
+    return raw
+
+
+async def two_applies(harness, key: bytes | None = None) -> None:
+    """SHA (its service ends on OLD), then OTHER_SHA (on NEW)."""
+    harness.transport.script["compose_images"] = [
+        empty_images(), images("honcho-redis", OLD), images("honcho-redis", OLD), images("honcho-redis", NEW),
+    ]
+    first = apply_input(approval_=signed(key, approval()))
+    assert (await harness.outcome(await harness.start(first))).status == "applied"
+    harness.transport.head = OTHER_SHA
+    second = apply_input(plan(sha=OTHER_SHA), signed(key, approval(sha=OTHER_SHA)))
+    assert (await harness.outcome(await harness.start(second))).status == "applied"
+
+
+async def rollback(harness, request) -> tuple[str, dict, str | None]:
+    handle = await harness.client.start_workflow(
+        "RollbackWorkflow", request, id=f"rollback-{uuid.uuid4()}", task_queue=harness.task_queue
+    )
+    try:
+        result = await handle.result()
+    except WorkflowFailureError as e:
+        detail = e.cause.details[0]
+        return detail["status"], detail, e.cause.type
+    data = result if isinstance(result, dict) else result.model_dump()
+    return data["status"], data, None
+
+
+async def module_state(harness) -> ModuleState:
+    handle = harness.client.get_workflow_handle(module_state_id(harness.task_queue, "honcho-redis"))
+    return await handle.query("state", result_type=ModuleState)
+
+
+async def test_a_rollback_goes_back_to_the_images_of_the_apply_before_the_last_and_pins_the_module(harness):
+    async with harness.worker():
+        await two_applies(harness)
+        harness.transport.calls.clear()
+        status, result, _ = await rollback(harness, REQUEST)
+        state = await module_state(harness)
+    assert (status, result["exitCode"], result["to_sha"], result["image_id"]) == ("rolled_back", 9, SHA, OLD)
+    assert [c.kind for _, c in harness.transport.calls][:2] == ["compose_images", "compose_rollback"]
+    [pin] = [c.stdin for _, c in harness.transport.calls if c.kind == "compose_rollback"]
+    assert pin == image_pin("honcho-redis", OLD)
+    assert result["health"]["health"] == "healthy"
+    assert state.pinned is not None and (state.pinned.by, state.pinned.sha) == ("alice", SHA)
+    reason = skip_reason(ReapplyCandidate(module="honcho-redis", state=state, host="rs2000", verify_checkout=True))
+    assert reason is not None and "pinned by the rollback" in reason
+
+
+async def test_a_module_already_on_those_images_is_left_alone(harness):
+    async with harness.worker():
+        await two_applies(harness)
+        harness.transport.script["compose_images"] = [images("honcho-redis", OLD)]
+        status, result, _ = await rollback(harness, REQUEST)
+    assert (status, result["exitCode"]) == ("no_changes", 0)
+    assert "compose_rollback" not in [c.kind for _, c in harness.transport.calls]
+
+
+async def test_images_gone_from_the_host_are_reported_as_such(harness):
+    async with harness.worker():
+        await two_applies(harness)
+        harness.transport.script["compose_rollback"] = [failed(1, f"Error: No such image: {OLD}")]
+        status, result, error_type = await rollback(harness, REQUEST)
+    assert (status, result["exitCode"], error_type) == ("remote_failed", 4, "RemoteFailed")
+    assert "no longer on rs2000" in result["error"]
+
+
+async def test_nothing_to_go_back_to_is_blocked_before_anything_runs(harness):
+    async with harness.worker():
+        status, result, error_type = await rollback(harness, REQUEST)
+    assert (status, result["exitCode"], error_type) == ("blocked", 3, "PolicyViolation")
+    assert "nothing to go back to" in result["error"]
+    assert harness.transport.calls == []
+
+
+async def test_with_a_signing_key_only_a_signed_rollback_runs(harness, tmp_path):
+    key = b"k" * 32
+    (tmp_path / "approval.key").write_bytes(key)
+    harness.approval_key_file = tmp_path / "approval.key"
+    # Signed like an approval of the SHA whose images come back, with no PR.
+    fields = {"approved_sha": SHA, "approved_pr": None, "approved_by": "alice"}
+    good = {**REQUEST, "to_sha": SHA, "signature": sign(key, "honcho-redis", Approval.model_validate(fields))}
+    async with harness.worker():
+        await two_applies(harness, key)
+        unsigned = await rollback(harness, REQUEST)
+        forged = await rollback(harness, {**good, "reason": "x", "approved_by": "mallory"})
+        assert "compose_rollback" not in [c.kind for _, c in harness.transport.calls]
+        status, result, _ = await rollback(harness, good)
+    assert unsigned[0] == forged[0] == "approval_mismatch" and unsigned[1]["exitCode"] == 5
+    assert "not signed" in unsigned[1]["error"] and "does not match" in forged[1]["error"]
+    assert (status, result["exitCode"]) == ("rolled_back", 9)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'"roll it back"', b'{"module": "honcho-redis"}', b'{"module": "honcho-redis", "approved_by": "", "reason": "x"}'],
+)
+async def test_a_request_that_does_not_parse_is_blocked(harness, raw):
+    async with harness.worker():
+        status, result, _ = await rollback(harness, RawValue(_json_payload(raw)))
+    assert (status, result["exitCode"]) == ("blocked", 3)
+    assert harness.transport.calls == []
+
+
+def _json_payload(data: bytes):
+    from temporalio.api.common.v1 import Payload
+
+    return Payload(metadata={"encoding": b"json/plain"}, data=data)

@@ -1,0 +1,208 @@
+"""RollbackWorkflow: an operator puts a module back on the images of the
+successful apply before the last one.
+
+1. read the request and plan it (the module's state in Temporal, the platform
+   files, the signature when a key is configured);
+2. under the project lock, list what the service runs now; nothing to do when
+   it already runs those images;
+3. the image rollback (the pin on standard input), then the module's health smoke;
+4. record it: an audit line, and the module pinned so re-apply leaves it be.
+
+It runs on ApplyWorkflow's machinery (the worker's dynamic workflow hands this
+type to `run_rollback`): the same lock, steps, health smoke and endings, so
+a rollback and an apply of one compose project never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Literal
+
+from temporalio import workflow
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from activities.operator_rollback import PlanRollback, RecordRollback
+    from activities.rollback import RollbackImages
+    from platformctl.models import (
+        ContainerImage,
+        HealthConfig,
+        HealthRecord,
+        ImageSnapshot,
+        PlanRollbackInput,
+        RecordRollbackInput,
+        RemoteRecord,
+        RollbackImagesInput,
+        RollbackOutcome,
+        RollbackPlan,
+        RollbackRequest,
+        brief_errors,
+    )
+    from platformctl.outcomes import OUTCOMES, Outcome
+    from platformctl.payload import UnreadablePayload, decode_json
+
+if TYPE_CHECKING:
+    from workflows.apply import ApplyWorkflow
+
+ROLLBACK_WORKFLOW = "RollbackWorkflow"
+RollbackStatus = Literal[
+    "rolled_back", "no_changes", "dry_run", "blocked", "tool_error", "remote_failed", "unhealthy",
+    "approval_mismatch", "cancelled",
+]
+# The apply's table, plus rolled_back: the host changed, so exit 9 like an applied apply.
+ROLLBACK_OUTCOMES: dict[str, Outcome] = {"rolled_back": Outcome(9, None), **{k: v for k, v in OUTCOMES.items()}}
+SUCCESS = frozenset({"rolled_back", "no_changes", "dry_run"})
+
+
+class _Ended(Exception):
+    def __init__(self, status: RollbackStatus, message: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class OperatorRollback:
+    def __init__(self, wf: ApplyWorkflow) -> None:
+        self.wf = wf
+        self.request: RollbackRequest | None = None
+        self.plan: RollbackPlan | None = None
+        self.snapshot: ImageSnapshot | None = None
+        self.remote: RemoteRecord | None = None
+        self.health: HealthRecord | None = None
+        self.images: list[ContainerImage] = []  # what the service runs after the pin went through
+
+    async def run(self, args: Sequence[RawValue]) -> RollbackOutcome:
+        try:
+            await self._roll_back(args)
+            outcome = await self._end("rolled_back")
+        except _Ended as ended:
+            outcome = await self._end(ended.status, ended.message)
+        except asyncio.CancelledError:
+            await self._end("cancelled", "cancel requested")
+            raise
+        if outcome.status in SUCCESS:
+            return outcome
+        raise ApplicationError(
+            outcome.error or outcome.status, outcome,
+            type=ROLLBACK_OUTCOMES[outcome.status].error_type, non_retryable=True,
+        )
+
+    async def _roll_back(self, args: Sequence[RawValue]) -> None:
+        # Late import: workflows.apply dispatches here.
+        from workflows.apply import PLATFORM_HOST, PLATFORM_MODULE, _Stop
+
+        wf = self.wf
+        # 1. Read the request and plan it
+        self.request = _parse(args)
+        wf._module = self.request.module[:64]
+        workflow.upsert_search_attributes([PLATFORM_MODULE.value_set(wf._module)])
+        try:
+            self.plan = plan = await wf._step(PlanRollback.plan_rollback, PlanRollbackInput(request=self.request))
+        except _Stop as stop:
+            raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
+        wf._plan = plan.plan
+        target = plan.target
+        workflow.upsert_search_attributes([PLATFORM_HOST.value_set(plan.plan.host)])
+        if not target.execute:
+            raise _Ended("dry_run", None)
+        try:
+            async with wf._project_lock(target):
+                # 2. What runs now
+                self.snapshot = await wf._snapshot_images(target, "before the rollback")
+                if self.snapshot.image_ids() == [plan.image_id]:
+                    raise _Ended("no_changes", f"the service already runs {plan.image_id}")
+                # 3. The pin, then the health smoke
+                await self._pin(plan)
+                wf._enter("health_check", f"Rolled back to {plan.image_id}. {wf._health_details(plan.plan.health)}")
+                self.health = await wf._health_smoke(target, plan.plan.health, self._on_health)
+        except _Stop as stop:
+            raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
+
+    async def _pin(self, plan: RollbackPlan) -> None:
+        from workflows.apply import REMOTE_RETRY, _Stop
+
+        wf, target = self.wf, plan.target
+        wf._enter(
+            "rolling_back",
+            f"Putting `{target.compose_service}` on {target.host.name} back on image {plan.image_id} "
+            f"(the apply of {plan.to_sha[:7]}).",
+        )
+        up = await wf._step(
+            RollbackImages.compose_rollback,
+            RollbackImagesInput(
+                target=target, module=plan.plan.module, image_id=plan.image_id,
+                timeout_seconds=plan.plan.up_timeout_seconds,
+            ),
+            remote=True,
+            start_to_close_timeout=timedelta(seconds=plan.plan.up_timeout_seconds + 60),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=REMOTE_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        self.remote = up.remote
+        if up.timed_out:
+            raise _Stop("remote_failed", f"the rollback's compose up still ran after {plan.plan.up_timeout_seconds} s")
+        if up.remote is None or up.remote.returncode != 0:
+            gone = up.remote is not None and "no such image" in up.remote.stderr.lower()
+            raise _Stop(
+                "remote_failed",
+                f"image {plan.image_id} is no longer on {target.host.name} (removed or pruned): nothing was changed"
+                if gone
+                else f"the rollback's compose up exited with code {up.remote.returncode if up.remote else None}",
+            )
+        self.images = plan.images  # the host runs them now, healthy or not
+
+    def _on_health(self, record: HealthRecord, cfg: HealthConfig) -> None:
+        self.health = record
+        workflow.set_current_details(self.wf._health_details(cfg, record))
+
+    async def _end(self, status: RollbackStatus, message: str | None = None) -> RollbackOutcome:
+        from workflows.apply import PLATFORM_STATUS, _Stop
+
+        wf, plan = self.wf, self.plan
+        exit_code = ROLLBACK_OUTCOMES[status].exit_code
+        outcome = RollbackOutcome(
+            status=status,
+            exitCode=exit_code,
+            module=plan.plan.module if plan else wf._module,
+            host=plan.plan.host if plan else None,
+            compose_service=plan.plan.compose_service if plan else None,
+            to_sha=plan.to_sha if plan else None,
+            image_id=plan.image_id if plan else None,
+            snapshot=self.snapshot,
+            remote=self.remote,
+            health=self.health,
+            error=message,
+        )
+        info = workflow.info()
+        try:
+            await wf._uncancellable(
+                wf._step(
+                    RecordRollback.record_rollback,
+                    RecordRollbackInput(
+                        request=self.request, outcome=outcome, images=self.images,
+                        workflow_id=info.workflow_id, run_id=info.run_id,
+                    ),
+                )
+            )
+        except _Stop as failed:
+            workflow.logger.error("rollback record not written: %s", failed.message)
+        wf._phase, wf._status, wf._error = "done", "running", message
+        workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
+        workflow.set_current_details(f"**{status}** (exit code {exit_code}){': ' + message if message else ''}")
+        return outcome
+
+
+def _parse(args: Sequence[RawValue]) -> RollbackRequest:
+    if len(args) != 1:
+        raise _Ended("blocked", f"invalid rollback request: expected one JSON object, got {len(args)} arguments")
+    try:
+        return RollbackRequest.model_validate(decode_json(args[0].payload))
+    except UnreadablePayload as e:
+        raise _Ended("blocked", f"invalid rollback request: {e}") from None
+    except ValidationError as e:
+        raise _Ended("blocked", f"invalid rollback request: {brief_errors(e)}") from None
