@@ -163,9 +163,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     if not _started_new(handle):
         print(f"{wid}: attached to the apply in flight", file=sys.stderr)
-        # Started earlier without an approval: deliver this one, through the Update.
+        # Started earlier without an approval: deliver this one, through the Update (which
+        # takes it while the apply still validates, and answers a repeat of the same one).
         status = await status_of(handle)
-        if request.get("approval") is not None and status and status.get("phase") == "awaiting_approval":
+        wants = status is None or status.get("phase") in ("validating", "awaiting_approval")
+        if request.get("approval") is not None and wants:
             refused = await send_approval(handle, request["approval"])
             if refused is not None:
                 return refused

@@ -423,3 +423,17 @@ async def test_the_approve_update_refuses_a_wrong_sha_at_once_and_accepts_the_ri
         accepted = await handle.execute_update("approve", approval())
         out = await harness.outcome(handle)
     assert accepted["accepted"] is True and out.status == "applied"
+
+
+async def test_an_update_sent_right_after_the_start_is_taken_and_a_repeat_gets_the_same_answer(harness):
+    """CI starts the apply and approves it at once, before the wait for approval began."""
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        accepted = await handle.execute_update("approve", approval())  # no wait for "awaiting_approval"
+        again = await handle.execute_update("approve", approval())  # a CI re-run delivers it again
+        with pytest.raises(WorkflowUpdateFailedError) as e:
+            await handle.execute_update("approve", approval(pr=999))
+        out = await harness.outcome(handle)
+    assert accepted["accepted"] is True and again["accepted"] is True
+    assert "already has another approval" in str(e.value.cause)
+    assert out.status == "applied" and harness.transport.commands("compose_up") == [COMMAND]
