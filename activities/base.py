@@ -15,10 +15,12 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from platformctl.commands import RemoteCommand
 from platformctl.config import Settings
+from platformctl.models import ComposeUpResult, RemoteRecord
 from platformctl.outcomes import ApplyError, PolicyViolation
 from platformctl.redact import redact
-from platformctl.transport import Transport, TransportError
+from platformctl.transport import RemoteOutput, Transport, TransportError
 
 # The contract's workflows: the only ones whose activity tasks this worker runs.
 CONTRACT_WORKFLOWS = frozenset({"ApplyWorkflow", "ReapplyWorkflow", "RollbackWorkflow"})
@@ -133,3 +135,15 @@ async def heartbeating(every_s: float = HEARTBEAT_EVERY_S) -> AsyncIterator[None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def ran(command: RemoteCommand, out: RemoteOutput) -> ComposeUpResult:
+    """A command that changes the host, as its activity returns it (redacted by the model)."""
+    return ComposeUpResult(
+        executed=True,
+        command=command.render(),
+        timed_out=out.timed_out,
+        remote=RemoteRecord(
+            returncode=out.returncode, stdout=out.stdout, stderr=out.stderr, duration_s=round(out.duration_s, 3)
+        ),
+    )

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from activities.base import StepActivities, heartbeating, step
+from activities.base import StepActivities, heartbeating, ran, step
 from platformctl import commands
-from platformctl.models import ComposeUpInput, ComposeUpResult, RemoteRecord
+from platformctl.models import ComposeUpInput, ComposeUpResult
 from platformctl.outcomes import ApprovalMismatch
 from platformctl.policy.approval import check_signature
 from platformctl.target import check_unchanged
@@ -34,11 +34,4 @@ class ComposeUp(StepActivities):
         activity.logger.info("running on %s: %s", target.host.name, command.render())
         async with heartbeating():
             out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
-        return ComposeUpResult(
-            executed=True,
-            command=command.render(),
-            timed_out=out.timed_out,
-            remote=RemoteRecord(
-                returncode=out.returncode, stdout=out.stdout, stderr=out.stderr, duration_s=round(out.duration_s, 3)
-            ),
-        )
+        return ran(command, out)

@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.base import StepActivities, step
+from activities.validate_plan import validated
 from platformctl.config import load_module
 from platformctl.models import (
     Approval,
@@ -27,7 +28,6 @@ from platformctl.models import (
     PlanRollbackInput,
     RecordRollbackInput,
     RollbackPlan,
-    ValidatedPlan,
 )
 from platformctl.module_state import module_state_id, record_event
 from platformctl.notify import Notification, send
@@ -74,18 +74,8 @@ class PlanRollback(StepActivities):
             expires_at=req.expires_at, signature=req.signature,
         )
         check_signature(settings.approval_key(), req.module, approval, datetime.now(UTC))
-        plan = ValidatedPlan(
-            module=module.id,
-            host=module.host,
-            compose_file=module.spec.runtime.compose_file,
-            compose_service=module.compose_service,
-            up_timeout_seconds=module.spec.runtime.up_timeout_seconds,
-            health=module.spec.health,
-            plan_digest="",
-            has_changes=True,
-            destructive=False,
-            rollback="record",  # a rollback that fails is reported, never rolled back again
-        )
+        # A rollback that fails is reported, never rolled back again.
+        plan = validated(module, plan_digest="", has_changes=True, destructive=False, rollback="record")
         return RollbackPlan(plan=plan, target=target, to_sha=previous.sha, image_id=image_id, images=previous.images)
 
     async def _state(self, module: str) -> ModuleState | None:

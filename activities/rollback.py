@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.base import StepActivities, heartbeating, step
+from activities.base import StepActivities, heartbeating, ran, step
 from platformctl import commands
-from platformctl.models import ComposeUpResult, RemoteRecord, RollbackImagesInput, RollbackInput, RollbackRecord
+from platformctl.models import ComposeUpResult, RollbackImagesInput, RollbackInput, RollbackRecord
 from platformctl.notify import Notification, send
 from platformctl.outcomes import PolicyViolation
 from platformctl.redact import redact
@@ -37,14 +37,7 @@ class RollbackImages(StepActivities):
         activity.logger.warning("rolling back on %s: %s (image %s)", target.host.name, command.render(), inp.image_id)
         async with heartbeating():
             out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
-        return ComposeUpResult(
-            executed=True,
-            command=command.render(),
-            timed_out=out.timed_out,
-            remote=RemoteRecord(
-                returncode=out.returncode, stdout=out.stdout, stderr=out.stderr, duration_s=round(out.duration_s, 3)
-            ),
-        )
+        return ran(command, out)
 
 
 class Rollback(StepActivities):

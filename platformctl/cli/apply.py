@@ -14,19 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError, CancelledError
 
 from platformctl.cli.approve import send_approval
 from platformctl.cli.common import (
     EXIT_OK,
     EXIT_UNREACHABLE,
-    CliError,
     approval_object,
     connect_client,
     iso_time,
     one_line,
+    outcome_of,
     print_json,
     signing_key,
     usage_error,
@@ -176,32 +175,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     progress = Progress(wid, sys.stderr, sys.stderr.isatty())
     result = await watch(handle, progress)
-    outcome = _outcome(result, module, host)
+    outcome = outcome_of(result, module, host)
     if args.json:
         print_json(outcome)
     else:
         print(summary_line(outcome, sha, host))
     return exit_code(outcome)
-
-
-def _outcome(result: Any, module: str, host: str | None) -> dict[str, Any]:
-    """The ApplyResult of a finished apply, from its result or its failure."""
-    try:
-        value = result.result()
-    except WorkflowFailureError as e:
-        cause = e.cause
-        if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
-            return dict(cause.details[0])
-        if isinstance(cause, CancelledError):
-            # Canceled in Temporal's terms has no ApplyResult: the contract's `cancelled` says the same.
-            return {
-                "status": "cancelled", "exitCode": OUTCOMES["cancelled"].exit_code, "module": module,
-                "host": host, "error": "the apply was cancelled",
-            }
-        raise CliError(EXIT_UNREACHABLE, f"the apply ended without a result: {one_line(cause or e)}") from None
-    if not isinstance(value, dict):
-        raise CliError(EXIT_UNREACHABLE, f"the apply returned something that is not an ApplyResult: {one_line(value)}")
-    return value
 
 
 def exit_code(outcome: dict[str, Any]) -> int:
