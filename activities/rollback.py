@@ -83,7 +83,10 @@ class Rollback(StepActivities):
     @staticmethod
     def _log(inp: RollbackInput, last_good: str | None, extra: str) -> None:
         result = inp.result
-        activity.logger.error(
+        # ERROR when a person must act (nothing put back, or not healthy), WARNING when it is back.
+        put_back = inp.image is not None and inp.image.outcome == "restored"
+        log = activity.logger.warning if put_back and not extra else activity.logger.error
+        log(
             redact(
                 f"{'ROLLBACK FAILED' if _failed(inp) else 'ROLLBACK'} module={result.module} host={result.host} "
                 f"status={result.status} sha={inp.source_sha}: {result.error}. {_what_was_done(inp)} "

@@ -732,7 +732,9 @@ class ApplyWorkflow:
         self._status = status
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
         error = f": {self._error}" if self._error else ""
-        workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}")
+        image = self._rollback.image if self._rollback else None
+        rolled = f"\n\nImage rollback: **{image.outcome}** {image.image_id or ''} {image.error or ''}" if image else ""
+        workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}{rolled}")
         return self._result(status, self._error)
 
     def _enter(self, phase: Phase, details: str) -> None:
