@@ -159,7 +159,7 @@ class _Stop(Exception):
 class ApplyWorkflow:
     def __init__(self) -> None:
         self._phase: Phase = "validating"
-        self._status: Status | Literal["running"] = "running"
+        self._status: str = "running"  # an apply's Status, or a RollbackWorkflow's, when done
         self._signalled_approval: Any = None  # decoded, parsed like a given one once it is used
         self._approval: Approval | None = None
         self._approval_verdict: str | None = None  # "" accepted, else why not: answers the approve Update
@@ -246,9 +246,10 @@ class ApplyWorkflow:
                 # 6. Post-apply health smoke
                 self._enter("health_check", self._health_details(plan.health))
                 self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
+                # From here a cancel is too late: the service is live and healthy.
                 if self._snapshot is not None:
-                    self._images = await self._images_now(target)
-                # 7. Persist state (a cancel arriving now is too late: the service is live)
+                    self._images = await self._uncancellable(self._images_now(target))
+                # 7. Persist state
                 self._enter("persisting", "Recording the applied state.")
                 persisted = await self._uncancellable(
                     self._step(PersistState.persist_state, self._persist_input("applied"))

@@ -191,7 +191,7 @@ class OperatorRollback:
             )
         except _Stop as failed:
             workflow.logger.error("rollback record not written: %s", failed.message)
-        wf._phase, wf._status, wf._error = "done", "running", message
+        wf._phase, wf._status, wf._error = "done", status, message
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
         workflow.set_current_details(f"**{status}** (exit code {exit_code}){': ' + message if message else ''}")
         return outcome

@@ -68,9 +68,9 @@ async def two_applies(harness, key: bytes | None = None) -> None:
     assert (await harness.outcome(await harness.start(second))).status == "applied"
 
 
-async def rollback(harness, request) -> tuple[str, dict, str | None]:
+async def rollback(harness, request, workflow_id: str | None = None) -> tuple[str, dict, str | None]:
     handle = await harness.client.start_workflow(
-        "RollbackWorkflow", request, id=f"rollback-{uuid.uuid4()}", task_queue=harness.task_queue
+        "RollbackWorkflow", request, id=workflow_id or f"rollback-{uuid.uuid4()}", task_queue=harness.task_queue
     )
     try:
         result = await handle.result()
@@ -90,13 +90,16 @@ async def test_a_rollback_goes_back_to_the_images_of_the_apply_before_the_last_a
     async with harness.worker():
         await two_applies(harness)
         harness.transport.calls.clear()
-        status, result, _ = await rollback(harness, REQUEST)
+        wid = f"rollback-{uuid.uuid4()}"
+        status, result, _ = await rollback(harness, REQUEST, wid)
         state = await module_state(harness)
+        query = await harness.client.get_workflow_handle(wid).query("status")
     assert (status, result["exitCode"], result["to_sha"], result["image_id"]) == ("rolled_back", 9, SHA, OLD)
     assert [c.kind for _, c in harness.transport.calls][:2] == ["compose_images", "compose_rollback"]
     [pin] = [c.stdin for _, c in harness.transport.calls if c.kind == "compose_rollback"]
     assert pin == image_pin("honcho-redis", OLD)
     assert result["health"]["health"] == "healthy"
+    assert (query["phase"], query["status"], query["module"]) == ("done", "rolled_back", "honcho-redis")
     assert state.pinned is not None and (state.pinned.by, state.pinned.sha) == ("alice", SHA)
     reason = skip_reason(ReapplyCandidate(module="honcho-redis", state=state, host="rs2000", verify_checkout=True))
     assert reason is not None and "pinned by the rollback" in reason
