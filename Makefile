@@ -8,6 +8,9 @@ VENV := .venv
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	# Bytecode up front: a worker that may not write .pyc (PYTHONDONTWRITEBYTECODE) would
+	# otherwise compile the workflow modules again for every workflow it runs.
+	$(VENV)/bin/python -m compileall -q platformctl workflows activities worker.py
 	touch $@
 
 setup: $(VENV)/.installed
