@@ -42,6 +42,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sshd import descendants
+
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER_CLIENT = "/usr/bin/docker"  # docker.io's client, matching dockerd 20.10 (API 1.41)
 BUSYBOX = "/bin/busybox"
@@ -210,7 +212,7 @@ class DockerEngine:
                 except OSError:
                     continue
         for pid in list(ours):
-            ours.update(_descendants(pid))
+            ours.update(descendants(pid))
         ours.discard(os.getpid())
         return sorted(ours)
 
@@ -248,23 +250,6 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path("/proc", entry, "stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _net_links() -> set[str]:

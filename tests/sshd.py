@@ -137,7 +137,7 @@ class SshHost:
 
     def drop_connections(self) -> None:
         """Kill every per-connection sshd child: clients see the connection drop."""
-        for pid in _descendants(self.process.pid):
+        for pid in descendants(self.process.pid):
             _kill(pid)
 
     def _kill_hung_stand_in(self) -> None:
@@ -200,7 +200,7 @@ async def eventually(predicate, timeout_s: float = 3.0) -> bool:
     return True
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
