@@ -75,13 +75,19 @@ def rollback_argv(host: SshHost, service: str) -> list[str]:
 
 
 def before_up(host: SshHost, service: str) -> list[list[str]]:
-    """The checkout check (verify_checkout is on by default), the image snapshot, compose up."""
+    """The checkout check (verify_checkout is on by default) and the image snapshot,
+    read side by side in either order, then compose up."""
     return [git_head_argv(host), images_argv(host, service), compose_up_argv(host, service)]
+
+
+def reads_in_order(calls: list[list[str]]) -> list[list[str]]:
+    """`calls` with its first two (the two reads made side by side) in before_up's order."""
+    return sorted(calls[:2], key=lambda argv: argv[0] != "git") + calls[2:]
 
 
 def only_up_then_ps(host: SshHost, service: str, min_ps: int = 1) -> list[list[str]]:
     """A healthy apply: checkout, snapshot, compose up, only ps polls, then the images it left running."""
-    calls = host.calls()
+    calls = reads_in_order(host.calls())
     assert calls[:3] == before_up(host, service), calls
     assert calls[-1] == images_argv(host, service), calls
     polls = calls[3:-1]
@@ -159,7 +165,7 @@ async def test_compose_up_fails_remote_failed_with_rollback(ssh_e2e, sshd_host):
     assert "exited with code 1" in r["error"]
     assert r["rollback"] is not None and r["rollback"]["last_good_sha"] is None
     # no health polls after a failed up: the rollback, then the polls of its own health smoke
-    calls = sshd_host.calls()
+    calls = reads_in_order(sshd_host.calls())
     assert calls[:4] == [*before_up(sshd_host, "svc-fail"), rollback_argv(sshd_host, "svc-fail")], calls
     assert calls[4:] and all(c == compose_ps_argv(sshd_host, "svc-fail") for c in calls[4:]), calls
     assert r["rollback"]["image"]["outcome"] == "restored"
@@ -188,7 +194,7 @@ async def test_hung_compose_up_is_killed_at_its_timeout(ssh_e2e, sshd_host):
     pid = sshd_host.hang_pid()
     assert pid is not None
     assert await eventually(lambda: not process_running(pid), 5), f"remote compose (pid {pid}) survived the timeout"
-    calls = sshd_host.calls()
+    calls = reads_in_order(sshd_host.calls())
     assert calls[:4] == [*before_up(sshd_host, "svc-hang"), rollback_argv(sshd_host, "svc-hang")], calls
 
 
@@ -215,7 +221,7 @@ async def test_unhealthy_after_up_rolls_back(ssh_e2e, sshd_host, behaviour, stat
     assert (r["health"]["state"], r["health"]["health"]) == (state, health)
     assert r["rollback"] is not None and "did not stay healthy" in r["rollback"]["reason"]
     assert min_s <= out.seconds < max_s, f"{behaviour}: unhealthy after {out.seconds:.1f} s"
-    calls = sshd_host.calls()
+    calls = reads_in_order(sshd_host.calls())
     assert calls[:3] == before_up(sshd_host, service), calls
     assert rollback_argv(sshd_host, service) in calls, calls
     assert r["rollback"]["image"]["outcome"] == "unhealthy"  # the stand-in's service stays unhealthy
@@ -300,9 +306,11 @@ async def test_unreachable_or_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tm
     if fault == "closed_port":
         assert connection_attempts(sshd_host) == attempts_before
     else:
-        # A wrong key is final: one connection, one attempt, no retry.
-        assert connection_attempts(sshd_host) - attempts_before == 1
+        # A wrong key is final: one connection for each of the two reads made side by
+        # side (the checkout, the images), one attempt each, no retry.
+        assert connection_attempts(sshd_host) - attempts_before == 2
         assert first_attempts == [1], first_attempts
+        assert await activity_attempts(out.handle, "compose_images") == [1]
         assert out.seconds < 10, f"took {out.seconds:.1f} s: was it retried?"
 
 
