@@ -153,6 +153,14 @@ REMOTE_RETRY = RetryPolicy(
 )
 # Read-only remote steps (ps, git rev-parse).
 READ_STEP = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
+# The images after compose up, listed while the health smoke runs: only a read, dropped
+# at once when the apply fails meanwhile. (A cancel request racing the listing's own
+# completion also wedged the time-skipping test server: ACTIVITY_UNKNOWN.)
+LISTING_AFTER_UP = workflow.ActivityConfig(
+    start_to_close_timeout=timedelta(seconds=60),
+    retry_policy=REMOTE_RETRY,
+    cancellation_type=workflow.ActivityCancellationType.ABANDON,
+)
 
 
 class _Stop(Exception):
@@ -441,7 +449,7 @@ class ApplyWorkflow:
                 SnapshotImages.compose_images,
                 SnapshotInput(target=target, module=self._plan.module),
                 remote=True,
-                **READ_STEP,
+                **LISTING_AFTER_UP,
             )
         except _Stop as e:
             workflow.logger.warning("images after the apply not recorded: %s", e.message)

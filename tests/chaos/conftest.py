@@ -208,20 +208,6 @@ async def wait_for_phase(handle: WorkflowHandle, wanted: str, timeout_s: float =
         await asyncio.sleep(0.05)
 
 
-async def activity_attempts(handle: WorkflowHandle, activity_type: str) -> list[int]:
-    """The attempt of every ActivityTaskStarted of `activity_type` (one per final attempt)."""
-    scheduled: dict[int, str] = {}
-    attempts = []
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            attrs = event.activity_task_started_event_attributes
-            if scheduled.get(attrs.scheduled_event_id) == activity_type:
-                attempts.append(attrs.attempt)
-    return attempts
-
-
 async def sleeping(handle: WorkflowHandle) -> bool:
     """The apply waits on a timer (e.g. between two health polls), no activity in flight."""
     activities: set[int] = set()

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.dev_server import RestartableDevServer, sqlite_dev_server  # noqa: F401
-from tests.e2e.conftest import E2E, compose_up_argv, ssh_host_entry, write_hosts, write_module
+from tests.e2e.conftest import E2E, activity_attempts, compose_up_argv, ssh_host_entry, write_hosts, write_module
 from tests.e2e.test_hostile_callers import wait_phase
-from tests.e2e.test_ssh_apply import activity_attempts
 from tests.platform_files import apply_input, approval, change, plan
 from tests.sshd import SshHost, start_sshd, unavailable_reason
 

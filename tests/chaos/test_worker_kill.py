@@ -42,7 +42,6 @@ from temporalio.client import WorkflowHandle
 
 from tests.chaos.conftest import (
     FifoHold,
-    activity_attempts,
     add_project,
     audit_for,
     compose_running,
@@ -58,7 +57,7 @@ from tests.chaos.conftest import (
 )
 from tests.chaos.dev_server import RestartableDevServer
 from tests.conftest import Outcome
-from tests.e2e.conftest import E2E, write_module
+from tests.e2e.conftest import E2E, activity_attempts, write_module
 from tests.platform_files import apply_input, approval, change, plan
 from tests.sshd import SshHost, eventually
 
