@@ -153,14 +153,6 @@ REMOTE_RETRY = RetryPolicy(
 )
 # Read-only remote steps (ps, git rev-parse).
 READ_STEP = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
-# The images after compose up, listed while the health smoke runs: only a read, dropped
-# at once when the apply fails meanwhile. (A cancel request racing the listing's own
-# completion also wedged the time-skipping test server: ACTIVITY_UNKNOWN.)
-LISTING_AFTER_UP = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=60),
-    retry_policy=REMOTE_RETRY,
-    cancellation_type=workflow.ActivityCancellationType.ABANDON,
-)
 
 
 class _Stop(Exception):
@@ -276,12 +268,11 @@ class ApplyWorkflow:
                 self._enter("health_check", self._health_details(plan.health))
                 if self._local_checks:
                     # What compose up left running is listed while the health smoke watches it.
+                    # Only a read: when the apply fails meanwhile it is left to end on its own
+                    # (never cancelled: a cancel racing its own completion broke the SDK's and
+                    # the test server's bookkeeping of it).
                     listing = asyncio.ensure_future(self._images_now(target))
-                    try:
-                        self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
-                    except BaseException:
-                        listing.cancel()  # not needed by a rollback; nothing left running behind it
-                        raise
+                    self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
                     # From here a cancel is too late: the service is live and healthy.
                     self._images = await self._uncancellable(listing)
                 else:
@@ -449,7 +440,7 @@ class ApplyWorkflow:
                 SnapshotImages.compose_images,
                 SnapshotInput(target=target, module=self._plan.module),
                 remote=True,
-                **LISTING_AFTER_UP,
+                **READ_STEP,
             )
         except _Stop as e:
             workflow.logger.warning("images after the apply not recorded: %s", e.message)
