@@ -114,8 +114,9 @@ LOCAL_CHECKS_PATCH = "local-checks"
 # wall time, outages of Temporal or the worker included.
 HEALTH_OBSERVED_PATCH = "health-observed"
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
-# worker was down): that gap is neither stable time nor spent health timeout.
-OUTAGE_GAP_S = 10.0
+# worker was down, or the host was slow to answer): that gap is neither stable time nor
+# spent health timeout. Small: it only ever restarts the stable window, never fails one.
+OUTAGE_GAP_S = 3.0
 # Failures after compose up started that put the service back on its snapshot's image.
 ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
 # What the Web UI shows for each activity (its summary).
