@@ -58,12 +58,20 @@ class Deps:
         if run in self.confirmed_runs:
             self.confirmed_runs.move_to_end(run)
             return
+        if info.is_local and info.task_queue == self.settings.task_queue:
+            # A local activity runs inside a workflow task this worker took from its own
+            # queue: that is the confirmation, with no describe (no server round trip).
+            self._confirm(run)
+            return
         desc = await self.client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id).describe()
         if desc.task_queue != self.settings.task_queue or desc.workflow_type != info.workflow_type:
             raise PolicyViolation(
                 f"activity {info.activity_type} refused: workflow {info.workflow_id} runs on task queue "
                 f"{desc.task_queue!r}, not this worker's {self.settings.task_queue!r}"
             )
+        self._confirm(run)
+
+    def _confirm(self, run: tuple[str, str]) -> None:
         self.confirmed_runs[run] = None
         if len(self.confirmed_runs) > 4096:
             self.confirmed_runs.popitem(last=False)

@@ -1,4 +1,7 @@
-"""Step 5 activity: `docker compose ... up -d <service>` with a hard timeout."""
+"""Step 5 activity: `docker compose ... up -d <service>` with a hard timeout.
+
+Run once per activity however often the server retries it (activities/single_flight.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from activities.base import StepActivities, heartbeating, ran, step
+from activities.base import Deps, StepActivities, ran, step
+from activities.single_flight import SingleFlight
 from platformctl import commands
 from platformctl.models import ComposeUpInput, ComposeUpResult
 from platformctl.outcomes import ApprovalMismatch
@@ -15,9 +19,16 @@ from platformctl.target import check_unchanged
 
 
 class ComposeUp(StepActivities):
+    def __init__(self, deps: Deps) -> None:
+        super().__init__(deps)
+        self._runs = SingleFlight()
+
     @activity.defn(name="compose_up")
     @step
     async def compose_up(self, inp: ComposeUpInput) -> ComposeUpResult:
+        return await self._runs.run(lambda: self._compose_up(inp))
+
+    async def _compose_up(self, inp: ComposeUpInput) -> ComposeUpResult:
         target = inp.target
         settings = self.deps.settings
         # Built again from the guarded parts, never taken from a string.
@@ -32,6 +43,5 @@ class ComposeUp(StepActivities):
             raise ApprovalMismatch(f"approval is for {inp.approval.approved_sha[:64]!r}, not {inp.source_sha[:64]!r}")
         check_signature(settings.approval_key(), inp.module, inp.approval, datetime.now(UTC))
         activity.logger.info("running on %s: %s", target.host.name, command.render())
-        async with heartbeating():
-            out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
+        out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
         return ran(command, out)

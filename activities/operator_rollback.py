@@ -103,7 +103,7 @@ class RecordRollback(StepActivities):
             )
             event = ModuleEvent(module=out.module, pinned=pin)
             await record_event(self.deps.client, self.deps.settings.task_queue, event)
-        append_audit(
+        written = append_audit(
             self.deps.settings.state_dir,
             AuditLine(
                 at=at, workflow_id=inp.workflow_id, run_id=inp.run_id, module=out.module, host=out.host,
@@ -113,6 +113,8 @@ class RecordRollback(StepActivities):
                 reason=req.reason if req else None,
             ),
         )
+        if not written:
+            return  # a re-run of this step: this run's outcome was already recorded and reported
         error = f": {out.error.splitlines()[0][:300]}" if out.error else ""
         log.info(
             "rollback %s@%s %s exit=%d to=%s image=%s workflow=%s%s",

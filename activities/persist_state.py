@@ -2,8 +2,10 @@
 
 An applied outcome replaces the module's status file; every outcome, applied
 or not, appends one audit line. `platformctl.state` builds both records.
-Once recorded (this activity runs once per outcome), the outcome is one INFO
-line, a count and a duration in the metrics, and for failures a notification.
+Once recorded, the outcome is one INFO line, a count and a duration in the
+metrics, and for failures a notification. It runs as a local activity, so a
+crash runs it again on the next worker: a run whose audit line for this
+outcome is there already is recorded and reported, and nothing is done again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from platformctl.state import (
     AuditLine,
     StatusRecord,
     append_audit,
+    audit_has,
     display_path,
     now_iso,
     status_path,
@@ -50,11 +53,16 @@ class PersistState(StepActivities):
     @activity.defn(name="persist_state")
     @step
     async def persist_state(self, inp: PersistStateInput) -> PersistedState:
+        line = AuditLine.of(inp, now_iso())
+        if audit_has(self.deps.settings.state_dir, line):
+            # Its line is written last: the module's state was told and the status file written too.
+            activity.logger.info("outcome %s of this run was recorded before: not recorded again", line.status)
+            return self._persisted(inp)
         # Temporal first: when it cannot be told, the retry writes no second audit line.
         await self._record_in_temporal(inp)
-        persisted = self._record(inp)
-        await self._report(inp)
-        return persisted
+        if self._record(inp, line):
+            await self._report(inp)
+        return self._persisted(inp)
 
     async def _record_in_temporal(self, inp: PersistStateInput) -> None:
         """The module's state that re-apply, status and rollback read, the same for every worker."""
@@ -62,15 +70,13 @@ class PersistState(StepActivities):
         if event is not None:
             await record_event(self.deps.client, self.deps.settings.task_queue, event)
 
-    def _record(self, inp: PersistStateInput) -> PersistedState:
+    def _record(self, inp: PersistStateInput, line: AuditLine) -> bool:
+        """False when a run of this activity for the same outcome (a frozen worker thawed) wrote it first."""
         state_dir = self.deps.settings.state_dir
         result = inp.result
-        at = now_iso()
-        line = AuditLine.of(inp, at)
         if result.status != "applied":
             # Whatever the outcome and however garbled its module id: one audit line, no status file.
-            append_audit(state_dir, line)
-            return PersistedState(state_artifact=None)
+            return append_audit(state_dir, line)
 
         status_path(state_dir, result.module)  # a bad module id is refused before anything is written
         live = (
@@ -78,18 +84,23 @@ class PersistState(StepActivities):
             f"but its state could not be recorded"
         )
         try:
-            path = write_status(state_dir, StatusRecord.applied(inp, at))
+            write_status(state_dir, StatusRecord.applied(inp, line.at))
         except Exception as e:
             raise ToolError(
                 f"{live}: {_reason(e)}; the host runs {inp.source_sha}, the status file does not say so"
             ) from None
         try:
-            append_audit(state_dir, line)
+            return append_audit(state_dir, line)
         except Exception as e:
             raise ToolError(
                 f"{live}: {_reason(e)}; the host runs {inp.source_sha} and the status file says so, "
                 "but audit.jsonl has no line for it"
             ) from None
+
+    def _persisted(self, inp: PersistStateInput) -> PersistedState:
+        if inp.result.status != "applied":
+            return PersistedState(state_artifact=None)
+        path = status_path(self.deps.settings.state_dir, inp.result.module)
         return PersistedState(state_artifact=display_path(path, self.deps.settings.platform_root))
 
     async def _report(self, inp: PersistStateInput) -> None:

@@ -7,27 +7,38 @@ standard input, so the compose file on the host is not touched and sibling
 services stay as they are (the workflow then watches its health again).
 `rollback` records what happened in the module's status file and says so
 loudly (the ROLLBACK log line and notification go out even when the record
-cannot be written), whether or not the images could be put back.
+cannot be written), whether or not the images could be put back. A worker
+that dies after recording gets the step run again on the next worker: when
+the status file already holds this run's failure, it was recorded and said,
+and nothing is done again.
 """
 
 from __future__ import annotations
 
 from temporalio import activity
 
-from activities.base import StepActivities, heartbeating, ran, step
+from activities.base import Deps, StepActivities, ran, step
+from activities.single_flight import SingleFlight
 from platformctl import commands
 from platformctl.models import ComposeUpResult, RollbackImagesInput, RollbackInput, RollbackRecord
 from platformctl.notify import Notification, send
 from platformctl.outcomes import PolicyViolation
 from platformctl.redact import redact
-from platformctl.state import StatusRecord, display_path, now_iso, read_status, write_status
+from platformctl.state import StatusRecord, display_path, now_iso, read_status, status_path, write_status
 from platformctl.target import check_unchanged
 
 
 class RollbackImages(StepActivities):
+    def __init__(self, deps: Deps) -> None:
+        super().__init__(deps)
+        self._runs = SingleFlight()  # like compose up: one run however often the server retries
+
     @activity.defn(name="compose_rollback")
     @step
     async def compose_rollback(self, inp: RollbackImagesInput) -> ComposeUpResult:
+        return await self._runs.run(lambda: self._compose_rollback(inp))
+
+    async def _compose_rollback(self, inp: RollbackImagesInput) -> ComposeUpResult:
         target = inp.target
         settings = self.deps.settings
         command = commands.compose_rollback(target.compose_path, target.compose_service, inp.image_id)
@@ -35,8 +46,7 @@ class RollbackImages(StepActivities):
             raise PolicyViolation("an image rollback needs PLATFORMCTL_PHASE=05, like compose up")
         check_unchanged(settings, inp.module, target)
         activity.logger.warning("rolling back on %s: %s (image %s)", target.host.name, command.render(), inp.image_id)
-        async with heartbeating():
-            out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
+        out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
         return ran(command, out)
 
 
@@ -58,6 +68,11 @@ class Rollback(StepActivities):
             previous = read_status(settings.state_dir, result.module)
             last_good = previous.last_apply_sha if previous else None
             record = record.model_copy(update={"last_good_sha": last_good})
+            if previous is not None and previous.has_failure_of(inp):
+                # Recorded, logged and notified by an earlier run of this activity.
+                activity.logger.info("failure %s of this run was recorded before: not recorded again", result.status)
+                path = status_path(settings.state_dir, result.module)
+                return record.model_copy(update={"state_artifact": display_path(path, settings.platform_root)})
             path = write_status(settings.state_dir, StatusRecord.after_failure(previous, inp, record, now_iso()))
         except Exception as e:
             extra = f" The failure could not be recorded: {type(e).__name__}: {e}."

@@ -9,7 +9,9 @@ activity's input, so the applied path and the rollback cannot drift apart:
   record or the new one, never half of each.
 - `AuditLine`, one line of `$STATE_DIR/audit.jsonl` per apply outcome. A line
   never joins another: a short write is truncated back and raised, and a line
-  appended after a torn one starts on a line of its own.
+  appended after a torn one starts on a line of its own. A run's outcome gets
+  one line however often its activity runs (a crash re-runs a local activity
+  on the next worker): a line of the same run and status is not written again.
 
 Nothing is written outside the state dir: a status path is built only from a
 module id matching `MODULE_ID`, and every path must resolve inside the
@@ -41,6 +43,10 @@ from platformctl.outcomes import PolicyViolation, ToolError
 
 AUDIT_FILE = "audit.jsonl"
 MODULES_DIR = "modules"
+# How far back a run looks for its own line. It is recorded again only after a crash, when
+# the next worker replays it, so its line is among the last ones: 256 KiB is ~300 lines of
+# applies, searched in ~0.1 ms, twice per outcome.
+AUDIT_TAIL_BYTES = 256 * 1024
 
 
 def now_iso() -> str:
@@ -167,6 +173,14 @@ class StatusRecord(_Record):
             ),
         )
 
+    def has_failure_of(self, inp: RollbackInput) -> bool:
+        """Whether this record already holds `inp`'s failure: the rollback record ran for that
+        run and status before (without a run id, runs of one workflow id cannot be told apart)."""
+        failure = self.last_failure
+        if failure is None or inp.run_id is None:
+            return False
+        return (failure.workflow_id, failure.run_id, failure.status) == (inp.workflow_id, inp.run_id, inp.result.status)
+
 
 # ---- audit line ---------------------------------------------------------------
 
@@ -292,22 +306,43 @@ class AuditWriteError(OSError):
     """The audit line was not written whole (what was written was truncated back)."""
 
 
-def append_audit(state_dir: Path, line: AuditLine) -> Path:
-    """Append one line, whole or not at all.
+def audit_has(state_dir: Path, line: AuditLine) -> bool:
+    """Whether the log's tail holds a line of `line`'s run (workflow and run id) and status.
+
+    Read without the lock, so it never waits: a line being written is not seen yet,
+    and append_audit looks again under the lock before it writes. A log that cannot
+    be opened (none yet, or no state dir) holds no line: writing to it says why.
+    """
+    path = audit_path(state_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return _holds(_tail(fd, os.fstat(fd).st_size), line)
+    finally:
+        os.close(fd)
+
+
+def append_audit(state_dir: Path, line: AuditLine) -> bool:
+    """Append one line, whole or not at all; False when the run's line for this outcome is there already.
 
     Appenders (threads or worker processes) take an exclusive flock on the file
-    so checking its last byte, writing and truncating back are one step. A
-    previous line left torn (no final newline) is ended first, so the new line
-    stands alone; a short write is truncated back and raised.
+    so looking for the run's line, checking the last byte, writing and
+    truncating back are one step. A previous line left torn (no final newline)
+    is ended first, so the new line stands alone; a short write is truncated
+    back and raised.
     """
     path = audit_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(line.to_json(), sort_keys=True, separators=(",", ":")) + "\n").encode()
-    # Read-write so the last byte can be read through the same (locked) descriptor.
+    # Read-write so the tail can be read through the same (locked) descriptor.
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
+        if _holds(_tail(fd, size), line):
+            return False
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
         try:
@@ -326,7 +361,32 @@ def append_audit(state_dir: Path, line: AuditLine) -> Path:
         os.close(fd)  # also releases the lock
     if size == 0:
         _fsync_dir(path.parent)  # a new file's name is durable too
-    return path
+    return True
+
+
+def _tail(fd: int, size: int) -> bytes:
+    start = max(0, size - AUDIT_TAIL_BYTES)
+    return os.pread(fd, size - start, start)
+
+
+def _holds(tail: bytes, line: AuditLine) -> bool:
+    if line.run_id is None:
+        return False  # runs of one workflow id cannot be told apart: never a repeat
+    # Lines are written with sorted keys and no spaces: only lines naming the run id are parsed.
+    marker = b'"run_id":' + json.dumps(line.run_id).encode()
+    if marker not in tail:
+        return False
+    key = (line.workflow_id, line.run_id, line.status)
+    for raw in tail.split(b"\n"):
+        if marker not in raw:
+            continue
+        try:
+            seen = json.loads(raw)
+        except ValueError:
+            continue  # torn, or cut where the tail starts
+        if isinstance(seen, dict) and (seen.get("workflow_id"), seen.get("run_id"), seen.get("status")) == key:
+            return True
+    return False
 
 
 def _truncate_back(fd: int, size: int, path: Path) -> None:

@@ -357,12 +357,11 @@ def start_sshd(
 
     restrictions = ""
     if gate:
-        python = shutil.which("python3", path=SYSTEM_PATH)  # the venv's may sit under /root
+        # By its path, as on a host, so that its #! line (/usr/bin/python3 -IS) applies.
         _install(GATE, base / "platform-gate")
         options = "".join(f" --sacred {path}" for path in sacred)
-        restrictions = (
-            f'command="{python} {base / "platform-gate"} --path {session_path}{options} {remote_root}",restrict '
-        )
+        restrictions = f'command="{base / "platform-gate"} --path {session_path}{options} {remote_root}",restrict '
+
     authorized_keys = base / "authorized_keys"
     authorized_keys.write_text(f"{restrictions}{client_pub}\n")
     authorized_keys.chmod(0o644)

@@ -107,6 +107,16 @@ PHASE_STATUS_PATCH = "phase-status"
 APPROVAL_NOTIFY_PATCH = "approval-notify"
 # Applies that passed compose up's lock before image snapshots only record a failure.
 IMAGE_ROLLBACK_PATCH = "image-rollback"
+# Applies started before the quick local checks ran as local activities (and the
+# host's checkout and images were read side by side) keep one server round trip per step.
+LOCAL_CHECKS_PATCH = "local-checks"
+# Health smokes started before health was judged by observation count every second of
+# wall time, outages of Temporal or the worker included.
+HEALTH_OBSERVED_PATCH = "health-observed"
+# A poll that comes this much later than planned means nobody was looking (Temporal or the
+# worker was down, or the host was slow to answer): that gap is neither stable time nor
+# spent health timeout. Small: it only ever restarts the stable window, never fails one.
+OUTAGE_GAP_S = 3.0
 # Failures after compose up started that put the service back on its snapshot's image.
 ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
 # What the Web UI shows for each activity (its summary).
@@ -179,6 +189,7 @@ class ApplyWorkflow:
         self._lock_id: str | None = None
         self._lock_free: list[str] | None = None  # the queue handed to us when our turn came
         self._phase_status = False  # PlatformStatus follows the phases (PHASE_STATUS_PATCH)
+        self._local_checks = False  # LOCAL_CHECKS_PATCH, decided once at the start
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> ApplyResult | RollbackOutcome:
@@ -208,9 +219,10 @@ class ApplyWorkflow:
         )
 
     async def _apply(self, args: Sequence[RawValue]) -> ApplyResult:
+        self._local_checks = workflow.patched(LOCAL_CHECKS_PATCH)
         inp = self._parse(args)
         # 1. Validate plan
-        plan = await self._step(ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan))
+        plan = await self._step(ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan), local=True)
         self._known_target(plan)
         if not plan.has_changes:
             return await self._finish("no_changes")
@@ -219,22 +231,32 @@ class ApplyWorkflow:
         await self._check_approval(inp, given)
         # 3. Resolve and guard the compose path
         guarded = await self._step(
-            GuardComposePath.guard_compose_path, GuardComposePathInput(host=plan.host, compose_file=plan.compose_file)
+            GuardComposePath.guard_compose_path,
+            GuardComposePathInput(host=plan.host, compose_file=plan.compose_file),
+            local=True,
         )
         # 4. Check the host allowlist (and read the phase gate)
         target = await self._step(
             CheckHostAllowlist.check_host_allowlist,
             CheckHostInput(host=plan.host, guarded=guarded, compose_service=plan.compose_service),
+            local=True,
         )
         self._command = target.command
         if not target.execute:
             return await self._finish("dry_run")
         self._raise_if_rejected()
         async with self._project_lock(target):
-            await self._verify_checkout(target, inp.plan.source_sha)
-            if workflow.patched(IMAGE_ROLLBACK_PATCH):
-                # What a rollback goes back to, seen under the lock right before anything changes.
-                self._snapshot = await self._snapshot_images(target, "before compose up")
+            if self._local_checks:
+                # Both only read the host; what a rollback goes back to is seen under
+                # the lock right before anything changes.
+                _, self._snapshot = await self._all(
+                    self._verify_checkout(target, inp.plan.source_sha),
+                    self._snapshot_images(target, "before compose up"),
+                )
+            else:
+                await self._verify_checkout(target, inp.plan.source_sha)
+                if workflow.patched(IMAGE_ROLLBACK_PATCH):
+                    self._snapshot = await self._snapshot_images(target, "before compose up")
             self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
                 # 5. Compose up with a timeout
@@ -245,14 +267,24 @@ class ApplyWorkflow:
                 await self._compose_up(target, plan.up_timeout_seconds)
                 # 6. Post-apply health smoke
                 self._enter("health_check", self._health_details(plan.health))
-                self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
-                # From here a cancel is too late: the service is live and healthy.
-                if self._snapshot is not None:
-                    self._images = await self._uncancellable(self._images_now(target))
+                if self._local_checks:
+                    # What compose up left running is listed while the health smoke watches it.
+                    # Only a read: when the apply fails meanwhile it is left to end on its own
+                    # (never cancelled: a cancel racing its own completion broke the SDK's and
+                    # the test server's bookkeeping of it).
+                    listing = asyncio.ensure_future(self._images_now(target))
+                    self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
+                    # From here a cancel is too late: the service is live and healthy.
+                    self._images = await self._uncancellable(listing)
+                else:
+                    self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
+                    # From here a cancel is too late: the service is live and healthy.
+                    if self._snapshot is not None:
+                        self._images = await self._uncancellable(self._images_now(target))
                 # 7. Persist state
                 self._enter("persisting", "Recording the applied state.")
                 persisted = await self._uncancellable(
-                    self._step(PersistState.persist_state, self._persist_input("applied"))
+                    self._step(PersistState.persist_state, self._persist_input("applied"), local=True)
                 )
                 self._state_artifact = persisted.state_artifact
             except _Stop as stop:
@@ -298,7 +330,7 @@ class ApplyWorkflow:
         )
         arrived = lambda: self._signalled_approval is not None or self._rejection is not None  # noqa: E731
         try:
-            if workflow.patched(APPROVAL_NOTIFY_PATCH):
+            if self._has(APPROVAL_NOTIFY_PATCH):
                 # Tell a person the apply waits for them, and again shortly before the wait ends.
                 await self._notify("awaiting_approval", deadline)
                 warn_s = timeout_s - min(3600, timeout_s // 10)
@@ -335,7 +367,9 @@ class ApplyWorkflow:
                 self._approval = Approval.model_validate(given)
             except ValidationError as e:
                 raise _Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
-            await self._step(CheckApproval.check_approval, CheckApprovalInput(plan=inp.plan, approval=self._approval))
+            await self._step(
+                CheckApproval.check_approval, CheckApprovalInput(plan=inp.plan, approval=self._approval), local=True
+            )
         except _Stop as stop:
             self._approval_verdict = stop.message
             raise
@@ -420,15 +454,30 @@ class ApplyWorkflow:
     async def _health_smoke(
         self, target: Target, cfg: HealthConfig, on_poll: Callable[[HealthRecord, HealthConfig], None]
     ) -> HealthRecord:
-        """Poll with durable timers until healthy for a stable window, or fail."""
+        """Poll with durable timers until healthy for a stable window, or fail.
+
+        Judged by what the polls saw: a gap between two polls much longer than
+        planned (Temporal or the worker was down) restarts the stable window and
+        costs the timeout one poll, not the outage's length."""
+        observed = self._has(HEALTH_OBSERVED_PATCH)
         module = self._plan.module if self._plan else ""
-        started = workflow.now()
+        started = last = workflow.now()
         healthy_since = None
+        waited = 0.0
         while True:
             seen = await self._step(
                 HealthSmoke.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
             )
             now = workflow.now()
+            if observed:
+                gap = (now - last).total_seconds()
+                if gap > cfg.poll_seconds + OUTAGE_GAP_S:
+                    workflow.logger.warning("health smoke saw nothing for %.0f s: its stable window starts again", gap)
+                    healthy_since, gap = None, cfg.poll_seconds
+                waited += gap
+                last = now
+            else:
+                waited = (now - started).total_seconds()
             state = verdict(seen)
             healthy_since = (healthy_since or now) if state == "healthy" else None
             stable_s = (now - healthy_since).total_seconds() if healthy_since else 0.0
@@ -438,7 +487,6 @@ class ApplyWorkflow:
             on_poll(record, cfg)
             if state == "healthy" and stable_s >= cfg.stable_seconds:
                 return record
-            waited = (now - started).total_seconds()
             if state == "failed" or waited >= cfg.timeout_seconds:
                 why = f"; last poll: {seen.error}" if seen.error else ""
                 raise _Stop(
@@ -457,7 +505,7 @@ class ApplyWorkflow:
         Waits up to LOCK_WAIT; a reject or cancel while waiting ends the apply.
         """
         assert self._plan is not None
-        if not workflow.patched(PROJECT_LOCK_PATCH):
+        if not self._has(PROJECT_LOCK_PATCH):
             async with self._module_lock_v1(self._plan.module):
                 yield
             return
@@ -652,7 +700,9 @@ class ApplyWorkflow:
         """End a non-applied outcome: one audit line, then the result."""
         self._error = message
         try:
-            await self._uncancellable(self._step(PersistState.persist_state, self._persist_input(status)))
+            await self._uncancellable(
+                self._step(PersistState.persist_state, self._persist_input(status), local=True)
+            )
         except _Stop as failed:
             # The outcome stands; losing its audit line must not hide it.
             workflow.logger.error("audit line for %s not written: %s", status, failed.message)
@@ -666,15 +716,32 @@ class ApplyWorkflow:
         arg: A,
         *,
         remote: bool = False,
+        local: bool = False,
         **options: Unpack[workflow.ActivityConfig],
     ) -> T:
-        """Run one activity; turn its failure into the contract status."""
+        """Run one activity; turn its failure into the contract status.
+
+        `local`: a quick step on the worker's own files (a check of the platform
+        files, the state record), run as a local activity (within the workflow task,
+        no server round trip) once LOCAL_CHECKS_PATCH applies; still an activity,
+        with its summary, in the history and the UI."""
         config = workflow.ActivityConfig(**(options or LOCAL_STEP))
         config["summary"] = STEP_SUMMARIES.get(method.__name__)
         try:
+            if local and self._local_checks:
+                return await workflow.execute_local_activity_method(
+                    method,
+                    arg,
+                    start_to_close_timeout=config.get("start_to_close_timeout"),
+                    retry_policy=config.get("retry_policy"),
+                    summary=config["summary"],
+                )
             return await workflow.execute_activity_method(method, arg, **config)
-        except ActivityError as e:
-            cause = e.cause
+        except FailureError as e:
+            if not isinstance(e, ActivityError) and not (local and self._local_checks):
+                raise
+            # A local activity's own failure can arrive unwrapped.
+            cause = e.cause if isinstance(e, ActivityError) else e
             if isinstance(cause, CancelledError):
                 raise asyncio.CancelledError() from None  # our own cancel, come back from the activity
             if isinstance(cause, ApplicationError) and cause.type in STATUS_BY_ERROR_TYPE:
@@ -683,6 +750,17 @@ class ApplyWorkflow:
             # A cause is always a FailureError (the SDK's failure converter builds it), typed as any exception.
             detail = cause.message if isinstance(cause, FailureError) else e.message
             raise _Stop(status, f"{method.__name__} failed: {detail}") from None
+
+    @staticmethod
+    async def _all(first: Awaitable[A], second: Awaitable[T]) -> tuple[A, T]:
+        """Both steps side by side; the first one's failure (a `_Stop`) is raised once both
+        have ended, so neither is left running behind the apply's next step. A cancel
+        reaches both."""
+        a, b = await asyncio.gather(first, second, return_exceptions=True)
+        for outcome in (a, b):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return a, b  # type: ignore[return-value]
 
     @staticmethod
     async def _uncancellable(step: Awaitable[T]) -> T:
@@ -737,6 +815,15 @@ class ApplyWorkflow:
         rolled = f"\n\nImage rollback: **{image.outcome}** {image.image_id or ''} {image.error or ''}" if image else ""
         workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}{rolled}")
         return self._result(status, self._error)
+
+    def _has(self, patch: str) -> bool:
+        """workflow.patched(patch), for a change made before LOCAL_CHECKS_PATCH.
+
+        An apply started with the local checks has every earlier change, so it does
+        not ask: a patch marker recorded after a local activity in the same workflow
+        task does not replay (TMPRL1100, "patch marker encountered ... no
+        corresponding change command"; tests/workflows/test_replay.py)."""
+        return self._local_checks or workflow.patched(patch)
 
     def _enter(self, phase: Phase, details: str) -> None:
         """A new phase, shown in the status query, PlatformStatus and the UI's current details."""

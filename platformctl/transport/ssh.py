@@ -13,6 +13,13 @@ for and answers by killing its command).
 
 A command's standard input is its `stdin` bytes followed by EOF, or EOF at
 once when it has none: a remote program never waits on input.
+
+A frozen host (a stopped sshd, a flow a middlebox dropped) keeps a pooled TCP
+connection open but answers nothing. A channel open it does not confirm
+within OPEN_ANSWER_S takes the connection out of the pool (nothing was sent
+to run yet) and the command is tried once on a new connection, so the next
+command to such a host fails or succeeds within OPEN_ANSWER_S plus the host's
+connect timeout. Commands already running on it are bounded by keepalive.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from platformctl.transport.base import AuthenticationFailed, ConnectFailed, Host
 
 MAX_CHANNELS = 8  # per connection; OpenSSH refuses the 11th with its default MaxSessions 10
 OUTPUT_CAP_BYTES = 1 << 20  # per stream; the tail is kept
-KEEPALIVE_INTERVAL_S = 15
-KEEPALIVE_COUNT_MAX = 3  # a silently dead host is noticed after ~45 s
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT_MAX = 2  # a silent host is dropped after 3 unanswered intervals: 15 s
+OPEN_ANSWER_S = 2.0  # a live sshd confirms a channel open in milliseconds, busy or not
 KILL_GRACE_S = 2.0  # how long to wait for the host to confirm a killed channel closed
 READ_CHUNK = 64 * 1024
 OPEN_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)  # a refused channel open is retried after each
@@ -43,6 +51,7 @@ class _Pooled:
     conn: asyncssh.SSHClientConnection
     trust: tuple[str, str]  # (known_hosts, client_key) the connection was made with
     slots: asyncio.Semaphore  # open channels on this connection
+    users: int = 0  # commands running on it or waiting for a slot
 
 
 class _Tail:
@@ -66,7 +75,11 @@ class _Tail:
 
 
 class _DroppedWhilePooled(Exception):
-    """The pooled connection was gone before the command's channel opened."""
+    """The pooled connection was gone, or did not answer, before the command's channel opened."""
+
+
+class _Unanswered(Exception):
+    """The host did not confirm a channel open within OPEN_ANSWER_S."""
 
 
 class SshTransport:
@@ -89,21 +102,33 @@ class SshTransport:
     async def _run_once(
         self, host: HostConfig, command: RemoteCommand, timeout_s: float, *, may_retry: bool
     ) -> RemoteOutput:
-        pooled = await self._connection(host)
-        async with pooled.slots:
-            started = time.monotonic()
-            deadline = asyncio.get_running_loop().time() + timeout_s
-            try:
-                async with asyncio.timeout_at(deadline):
-                    process = await _open_process(pooled.conn, command)
-            except TimeoutError:
-                raise ConnectFailed(f"{host.name}: no channel opened within {timeout_s} s") from None
-            except (asyncssh.Error, OSError) as exc:
-                # A connection that died while pooled is only noticed when it is used.
-                if may_retry and pooled.conn.is_closed():
-                    raise _DroppedWhilePooled from None
-                raise ConnectFailed(f"{host.name}: cannot open a channel: {_describe(exc)}") from None
-            return await self._collect(host, process, command.stdin, deadline, started)
+        key, pooled = await self._connection(host)
+        pooled.users += 1
+        try:
+            async with pooled.slots:
+                started = time.monotonic()
+                deadline = asyncio.get_running_loop().time() + timeout_s
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        process = await _open_process(pooled.conn, command)
+                except TimeoutError:
+                    raise ConnectFailed(f"{host.name}: no channel opened within {timeout_s} s") from None
+                except _Unanswered:
+                    if self._pool.get(key) is pooled:
+                        del self._pool[key]  # closed below once no command uses it
+                    if may_retry:
+                        raise _DroppedWhilePooled from None
+                    raise ConnectFailed(f"{host.name}: no answer to a channel open within {OPEN_ANSWER_S} s") from None
+                except (asyncssh.Error, OSError) as exc:
+                    # A connection that died while pooled is only noticed when it is used.
+                    if may_retry and pooled.conn.is_closed():
+                        raise _DroppedWhilePooled from None
+                    raise ConnectFailed(f"{host.name}: cannot open a channel: {_describe(exc)}") from None
+                return await self._collect(host, process, command.stdin, deadline, started)
+        finally:
+            pooled.users -= 1
+            if not pooled.users and self._pool.get(key) is not pooled:
+                pooled.conn.close()  # out of the pool (unanswered, or replaced) and now unused
 
     async def close(self) -> None:
         pooled, self._pool = list(self._pool.values()), {}
@@ -153,20 +178,20 @@ class SshTransport:
             duration_s=time.monotonic() - started,
         )
 
-    async def _connection(self, host: HostConfig) -> _Pooled:
+    async def _connection(self, host: HostConfig) -> tuple[tuple[str, str, int, str], _Pooled]:
         key = (host.name, host.address, host.port, host.user)
         trust = (host.known_hosts, host.client_key)
         # One lock per host: concurrent first calls share one new connection.
         async with self._locks.setdefault(key, asyncio.Lock()):
             pooled = self._pool.get(key)
             if pooled and not pooled.conn.is_closed() and pooled.trust == trust:
-                return pooled
+                return key, pooled
             if pooled:
                 # Dropped, or hosts.yaml changed the pinned key: the old identity is no longer trusted.
                 pooled.conn.close()
             conn = await _connect(host)
             pooled = self._pool[key] = _Pooled(conn, trust, asyncio.Semaphore(self._max_channels))
-            return pooled
+            return key, pooled
 
 
 async def _connect(host: HostConfig) -> asyncssh.SSHClientConnection:
@@ -240,12 +265,38 @@ async def _open_process(
     # A refused open runs nothing: on a live connection, wait briefly and retry.
     for delay in OPEN_RETRY_DELAYS_S:
         try:
-            return await conn.create_process(command.render(), stdin=stdin, encoding=None)
+            return await _open_once(conn, command, stdin)
         except asyncssh.ChannelOpenError:
             if conn.is_closed():
                 raise
         await asyncio.sleep(delay)
-    return await conn.create_process(command.render(), stdin=stdin, encoding=None)
+    return await _open_once(conn, command, stdin)
+
+
+async def _open_once(
+    conn: asyncssh.SSHClientConnection, command: RemoteCommand, stdin: int
+) -> asyncssh.SSHClientProcess[bytes]:
+    """conn.create_process(command, stdin=stdin), raising _Unanswered if the
+    host does not confirm the channel open within OPEN_ANSWER_S."""
+    process: asyncssh.SSHClientProcess[bytes] = asyncssh.SSHClientProcess()
+    answer = asyncio.timeout(OPEN_ANSWER_S)
+
+    def confirmed() -> asyncssh.SSHClientProcess[bytes]:
+        # asyncssh asks for the session once the host confirmed the open and
+        # before it sends the command: from here on only the command's own
+        # deadline counts, so a command is never abandoned once sent.
+        answer.reschedule(None)
+        return process
+
+    try:
+        async with answer:
+            await conn.create_session(confirmed, command.render(), encoding=None)
+    except TimeoutError:
+        if answer.expired():
+            raise _Unanswered from None
+        raise
+    await process.redirect(stdin, asyncssh.PIPE, asyncssh.PIPE)  # as create_process does
+    return process
 
 
 def _feed(process: asyncssh.SSHClientProcess[bytes], data: bytes) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
 
+from activities import persist_state as persist_module
 from activities.persist_state import PersistState
 from platformctl import state as state_module
-from platformctl.models import RollbackRecord
+from platformctl.models import Approval, PersistedState, Plan, RollbackRecord
 from platformctl.state import read_status
 from tests.activities.state_helpers import (
     COMMAND,
@@ -104,3 +106,85 @@ async def test_an_audit_line_that_cannot_be_written_after_compose_up_says_so(set
     assert "short write" in failure.message and "audit.jsonl has no line for it" in failure.message
     assert read_status(settings.state_dir, "honcho-redis").last_apply_sha == SHA
     assert (settings.state_dir / "audit.jsonl").read_bytes() == b""
+
+
+ROLLED_BACK = RollbackRecord(reason="unhealthy", last_good_sha=SHA, state_artifact=None)
+
+
+class Reports:
+    """What persist_state tells the world about an outcome: log line, metric, notification, module state."""
+
+    def __init__(self, monkeypatch, caplog) -> None:
+        self.counted: list[str] = []
+        self.notified: list[str] = []
+        self.caplog = caplog
+        caplog.set_level(logging.INFO, logger="platform.apply")
+        monkeypatch.setattr(persist_module, "record_outcome", lambda status, module, d: self.counted.append(status))
+
+        async def send(notification) -> bool:
+            self.notified.append(notification.status)
+            return True
+
+        monkeypatch.setattr(persist_module, "send", send)
+
+    def logged(self) -> list[str]:
+        return [r.getMessage() for r in self.caplog.records if r.getMessage().startswith("apply ")]
+
+
+def told(res=None, **over):
+    """An input whose outcome goes to the module's state workflow too (an applied one needs its plan and approval)."""
+    plan = Plan(module="honcho-redis", source_sha=SHA, changes=[])
+    return persist_input(res, plan=plan, approval=Approval(approved_sha=SHA, approved_pr=165), **over)
+
+
+async def run_on_new_worker(settings, inp) -> tuple[PersistedState, StubDeps]:
+    # A crash re-runs a local activity from scratch on the next worker: new deps, same input.
+    deps = StubDeps(settings)
+    return await run(PersistState(deps).persist_state, inp), deps  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", ["applied", "unhealthy", "blocked"])
+async def test_a_rerun_for_the_same_run_writes_and_reports_nothing_again(settings, monkeypatch, caplog, status):
+    reports = Reports(monkeypatch, caplog)
+    inp = told(result(status, rollback=ROLLED_BACK if status == "unhealthy" else None))
+    first, first_deps = await run_on_new_worker(settings, inp)
+    on_disk = files_under(settings.state_dir)
+    status_before = {p: (settings.state_dir / p).read_bytes() for p in on_disk if p.startswith("modules/")}
+
+    again, deps = await run_on_new_worker(settings, inp)
+
+    assert again == first
+    assert [line["status"] for line in audit(settings)] == [status]
+    assert {p: (settings.state_dir / p).read_bytes() for p in on_disk if p.startswith("modules/")} == status_before
+    assert deps.client.started == []  # the module's state workflow is not told twice
+    assert len(first_deps.client.started) == (0 if status == "blocked" else 1)
+    assert len(reports.logged()) == 1 and reports.counted == [status]
+    assert reports.notified == ([status] if status == "unhealthy" else [])
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"run_id": "run-2"}, {"workflow_id": "apply-2"}, {"res": result("tool_error", rollback=ROLLED_BACK)}],
+    ids=["another run of the workflow id", "another workflow", "another outcome of the run"],
+)
+async def test_another_run_or_outcome_is_recorded_and_reported(settings, monkeypatch, caplog, other):
+    reports = Reports(monkeypatch, caplog)
+    await run_on_new_worker(settings, told())
+    _, deps = await run_on_new_worker(settings, told(**other))
+    lines = audit(settings)
+    assert len(lines) == 2 and lines[0] != lines[1]
+    assert len(reports.logged()) == 2 and len(reports.counted) == 2 and len(deps.client.started) == 1
+
+
+async def test_a_line_written_by_a_concurrent_run_after_the_first_look_is_not_written_or_reported_again(
+    settings, monkeypatch, caplog
+):
+    # A frozen worker thawed while the next one re-runs the activity: both pass the first look,
+    # the audit lock lets only one write and report.
+    reports = Reports(monkeypatch, caplog)
+    inp = persist_input(result("remote_failed"))
+    await run_on_new_worker(settings, inp)
+    monkeypatch.setattr(persist_module, "audit_has", lambda state_dir, line: False)
+    await run_on_new_worker(settings, inp)
+    assert [line["status"] for line in audit(settings)] == ["remote_failed"]
+    assert len(reports.logged()) == 1 and reports.notified == ["remote_failed"]

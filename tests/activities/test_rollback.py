@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 
+from activities import operator_rollback
+from activities import rollback as rollback_module
+from activities.operator_rollback import RecordRollback
 from activities.persist_state import PersistState
 from activities.rollback import Rollback
+from platformctl.models import RecordRollbackInput, RollbackOutcome
 from platformctl.state import read_status
 from tests.activities.state_helpers import (
     COMMAND,
@@ -22,6 +27,10 @@ from tests.activities.state_helpers import (
     rollback_input,
     run,
 )
+
+
+def status_file(settings):
+    return settings.state_dir / "modules" / "honcho-redis.status.json"
 
 
 def rollback(settings):
@@ -66,3 +75,75 @@ async def test_rollback_never_writes_outside_the_state_dir_and_still_says_rollba
     assert files_under(tmp_path) == set()
     [logged] = [r.getMessage() for r in caplog.records if "ROLLBACK" in r.getMessage()]
     assert "could not be recorded" in logged and f"sha={OTHER_SHA}" in logged
+
+
+class Said:
+    """The ROLLBACK log lines and notifications a rollback record sends."""
+
+    def __init__(self, monkeypatch, caplog) -> None:
+        self.notified: list[str] = []
+        self.caplog = caplog
+        caplog.set_level(logging.WARNING)
+
+        async def send(notification) -> bool:
+            self.notified.append(notification.event)
+            return True
+
+        monkeypatch.setattr(rollback_module, "send", send)
+
+    def logged(self) -> list[str]:
+        return [r.getMessage() for r in self.caplog.records if "ROLLBACK" in r.getMessage()]
+
+
+async def test_a_rerun_for_the_same_run_writes_logs_and_notifies_nothing_again(settings, monkeypatch, caplog):
+    said = Said(monkeypatch, caplog)
+    await run(PersistState(StubDeps(settings)).persist_state, persist_input())  # type: ignore[arg-type]
+    first = await run(rollback(settings), rollback_input())
+    recorded = status_file(settings).read_bytes()
+
+    again = await run(rollback(settings), rollback_input())  # a crash re-runs the local activity on the next worker
+
+    assert again == first and again.last_good_sha == SHA
+    assert status_file(settings).read_bytes() == recorded
+    assert len(said.logged()) == 1 and said.notified == ["rollback"]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"run_id": "run-3"}, {"workflow_id": "apply-3"}, {"res": result("unhealthy")}, {"run_id": None}],
+    ids=["another run of the workflow id", "another workflow", "another outcome", "no run id (an old input)"],
+)
+async def test_another_failure_is_recorded_and_said(settings, monkeypatch, caplog, other):
+    said = Said(monkeypatch, caplog)
+    res, ids = other.get("res"), {k: v for k, v in other.items() if k != "res"}
+    await run(rollback(settings), rollback_input(**({"run_id": None} if "run_id" in ids else {})))
+    await run(rollback(settings), rollback_input(res, **ids))
+    failure = read_status(settings.state_dir, "honcho-redis").last_failure
+    assert (failure.workflow_id, failure.run_id, failure.status) == (
+        ids.get("workflow_id", "apply-2"), ids.get("run_id", "run-2"), res.status if res else "remote_failed"
+    )
+    assert len(said.logged()) == 2 and said.notified == ["rollback", "rollback"]
+
+
+async def test_an_operator_rollback_recorded_again_by_a_rerun_is_said_once(settings, monkeypatch, caplog):
+    sent: list[str] = []
+
+    async def send(notification) -> bool:
+        sent.append(notification.event)
+        return True
+
+    monkeypatch.setattr(operator_rollback, "send", send)
+    caplog.set_level(logging.INFO, logger="platform.apply")
+    record = RecordRollback(StubDeps(settings)).record_rollback  # type: ignore[arg-type]
+    inp = RecordRollbackInput(
+        request=None, images=[], workflow_id="rollback-1", run_id="run-1",
+        outcome=RollbackOutcome(status="unhealthy", exitCode=4, module="honcho-redis", error="still unhealthy"),
+    )
+
+    await run(record, inp)
+    await run(record, inp)  # a crash re-runs the step on the next worker
+
+    lines = (settings.state_dir / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(line)["status"] for line in lines] == ["unhealthy"]
+    assert len([r for r in caplog.records if r.getMessage().startswith("rollback honcho-redis")]) == 1
+    assert sent == ["rollback_failed"]

@@ -8,11 +8,13 @@ import threading
 
 import pytest
 
+from platformctl import state as state_module
 from platformctl.outcomes import PolicyViolation
 from platformctl.state import (
     AuditLine,
     StatusRecord,
     append_audit,
+    audit_has,
     display_path,
     read_status,
     status_path,
@@ -137,3 +139,57 @@ def test_display_path_is_relative_inside_the_platform_root(tmp_path):
     inside = tmp_path / ".platform" / "state" / "modules" / "redis.status.json"
     assert display_path(inside, tmp_path) == ".platform/state/modules/redis.status.json"
     assert display_path(inside, tmp_path / "elsewhere") == str(inside)
+
+
+def test_a_second_line_for_the_same_run_and_outcome_is_not_written(tmp_path):
+    first = line(run_id="run-1", module="redis")
+    assert append_audit(tmp_path, first) is True
+    assert audit_has(tmp_path, first) and audit_has(tmp_path, line(run_id="run-1", at="later"))
+    assert append_audit(tmp_path, line(run_id="run-1", at="2025-01-01T00:05:00+00:00")) is False
+    assert [json.loads(x)["at"] for x in audit_text(tmp_path).splitlines()] == [first.at]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"run_id": "run-2"},  # a new run of the same workflow id (ids are per module and SHA)
+        {"workflow_id": "wf-2"},
+        {"status": "tool_error", "exitCode": 2},  # the same run's next outcome (state write failed)
+    ],
+)
+def test_a_line_of_another_run_or_outcome_is_written(tmp_path, other):
+    append_audit(tmp_path, line(run_id="run-1"))
+    assert not audit_has(tmp_path, line(**{"run_id": "run-1", **other}))
+    assert append_audit(tmp_path, line(**{"run_id": "run-1", **other})) is True
+    assert len(audit_text(tmp_path).splitlines()) == 2
+
+
+def test_lines_without_a_run_id_are_always_written(tmp_path):
+    # Runs of one workflow id cannot be told apart without it: never taken for a repeat.
+    assert append_audit(tmp_path, line()) and append_audit(tmp_path, line())
+    assert len(audit_text(tmp_path).splitlines()) == 2
+
+
+def test_only_a_whole_line_with_that_run_and_outcome_counts(tmp_path):
+    wanted = line(run_id="run-1")
+    # The run id inside another field, and a torn copy of the very line: neither is the line.
+    append_audit(tmp_path, line(run_id="run-0", error='"run_id":"run-1"'))
+    torn = json.dumps(wanted.to_json(), sort_keys=True, separators=(",", ":"))[:-5]
+    with (tmp_path / "audit.jsonl").open("a") as f:
+        f.write(torn + "\n")
+    assert not audit_has(tmp_path, wanted)
+    assert append_audit(tmp_path, wanted) is True
+
+
+def test_only_the_tail_of_the_audit_log_is_searched(tmp_path, monkeypatch):
+    monkeypatch.setattr(state_module, "AUDIT_TAIL_BYTES", 4096)
+    append_audit(tmp_path, line(run_id="run-1"))
+    assert audit_has(tmp_path, line(run_id="run-1"))
+    for i in range(40):
+        append_audit(tmp_path, line(run_id=f"filler-{i}", error="x" * 100))
+    assert not audit_has(tmp_path, line(run_id="run-1"))
+
+
+def test_no_audit_log_has_no_line(tmp_path):
+    assert not audit_has(tmp_path, line(run_id="run-1"))
+    assert not (tmp_path / "audit.jsonl").exists()

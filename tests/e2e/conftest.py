@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -360,6 +361,21 @@ def connection_attempts(host: SshHost) -> int:
     once a worker is up instead of assuming zero.
     """
     return Path(host.log_path).read_text(errors="replace").count("Connection from ")
+
+
+async def activity_attempts(handle: WorkflowHandle, activity_type: str) -> list[int]:
+    """The attempt number of every completed/failed run of `activity_type`
+    (Temporal records one ActivityTaskStarted per final attempt)."""
+    scheduled: dict[int, str] = {}
+    attempts = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs = event.activity_task_started_event_attributes
+            if scheduled.get(attrs.scheduled_event_id) == activity_type:
+                attempts.append(attrs.attempt)
+    return attempts
 
 
 def history_text(history: Any) -> str:

@@ -15,11 +15,11 @@ import time
 import uuid
 
 import pytest
-from temporalio.api.enums.v1 import EventType
 from temporalio.common import SearchAttributeKey
 
 from tests.e2e.conftest import (
     FAST_HEALTH,
+    activity_attempts,
     closed_port,
     compose_ps_argv,
     compose_up_argv,
@@ -44,21 +44,6 @@ def workflow_id(tag: str) -> str:
     return f"apply-e2e-{tag}-{uuid.uuid4().hex[:8]}"
 
 
-async def activity_attempts(handle, activity_type: str) -> list[int]:
-    """The attempt number of every completed/failed run of `activity_type`
-    (Temporal records one ActivityTaskStarted per final attempt)."""
-    scheduled: dict[int, str] = {}
-    attempts = []
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            attrs = event.activity_task_started_event_attributes
-            if scheduled.get(attrs.scheduled_event_id) == activity_type:
-                attempts.append(attrs.attempt)
-    return attempts
-
-
 def git_head_argv(host: SshHost) -> list[str]:
     return ["git", "-C", host.remote_root, "rev-parse", "HEAD"]
 
@@ -75,16 +60,24 @@ def rollback_argv(host: SshHost, service: str) -> list[str]:
 
 
 def before_up(host: SshHost, service: str) -> list[list[str]]:
-    """The checkout check (verify_checkout is on by default), the image snapshot, compose up."""
+    """The checkout check (verify_checkout is on by default) and the image snapshot,
+    read side by side in either order, then compose up."""
     return [git_head_argv(host), images_argv(host, service), compose_up_argv(host, service)]
 
 
+def reads_in_order(calls: list[list[str]]) -> list[list[str]]:
+    """`calls` with its first two (the two reads made side by side) in before_up's order."""
+    return sorted(calls[:2], key=lambda argv: argv[0] != "git") + calls[2:]
+
+
 def only_up_then_ps(host: SshHost, service: str, min_ps: int = 1) -> list[list[str]]:
-    """A healthy apply: checkout, snapshot, compose up, only ps polls, then the images it left running."""
-    calls = host.calls()
+    """A healthy apply: checkout, snapshot, compose up, then only ps polls and, listed
+    while they run, the images compose up left running."""
+    calls = reads_in_order(host.calls())
     assert calls[:3] == before_up(host, service), calls
-    assert calls[-1] == images_argv(host, service), calls
-    polls = calls[3:-1]
+    after = calls[3:]
+    assert after.count(images_argv(host, service)) == 1, calls
+    polls = [c for c in after if c != images_argv(host, service)]
     assert len(polls) >= min_ps and all(c == compose_ps_argv(host, service) for c in polls), calls
     return calls
 
@@ -159,7 +152,7 @@ async def test_compose_up_fails_remote_failed_with_rollback(ssh_e2e, sshd_host):
     assert "exited with code 1" in r["error"]
     assert r["rollback"] is not None and r["rollback"]["last_good_sha"] is None
     # no health polls after a failed up: the rollback, then the polls of its own health smoke
-    calls = sshd_host.calls()
+    calls = reads_in_order(sshd_host.calls())
     assert calls[:4] == [*before_up(sshd_host, "svc-fail"), rollback_argv(sshd_host, "svc-fail")], calls
     assert calls[4:] and all(c == compose_ps_argv(sshd_host, "svc-fail") for c in calls[4:]), calls
     assert r["rollback"]["image"]["outcome"] == "restored"
@@ -188,7 +181,7 @@ async def test_hung_compose_up_is_killed_at_its_timeout(ssh_e2e, sshd_host):
     pid = sshd_host.hang_pid()
     assert pid is not None
     assert await eventually(lambda: not process_running(pid), 5), f"remote compose (pid {pid}) survived the timeout"
-    calls = sshd_host.calls()
+    calls = reads_in_order(sshd_host.calls())
     assert calls[:4] == [*before_up(sshd_host, "svc-hang"), rollback_argv(sshd_host, "svc-hang")], calls
 
 
@@ -215,7 +208,7 @@ async def test_unhealthy_after_up_rolls_back(ssh_e2e, sshd_host, behaviour, stat
     assert (r["health"]["state"], r["health"]["health"]) == (state, health)
     assert r["rollback"] is not None and "did not stay healthy" in r["rollback"]["reason"]
     assert min_s <= out.seconds < max_s, f"{behaviour}: unhealthy after {out.seconds:.1f} s"
-    calls = sshd_host.calls()
+    calls = reads_in_order(sshd_host.calls())
     assert calls[:3] == before_up(sshd_host, service), calls
     assert rollback_argv(sshd_host, service) in calls, calls
     assert r["rollback"]["image"]["outcome"] == "unhealthy"  # the stand-in's service stays unhealthy
@@ -300,9 +293,11 @@ async def test_unreachable_or_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tm
     if fault == "closed_port":
         assert connection_attempts(sshd_host) == attempts_before
     else:
-        # A wrong key is final: one connection, one attempt, no retry.
-        assert connection_attempts(sshd_host) - attempts_before == 1
+        # A wrong key is final: one connection for each of the two reads made side by
+        # side (the checkout, the images), one attempt each, no retry.
+        assert connection_attempts(sshd_host) - attempts_before == 2
         assert first_attempts == [1], first_attempts
+        assert await activity_attempts(out.handle, "compose_images") == [1]
         assert out.seconds < 10, f"took {out.seconds:.1f} s: was it retried?"
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import posixpath
 import pwd
+import shlex
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from platformctl.commands import (
     PIN_MAX_BYTES,
@@ -464,6 +467,58 @@ def load_gate():
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(module)
     return module
+
+
+GATE_MODULE = load_gate()
+
+
+def shlex_or_error(split, command: str) -> list[str] | type[ValueError]:
+    try:
+        return split(command)
+    except ValueError:
+        return ValueError
+
+
+# Quotes, escapes, blanks and shell syntax, densely: the cases where a split can go wrong.
+@settings(max_examples=1000)
+@given(st.text(alphabet=" \t\n'\"\\ab$;|-", max_size=40))
+def test_the_gates_split_is_shlex_split(command):
+    assert shlex_or_error(GATE_MODULE.split_command, command) == shlex_or_error(shlex.split, command)
+
+
+def gate_by_its_shebang(*args: str) -> list[str]:
+    """argv that runs the gate as a host does: the interpreter and flags of its #! line."""
+    interpreter = GATE.read_text().splitlines()[0].removeprefix("#!").split()
+    return [*interpreter, *args, str(GATE)]
+
+
+needs_system_python = pytest.mark.skipif(
+    not os.access("/usr/bin/python3", os.X_OK), reason="the gate's #! names Debian's /usr/bin/python3"
+)
+
+
+@needs_system_python
+def test_the_gate_starts_without_heavy_imports(local_root):
+    # Every command starts a gate: importing re, enum (behind re, signal and
+    # subprocess), shlex, shutil and site-packages doubled its start-up time.
+    root, state = local_root
+    argv = [*gate_by_its_shebang("-X", "importtime"), root]  # refused as root, after the imports
+    result = subprocess.run(argv, env=gate_env(git_head(root).render(), state), capture_output=True, text=True)
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (REFUSED, ROOT_REFUSAL.strip())
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert "select" in imported  # the output is what it seems
+    assert imported & {"re", "enum", "shlex", "signal", "subprocess", "shutil", "json", "site"} == set()
+
+
+@needs_system_python
+def test_the_gate_ignores_python_variables(local_root):
+    # -I: PYTHON* variables in the session's environment (PYTHONPATH,
+    # PYTHONINSPECT, ...) do not reach the gate's interpreter. This one shows.
+    root, state = local_root
+    env = gate_env(git_head(root).render(), state) | {"PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run([*gate_by_its_shebang(), root], env=env, capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (REFUSED, ROOT_REFUSAL)
 
 
 def test_uid_0_is_refused_before_anything_runs(local_root, monkeypatch, capsys):

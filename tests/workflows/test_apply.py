@@ -30,6 +30,7 @@ from tests.platform_files import (
 COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
 PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --format json honcho-redis"
 IMAGES_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml images --format json honcho-redis"
+GIT_HEAD = "git -C /opt/platform rev-parse HEAD"
 
 
 def audit_lines(harness) -> list[dict]:
@@ -106,9 +107,10 @@ async def test_remote_failure_rolls_back_and_keeps_last_good_sha(harness):
     assert "pull access denied" in out.result["remote"]["stderr"]
     assert out.result["rollback"]["last_good_sha"] == SHA
     # The service went back to the image it ran before, and was watched until healthy.
-    assert [c.kind for _, c in harness.transport.calls][:4] == [
-        "git_head", "compose_images", "compose_up", "compose_rollback"
-    ]
+    kinds = [c.kind for _, c in harness.transport.calls]
+    # The checkout and the images are read side by side, both before compose up.
+    assert sorted(kinds[:2]) == ["compose_images", "git_head"]
+    assert kinds[2:4] == ["compose_up", "compose_rollback"]
     assert out.result["rollback"]["image"]["outcome"] == "restored"
     state = read_status(harness.settings.state_dir, "honcho-redis")
     assert state.last_apply_sha == SHA and state.status == "remote_failed"
@@ -361,7 +363,8 @@ async def test_verify_checkout_confirms_the_host_holds_the_approved_commit(harne
     harness.transport.script = {"git_head": [ok(stdout=SHA + "\n")]}
     out = await harness.apply(apply_input())
     assert out.status == "applied"
-    assert harness.transport.commands()[:3] == ["git -C /opt/platform rev-parse HEAD", IMAGES_COMMAND, COMMAND]
+    commands = harness.transport.commands()
+    assert sorted(commands[:2]) == sorted([GIT_HEAD, IMAGES_COMMAND]) and commands[2] == COMMAND  # read side by side
 
 
 @pytest.mark.parametrize("answer", [ok(stdout=OTHER_SHA + "\n"), failed(128, "fatal: not a git repository")])
@@ -370,7 +373,8 @@ async def test_verify_checkout_blocks_when_the_host_holds_something_else(harness
     harness.transport.script = {"git_head": [answer]}
     out = await harness.apply(apply_input())
     assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
-    assert harness.transport.commands() == ["git -C /opt/platform rev-parse HEAD"]
+    # Only read: the checkout, and the images listed beside it.
+    assert sorted(harness.transport.commands()) == sorted([GIT_HEAD, IMAGES_COMMAND])
     assert out.result["rollback"] is None  # nothing was changed, so nothing to roll back
 
 
@@ -378,7 +382,7 @@ async def test_verify_checkout_is_on_by_default(harness):
     harness.transport.head = OTHER_SHA  # the host's checkout is not the approved commit
     out = await harness.apply(apply_input())
     assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
-    assert harness.transport.commands() == ["git -C /opt/platform rev-parse HEAD"]
+    assert sorted(harness.transport.commands()) == sorted([GIT_HEAD, IMAGES_COMMAND])
 
 
 async def test_an_explicit_opt_out_is_recorded_as_unverified(harness):
@@ -412,12 +416,17 @@ async def test_the_ui_sees_each_phase_what_it_waits_for_and_each_step(harness):
     ]
     phases = [json.loads(v) for v in upserted if v]
     assert phases == ["running", "awaiting_approval", "validating", "applying", "health_check", "persisting", "applied"]
+    # Local activities (the quick checks, the state record) carry their summary on their marker.
     summaries = {
         e.user_metadata.summary.data
         for e in events
-        if e.HasField("activity_task_scheduled_event_attributes")
+        if e.HasField("activity_task_scheduled_event_attributes") or e.HasField("marker_recorded_event_attributes")
     }
-    assert {json.loads(s) for s in summaries} >= {"1 validate plan", "5 compose up", "7 persist state"}
+    assert {json.loads(s) for s in summaries if s} >= {
+        "1 validate plan", "2 check approval", "3 guard compose path", "4 check host allowlist",
+        "4 verify the host's checkout", "5 snapshot: compose images", "5 compose up", "6 health smoke: compose ps",
+        "7 persist state",
+    }
 
 
 async def test_a_person_is_told_when_an_apply_waits_and_before_the_wait_ends(harness):

@@ -1,9 +1,8 @@
 """RollbackWorkflow over the fake transport: an operator puts a module back on
 the images of the successful apply before the last one.
 
-These run on a real dev server (the module's health window is short): the
-time-skipping test server answered a signal-with-start to the module's state
-workflow by starting a second run beside the first, which the real server never does.
+These run on a real dev server (tests/workflows/conftest.py's dev_env; the
+module's health window is short).
 """
 
 from __future__ import annotations
@@ -13,40 +12,25 @@ import uuid
 import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.common import RawValue
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from platformctl.client import SEARCH_ATTRIBUTES
 from platformctl.commands import image_pin
 from platformctl.models import Approval, ModuleState, ReapplyCandidate
 from platformctl.module_state import module_state_id
 from platformctl.policy.approval import sign
 from platformctl.policy.reapply import skip_reason
 from platformctl.transport.fake import empty_images, failed, images
-from tests.conftest import VENV_BIN, Harness
+from tests.conftest import Harness
 from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, module_doc, plan, write_platform
+from tests.workflows.conftest import FAST_HEALTH
 
 OLD = "sha256:" + "a" * 64
 NEW = "sha256:" + "b" * 64
 REQUEST = {"module": "honcho-redis", "approved_by": "alice", "reason": "bad release"}
-FAST = {"stable_seconds": 1, "timeout_seconds": 5, "poll_seconds": 1}
-
-
-@pytest.fixture(scope="module")
-async def dev_env():
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(VENV_BIN / "temporal"),
-        data_converter=pydantic_data_converter,
-        ui=False,
-        search_attributes=list(SEARCH_ATTRIBUTES),
-    )
-    yield env
-    await env.shutdown()
 
 
 @pytest.fixture
 def harness(dev_env, tmp_path) -> Harness:
-    write_platform(tmp_path, modules=[module_doc(health=FAST)])
+    write_platform(tmp_path, modules=[module_doc(health=FAST_HEALTH)])
     return Harness(client=dev_env.client, root=tmp_path)
 
 

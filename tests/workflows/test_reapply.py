@@ -1,4 +1,4 @@
-"""Module state kept in Temporal, and ReapplyWorkflow over it (time-skipping server, fake transport)."""
+"""Module state kept in Temporal, and ReapplyWorkflow over it (a real dev server, fake transport)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
 from platformctl.transport.fake import failed, ok, ps
+from tests.conftest import Harness
 from tests.platform_files import (
     OTHER_SHA,
     SHA,
@@ -21,6 +22,7 @@ from tests.platform_files import (
     plan,
     write_platform,
 )
+from tests.workflows.conftest import FAST_HEALTH
 
 CHANGED = " Container core-honcho-redis-1  Recreate\n Container core-honcho-redis-1  Started\n"
 UNCHANGED = " Container core-honcho-redis-1  Running\n"
@@ -47,8 +49,14 @@ async def reapply(harness, request: dict) -> tuple[str, dict]:
 def fresh_module(harness) -> str:
     """A module id of its own: module state workflows outlive a test on the shared server."""
     module = f"m-{uuid.uuid4().hex[:10]}"
-    write_platform(harness.root, modules=[module_doc(module, compose_service="honcho-redis")])
+    write_platform(harness.root, modules=[module_doc(module, compose_service="honcho-redis", health=FAST_HEALTH)])
     return module
+
+
+@pytest.fixture
+def harness(dev_env, tmp_path) -> Harness:
+    write_platform(tmp_path)
+    return Harness(client=dev_env.client, root=tmp_path)
 
 
 def request_for(module: str, sha: str = SHA) -> dict:
@@ -104,8 +112,8 @@ async def test_reapply_skips_what_it_must_not_apply(harness, fresh_module):
     unverified = f"m-{uuid.uuid4().hex[:10]}"
     write_platform(
         harness.root,
-        modules=[module_doc(m, compose_service="honcho-redis") for m in (fresh_module, never)]
-        + [module_doc(unverified, host="loose", compose_service="honcho-redis")],
+        modules=[module_doc(m, compose_service="honcho-redis", health=FAST_HEALTH) for m in (fresh_module, never)]
+        + [module_doc(unverified, host="loose", compose_service="honcho-redis", health=FAST_HEALTH)],
         hosts={"rs2000": host_doc(harness.root), "loose": host_doc(harness.root, verify_checkout=False)},
     )
     async with harness.worker():
@@ -139,8 +147,8 @@ async def test_reapply_skips_a_sha_whose_last_apply_failed(harness, fresh_module
 async def test_reapply_fails_when_a_module_fails(harness, fresh_module):
     broken = f"m-{uuid.uuid4().hex[:10]}"
     write_platform(harness.root, modules=[
-        module_doc(fresh_module, compose_service="honcho-redis"),
-        module_doc(broken, compose_service="honcho-redis", compose_file="../escape.yml"),
+        module_doc(fresh_module, compose_service="honcho-redis", health=FAST_HEALTH),
+        module_doc(broken, compose_service="honcho-redis", compose_file="../escape.yml", health=FAST_HEALTH),
     ])
     async with harness.worker():
         await harness.outcome(await harness.start(request_for(fresh_module)))

@@ -1,0 +1,141 @@
+"""One run of a host-changing command per activity, however many attempts the server starts.
+
+When the Temporal server is gone for longer than an activity's heartbeat
+timeout, it gives up on the attempt (no heartbeat, or its result report, got
+through) and starts another, perhaps while the first still runs here: compose
+up would run twice, the runs perhaps overlapping (what the project lock
+exists to prevent). So a later attempt of the same activity (same workflow
+run and activity id) on this worker waits for the run already under way, or
+takes the result of one that finished recently, instead of running the
+command again.
+
+Only successful runs are kept: a failure is what a retry is for. Nothing
+outlives the worker process, and needs not: the old process's SSH channels
+closed with it, which kills their commands (host/platform-gate watches for
+that), so the next attempt runs the command again without overlapping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from temporalio import activity
+
+from activities.base import heartbeating
+from platformctl.models import ComposeUpResult
+
+# A finished run is asked for again once the server is back and has timed the
+# attempt out (heartbeat timeout + retry backoff): keep it through long outages.
+KEEP_DONE_S = 3600.0
+KEEP_DONE_MAX = 256
+KEEP_DONE_MAX_BYTES = 32 << 20  # a result holds up to 1 MiB per stream (the transport's cap)
+# A run whose attempt the server dropped is killed unless a later attempt takes
+# it over by then (the next one comes within the retry backoff, <= 10 s).
+ADOPT_WITHIN_S = 60.0
+
+Key = tuple[str, str, str]  # workflow id, run id, activity id
+
+
+@dataclass
+class _Run:
+    task: asyncio.Task[ComposeUpResult]
+    waiters: int = 0
+    reaper: asyncio.TimerHandle | None = None
+
+
+class SingleFlight:
+    """The runs of one activity type on this worker."""
+
+    def __init__(self) -> None:
+        self._running: dict[Key, _Run] = {}
+        self._done: OrderedDict[Key, tuple[float, int, ComposeUpResult]] = OrderedDict()
+        self._done_bytes = 0
+
+    async def run(self, body: Callable[[], Coroutine[Any, Any, ComposeUpResult]]) -> ComposeUpResult:
+        """`body()` once per activity; this attempt heartbeats while it waits for it."""
+        info = activity.info()
+        key = (info.workflow_id or "", info.workflow_run_id or "", info.activity_id)
+        self._expire()
+        done = self._done.get(key)
+        if done is not None:
+            activity.logger.warning(
+                "attempt %d of %s: the command already ran on this worker for an earlier attempt; "
+                "returning that result instead of running it again", info.attempt, info.activity_type,
+            )
+            return done[2]
+        run = self._running.get(key)
+        if run is None:
+            run = _Run(asyncio.create_task(body()))
+            self._running[key] = run
+            run.task.add_done_callback(functools.partial(self._finished, key))
+        else:
+            activity.logger.warning(
+                "attempt %d of %s: an earlier attempt's command still runs on this worker; waiting for it "
+                "instead of running it again", info.attempt, info.activity_type,
+            )
+        run.waiters += 1
+        try:
+            async with heartbeating():
+                return await asyncio.shield(run.task)
+        except asyncio.CancelledError:
+            if not run.task.done():
+                await self._cancelled(key, run)
+            raise
+        finally:
+            run.waiters -= 1
+
+    async def _cancelled(self, key: Key, run: _Run) -> None:
+        info = activity.info()
+        details = activity.cancellation_details()
+        # not_found / timed_out: the server dropped this attempt, not the activity.
+        dropped = details is not None and (details.not_found or details.timed_out)
+        policy = info.retry_policy
+        later = policy is None or policy.maximum_attempts == 0 or info.attempt < policy.maximum_attempts
+        if dropped and later:
+            activity.logger.warning(
+                "attempt %d of %s dropped by the server: its command keeps running for the next attempt",
+                info.attempt, info.activity_type,
+            )
+            if run.reaper is not None:
+                run.reaper.cancel()
+            run.reaper = asyncio.get_running_loop().call_later(ADOPT_WITHIN_S, self._reap, key, run)
+            return
+        # A cancel request, a worker shutdown, or no attempt left: the command
+        # must be gone on the host before this attempt reports.
+        run.task.cancel()
+        await asyncio.wait([run.task])
+
+    def _reap(self, key: Key, run: _Run) -> None:
+        if run.waiters == 0 and not run.task.done():
+            activity.logger.warning(
+                "no later attempt took over the command of %s within %.0f s: killing it", key, ADOPT_WITHIN_S
+            )
+            run.task.cancel()
+
+    def _finished(self, key: Key, task: asyncio.Task[ComposeUpResult]) -> None:
+        run = self._running.pop(key)
+        if run.reaper is not None:
+            run.reaper.cancel()
+        if task.cancelled() or task.exception() is not None:  # also marks an orphan's error as seen
+            return
+        result = task.result()
+        size = len(result.remote.stdout) + len(result.remote.stderr) if result.remote else 0
+        self._done[key] = (time.monotonic(), size, result)
+        self._done_bytes += size
+        self._expire()
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - KEEP_DONE_S
+        while self._done:
+            at, size, _ = next(iter(self._done.values()))
+            if at >= cutoff and len(self._done) <= KEEP_DONE_MAX and self._done_bytes <= KEEP_DONE_MAX_BYTES:
+                return
+            self._done.popitem(last=False)
+            self._done_bytes -= size
+
