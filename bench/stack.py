@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +26,12 @@ import worker as platform_worker
 from bench.floor import Floor, noop
 from platformctl.client import connect, register_search_attributes
 from platformctl.config import Settings
-from tests.e2e.conftest import write_module
+from tests.e2e.conftest import dev_server_port, write_module
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "default"
 CORE = "compose/core/compose.yaml"  # every test sshd has it (tests/sshd.py)
 INSTANT_HEALTH = {"stable_seconds": 0, "timeout_seconds": 30, "poll_seconds": 1}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -62,7 +55,7 @@ def _output_to(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def dev_server(state_dir: Path) -> Iterator[str]:
     """worker.start_dev_server itself (its flags, WAL pragmas, dynamic config); yields the address."""
-    address = f"localhost:{_free_port()}"
+    address = f"localhost:{dev_server_port()}"
     settings = Settings(address, NAMESPACE, "unused", state_dir, state_dir, "")
     state_dir.mkdir(parents=True, exist_ok=True)
     with _output_to(state_dir / "server.log"):  # its shutdown warnings would bury the last line

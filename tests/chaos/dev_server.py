@@ -13,9 +13,7 @@ thread: the server is told to die with the thread that started it.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -25,26 +23,15 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 import worker as platform_worker
 from platformctl.config import Settings
+from tests.e2e.conftest import dev_server_port
 
 NAMESPACE = "default"
-
-
-def _free_port() -> int:
-    """A port free for the server and for its Web UI at port + 1000."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + 1000 < 65536:
-            with socket.socket() as ui, contextlib.suppress(OSError):
-                ui.bind(("127.0.0.1", port + 1000))
-                return port
 
 
 class RestartableDevServer:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.address = f"localhost:{_free_port()}"
+        self.address = f"localhost:{dev_server_port()}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._client: Client | None = None

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -343,6 +344,23 @@ def closed_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def dev_server_port() -> int:
+    """A free port for a dev server whose Web UI port (+1000) is free too. Both lie
+    below the kernel's ephemeral range: a port the kernel hands out (closed_port) can
+    meanwhile become the local end of some outgoing connection, and the server then
+    dies at its bind ("address already in use", seen in CI)."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10000, ephemeral_low - 1000)
+        with socket.socket() as server, socket.socket() as ui:
+            try:
+                server.bind(("127.0.0.1", port))
+                ui.bind(("127.0.0.1", port + 1000))
+            except OSError:
+                continue
+        return port
 
 
 def compose_up_argv(host: SshHost, service: str) -> list[str]:

@@ -33,6 +33,7 @@ from tests.e2e.conftest import (
     WorkerProcess,
     closed_port,
     connection_attempts,
+    dev_server_port,
     ssh_host_entry,
     write_hosts,
     write_module,
@@ -245,7 +246,7 @@ def _dev_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
 
 
 async def test_a_killed_dev_worker_takes_its_dev_server_with_it(tmp_path):
-    port = _free_dev_port()
+    port = dev_server_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PLATFORM_", "PLATFORMCTL_"))}
     env.update(
         TEMPORAL_ADDRESS=f"127.0.0.1:{port}", PLATFORM_ROOT=str(tmp_path), PLATFORM_STATE_DIR=str(tmp_path / "state"),
@@ -270,6 +271,26 @@ async def test_a_killed_dev_worker_takes_its_dev_server_with_it(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+async def test_a_dev_worker_whose_web_ui_port_is_taken_says_so_and_exits(tmp_path):
+    """The server would die at its UI bind after its frontend listened: a worker
+    that connected then got a bare "transport error" or polled a dead server."""
+    port = dev_server_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PLATFORM_", "PLATFORMCTL_"))}
+    env.update(TEMPORAL_ADDRESS=f"127.0.0.1:{port}", PLATFORM_ROOT=str(tmp_path),
+               PLATFORM_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
+    with socket.socket() as ui:
+        ui.bind(("127.0.0.1", port + 1000))
+        ui.listen()
+        worker = _dev_worker(env, tmp_path / "worker.log")
+        try:
+            code = await asyncio.to_thread(worker.proc.wait, 30)
+        finally:
+            worker.force_stop()
+    assert code != 0, worker.log()
+    assert f"Web UI port 127.0.0.1:{port + 1000} is in use" in worker.log()
+    assert not _listening(port), "a dev server was started anyway"
+
+
 async def test_dev_worker_attaches_to_a_server_it_did_not_start(platform, dev_server):
     e2e = platform
     worker = _dev_worker(e2e.worker_env(None), e2e.logs_dir / "dev-worker.log")
@@ -285,14 +306,6 @@ async def test_dev_worker_attaches_to_a_server_it_did_not_start(platform, dev_se
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_dev_port() -> int:
-    """A free port whose Web UI port (+1000) is free too."""
-    while True:
-        port = closed_port()
-        if port < 64000 and not _listening(port + 1000):
-            return port
 
 
 # ---- what an operator reads and scrapes -----------------------------------------
