@@ -33,7 +33,7 @@ from platformctl.logs import setup_logging
 from platformctl.metrics import runtime_from_env
 from platformctl.notify import notify_url, shown
 from platformctl.transport.ssh import SshTransport
-from workflows import ALL_WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 log = logging.getLogger("platform.worker")
 

@@ -27,7 +27,7 @@ from tests.platform_files import SHA, write_platform
 
 # Real OpenSSH sshd hosts with the stand-in docker (see tests/sshd.py).
 from tests.sshd import sshd_host, sshd_host2, sshd_server, sshd_server2  # noqa: F401
-from workflows import ALL_WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -1,16 +1,5 @@
-from workflows.apply import ApplyWorkflow
-from workflows.module_lock import ModuleLockWorkflow
-from workflows.module_state import ModuleStateWorkflow
-from workflows.project_lock import ProjectLockWorkflow
-from workflows.reapply import ReapplyWorkflow
+"""The workflows; the worker registers `workflows.registry.ALL_WORKFLOWS`.
 
-ALL_WORKFLOWS = [ApplyWorkflow, ProjectLockWorkflow, ModuleLockWorkflow, ModuleStateWorkflow, ReapplyWorkflow]
-
-__all__ = [
-    "ALL_WORKFLOWS",
-    "ApplyWorkflow",
-    "ModuleLockWorkflow",
-    "ModuleStateWorkflow",
-    "ProjectLockWorkflow",
-    "ReapplyWorkflow",
-]
+Empty on purpose: the sandbox runs this package's code again for every workflow
+instance it creates, so anything imported here is paid by every apply and lock.
+"""

@@ -31,7 +31,7 @@ from temporalio.worker import Replayer
 
 from platformctl.transport.fake import ps
 from tests.platform_files import apply_input, approval
-from workflows import ALL_WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 RECORDED = Path(__file__).parent / "histories" / "applied.json"
 
