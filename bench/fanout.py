@@ -19,6 +19,7 @@ from pathlib import Path
 from temporalio.client import WorkflowHandle
 
 from bench.ansible_fanout import run_ansible
+from bench.cpu import Cpu, server_pid
 from bench.fanout_hosts import Fanout, fanout_hosts
 from bench.history import Shape, children, events, profile, shape
 from bench.overhead import apply_request, finished
@@ -50,6 +51,7 @@ async def _seed(platform: Platform, queue: str, fan: Fanout) -> Shape:
 async def _reapply(platform: Platform, queue: str, fan: Fanout, max_parallel: int) -> tuple[float, WorkflowHandle]:
     fan.reset()  # every service's `up -d` takes 1 s again
     modules = [up.service for _, up in fan.ups]
+    cpu = Cpu.start(server_pid(platform.address))
     began = time.perf_counter()
     handle = await platform.client.start_workflow(
         "ReapplyWorkflow", {"modules": modules, "max_parallel": max_parallel},
@@ -57,10 +59,15 @@ async def _reapply(platform: Platform, queue: str, fan: Fanout, max_parallel: in
     )
     result = await handle.result()
     seconds = time.perf_counter() - began
+    print(f"  {cpu.split()}")
     outcomes = [entry["outcome"] for entry in result["results"]]
     if outcomes != ["applied"] * len(modules):
         raise RuntimeError(f"re-apply did not apply every module: {result['results']}")
     fan.check_ups()
+    idle = [gap for host in fan.hosts for gap in host.idle_between_ups()]
+    if idle:
+        print(f"  a project idle between two `up -d` (its lock handed on, the next apply's steps before it): "
+              f"median {statistics.median(idle):.2f} s, max {max(idle):.2f} s")
     return seconds, handle
 
 

@@ -94,19 +94,23 @@ class FanoutHost:
     def up_calls(self) -> list[list[str]]:
         return [argv for argv in self.sshd.calls() if argv[4:6] == ["up", "-d"]]
 
-    def overlaps(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """`up` runs of one project (compose file) that overlapped in time,
-        from the spans the stand-in records (behaviour option `spans=on`)."""
+    def _runs(self) -> list[list[dict[str, Any]]]:
+        """Per project (compose file), its `up` runs in order of start, from the spans
+        the stand-in records (behaviour option `spans=on`)."""
         path = Path(self.sshd.state_dir, "spans.jsonl")
         spans = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        found = []
         by_file: dict[str, list[dict[str, Any]]] = {}
         for span in spans:
             by_file.setdefault(span["file"], []).append(span)
-        for runs in by_file.values():
-            runs.sort(key=lambda s: s["start"])
-            found += [(a, b) for a, b in zip(runs, runs[1:], strict=False) if b["start"] < a["end"]]
-        return found
+        return [sorted(runs, key=lambda s: s["start"]) for runs in by_file.values()]
+
+    def overlaps(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """`up` runs of one project that overlapped in time."""
+        return [(a, b) for runs in self._runs() for a, b in zip(runs, runs[1:], strict=False) if b["start"] < a["end"]]
+
+    def idle_between_ups(self) -> list[float]:
+        """Seconds each project stood idle between the end of one `up` and the start of the next."""
+        return [b["start"] - a["end"] for runs in self._runs() for a, b in zip(runs, runs[1:], strict=False)]
 
     def reset(self) -> None:
         self.sshd.reset()  # also forgets the behaviours
