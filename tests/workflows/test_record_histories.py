@@ -6,7 +6,8 @@ writes `histories/<set>/<name>.json`: an apply awaiting approval, one waiting
 for the lock, one in the middle of its health check (each cut where it
 stands, so a worker upgrade must pick it up from there), and finished ones
 (applied, unhealthy with its rollback; recorded first, as the time-skipping
-server stalls after the in-flight ones). `test_replay.py` replays every set.
+server stalls after the in-flight ones), and a finished re-apply (on a real
+dev server). `test_replay.py` replays every set.
 The files at the top of `histories/` are the first set, recorded before the
 project lock, phase statuses and notifications.
 """
@@ -16,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
 from platformctl.transport.fake import ps
-from tests.platform_files import apply_input
+from tests.conftest import Harness
+from tests.platform_files import apply_input, approval, module_doc, plan, write_platform
+from tests.workflows.conftest import FAST_HEALTH
 
 HISTORIES = Path(__file__).parent / "histories"
 SET = os.environ.get("RECORD_HISTORIES", "")
@@ -79,3 +83,28 @@ async def test_record_in_flight_histories(harness):
         await _save(queued, "waiting_for_lock")
         for h in (waiting, holder, queued):
             await h.terminate("recorded")
+
+
+@pytest.fixture
+def dev_harness(dev_env, tmp_path) -> Harness:
+    """On a real dev server: re-apply signals module state (see tests/workflows/conftest.py)."""
+    return Harness(client=dev_env.client, root=tmp_path)
+
+
+async def test_record_reapply_history(dev_harness):
+    """Three modules of one compose project (one lane) and one of another, re-applied."""
+    modules = [f"m-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    docs = [module_doc(m, compose_service="honcho-redis", health=FAST_HEALTH) for m in modules[:3]]
+    docs.append(module_doc(modules[3], compose_service="honcho-redis", health=FAST_HEALTH,
+                           compose_file="compose/other/compose.yaml"))
+    write_platform(dev_harness.root, modules=docs)
+    async with dev_harness.worker():
+        for m in modules:
+            out = await dev_harness.outcome(await dev_harness.start(apply_input(plan(module=m), approval())))
+            assert out.status == "applied", out
+        handle = await dev_harness.client.start_workflow(
+            "ReapplyWorkflow", {"modules": modules, "max_parallel": 2}, id=f"reapply-{uuid.uuid4()}",
+            task_queue=dev_harness.task_queue,
+        )
+        await handle.result()
+    await _save(handle, "reapply")
