@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar, Unpack
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue, RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -113,6 +113,9 @@ LOCAL_CHECKS_PATCH = "local-checks"
 # Health smokes started before health was judged by observation count every second of
 # wall time, outages of Temporal or the worker included.
 HEALTH_OBSERVED_PATCH = "health-observed"
+# Applies started before search attributes were coalesced upsert each change on its own
+# (9 upserts an apply; each is a visibility write on the server: bench/run.py --only overhead).
+COALESCED_SEARCH_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
 # worker was down, or the host was slow to answer): that gap is neither stable time nor
 # spent health timeout. Small: it only ever restarts the stable window, never fails one.
@@ -190,6 +193,8 @@ class ApplyWorkflow:
         self._lock_free: list[str] | None = None  # the queue handed to us when our turn came
         self._phase_status = False  # PlatformStatus follows the phases (PHASE_STATUS_PATCH)
         self._local_checks = False  # LOCAL_CHECKS_PATCH, decided once at the start
+        self._coalesce = False  # COALESCED_SEARCH_ATTRIBUTES_PATCH
+        self._pending: dict[str, SearchAttributeUpdate[str]] = {}
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> ApplyResult | RollbackOutcome:
@@ -200,10 +205,15 @@ class ApplyWorkflow:
                 type="UnknownWorkflowType",
                 non_retryable=True,
             )
-        self._phase_status = workflow.patched(PHASE_STATUS_PATCH)
-        workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
         if kind == ROLLBACK_WORKFLOW:
+            self._phase_status = workflow.patched(PHASE_STATUS_PATCH)
+            workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
             return await OperatorRollback(self).run(args)
+        # An apply started with this patch has every earlier change, so it asks for no
+        # other: each patch asked for is a marker and an upsert (TemporalChangeVersion).
+        self._coalesce = workflow.patched(COALESCED_SEARCH_ATTRIBUTES_PATCH)
+        self._phase_status = self._coalesce or workflow.patched(PHASE_STATUS_PATCH)
+        self._upsert(PLATFORM_STATUS.value_set("running"))
         try:
             result = await self._apply(args)
         except _Stop as stop:
@@ -219,7 +229,7 @@ class ApplyWorkflow:
         )
 
     async def _apply(self, args: Sequence[RawValue]) -> ApplyResult:
-        self._local_checks = workflow.patched(LOCAL_CHECKS_PATCH)
+        self._local_checks = self._coalesce or workflow.patched(LOCAL_CHECKS_PATCH)
         inp = self._parse(args)
         # 1. Validate plan
         plan = await self._step(ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan), local=True)
@@ -314,12 +324,12 @@ class ApplyWorkflow:
             raise _Stop("blocked", f"invalid apply input: {brief_errors(e)}") from None
         self._input = inp
         self._module = inp.plan.module[:64]
-        workflow.upsert_search_attributes([PLATFORM_MODULE.value_set(self._module)])
+        self._upsert(PLATFORM_MODULE.value_set(self._module))
         return inp
 
     def _known_target(self, plan: ValidatedPlan) -> None:
         self._plan = plan
-        workflow.upsert_search_attributes([PLATFORM_HOST.value_set(plan.host)])
+        self._upsert(PLATFORM_HOST.value_set(plan.host))
 
     async def _await_approval(self, timeout_s: int) -> Any:
         deadline = workflow.now() + timedelta(seconds=timeout_s)
@@ -329,6 +339,7 @@ class ApplyWorkflow:
             "the `approve` Update or signal, or `reject`.",
         )
         arrived = lambda: self._signalled_approval is not None or self._rejection is not None  # noqa: E731
+        self._flush_search_attributes()
         try:
             if self._has(APPROVAL_NOTIFY_PATCH):
                 # Tell a person the apply waits for them, and again shortly before the wait ends.
@@ -509,6 +520,7 @@ class ApplyWorkflow:
             async with self._module_lock_v1(self._plan.module):
                 yield
             return
+        self._flush_search_attributes()
         me = workflow.info().workflow_id
         lock_id = project_lock_id(target.host.name, target.project)
         deadline = workflow.now() + LOCK_WAIT
@@ -561,6 +573,7 @@ class ApplyWorkflow:
         try:
             yield
         finally:
+            self._flush_search_attributes()
             await self._uncancellable(self._release(handle))
 
     @staticmethod
@@ -736,6 +749,7 @@ class ApplyWorkflow:
                     retry_policy=config.get("retry_policy"),
                     summary=config["summary"],
                 )
+            self._flush_search_attributes()
             return await workflow.execute_activity_method(method, arg, **config)
         except FailureError as e:
             if not isinstance(e, ActivityError) and not (local and self._local_checks):
@@ -809,7 +823,8 @@ class ApplyWorkflow:
     def _done(self, status: Status) -> ApplyResult:
         self._phase = "done"
         self._status = status
-        workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
+        self._upsert(PLATFORM_STATUS.value_set(status))
+        self._flush_search_attributes()  # now: nothing may follow the workflow's completion
         error = f": {self._error}" if self._error else ""
         image = self._rollback.image if self._rollback else None
         rolled = f"\n\nImage rollback: **{image.outcome}** {image.image_id or ''} {image.error or ''}" if image else ""
@@ -828,9 +843,24 @@ class ApplyWorkflow:
     def _enter(self, phase: Phase, details: str) -> None:
         """A new phase, shown in the status query, PlatformStatus and the UI's current details."""
         if self._phase_status and phase != self._phase:
-            workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(phase)])
+            self._upsert(PLATFORM_STATUS.value_set(phase))
         self._phase = phase
         workflow.set_current_details(details)
+
+    def _upsert(self, update: SearchAttributeUpdate[str]) -> None:
+        """Coalesced (COALESCED_SEARCH_ATTRIBUTES_PATCH): kept until the apply next waits on
+        the server (a scheduled step, the approval, the lock) or ends, then sent as one
+        upsert with the last value of each attribute. Local steps run within the
+        workflow task, so nobody could have seen what they pass through."""
+        if self._coalesce:
+            self._pending[update.key.name] = update
+        else:
+            workflow.upsert_search_attributes([update])
+
+    def _flush_search_attributes(self) -> None:
+        if self._pending:
+            workflow.upsert_search_attributes(list(self._pending.values()))
+            self._pending = {}
 
     def _sha7(self) -> str:
         return self._input.plan.source_sha[:7] if self._input else "?"
