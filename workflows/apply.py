@@ -556,6 +556,7 @@ class ApplyWorkflow:
                     f"that did not finish within {int(LOCK_WAIT.total_seconds())} seconds",
                 )
             self._lock_free = None
+            self._flush_search_attributes()  # waiting_for_lock, for whoever looks meanwhile
             try:
                 await workflow.get_external_workflow_handle(lock_id).signal(ENQUEUE, [me, *queue])
             except FailureError:

@@ -348,6 +348,8 @@ async def test_applies_of_one_module_never_overlap(harness):
         # The second waits for the lock: compose up has still run only once.
         assert harness.transport.commands("compose_up") == [COMMAND]
         assert (await second.query("status"))["phase"] == "waiting_for_lock"
+        attrs = {k.name: v for k, v in (await second.describe()).typed_search_attributes}
+        assert attrs["PlatformStatus"] == "waiting_for_lock"
         release.set()
         outcomes = [await harness.outcome(first), await harness.outcome(second)]
     assert [o.status for o in outcomes] == ["applied", "applied"]
