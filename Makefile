@@ -8,8 +8,8 @@ VENV := .venv
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	# Bytecode up front: a worker that may not write .pyc (PYTHONDONTWRITEBYTECODE) would
-	# otherwise compile the workflow modules again for every workflow it runs.
+	# Bytecode up front, for where no .pyc may be written (PYTHONDONTWRITEBYTECODE): the tests
+	# run workflows in the SDK's sandbox, which imports their modules again for every workflow.
 	$(VENV)/bin/python -m compileall -q platformctl workflows activities worker.py
 	touch $@
 

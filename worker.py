@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.runtime import Runtime
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities import Deps, build_activities
 from platformctl.client import connect, register_search_attributes
@@ -157,6 +157,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime |
         workflows=ALL_WORKFLOWS,
         activities=build_activities(Deps(settings=settings, transport=transport, client=client)),
         graceful_shutdown_timeout=timedelta(seconds=20),
+        # No sandbox here: it ran each workflow's module again for every instance and went
+        # through it for every payload, about a third of this worker's CPU (README,
+        # Performance). The tests run every workflow, and the replayer every recorded
+        # history, in the SDK's sandbox, so a workflow that reads a clock or does I/O
+        # still fails there.
+        workflow_runner=UnsandboxedWorkflowRunner(),
         # Applies may wait days for approval: past this many, the least recently used
         # leave the worker's memory and are replayed from history when they next move
         # (about 0.27 MB each cached; bench/run.py --only rss).

@@ -1,7 +1,7 @@
 """The SDK floor, as issue 9 defines it: a workflow of as many sequential no-op
 activities (scheduled ones, each a server round trip) as the apply runs, local
-ones counted too. Its own module with plain imports, so it runs in the workflow
-sandbox as the apply does.
+ones counted too. Its own module with plain imports, so that it can run in the
+workflow sandbox (the SDK's default) as well as without it.
 """
 
 from __future__ import annotations

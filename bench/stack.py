@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from temporalio.client import Client, WorkflowHandle
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import worker as platform_worker
 from bench.floor import Floor, noop
@@ -118,9 +119,11 @@ async def platform_worker_task(platform: Platform, queue: str, phase: str = "05"
 
 
 @contextlib.asynccontextmanager
-async def floor_worker(platform: Platform, queue: str) -> AsyncIterator[None]:
-    """The floor's worker: SDK defaults, same client (pydantic converter), sandboxed like the apply."""
-    async with Worker(platform.client, task_queue=queue, workflows=[Floor], activities=[noop]):
+async def floor_worker(platform: Platform, queue: str, sandboxed: bool = True) -> AsyncIterator[None]:
+    """The floor's worker: SDK defaults (the workflow sandbox on), same client (pydantic
+    converter). `sandboxed=False`: without the sandbox, as worker.py runs the apply."""
+    runner = SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner()
+    async with Worker(platform.client, task_queue=queue, workflows=[Floor], activities=[noop], workflow_runner=runner):
         yield
 
 
