@@ -3,7 +3,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,11 @@ class Harness:
         )
 
     @contextlib.asynccontextmanager
-    async def worker(self) -> AsyncIterator[Worker]:
+    async def worker(self, workflows: Sequence[type] = ALL_WORKFLOWS) -> AsyncIterator[Worker]:
         worker = Worker(
             self.client,
             task_queue=self.task_queue,
-            workflows=ALL_WORKFLOWS,
+            workflows=workflows,
             activities=build_activities(Deps(settings=self.settings, transport=self.transport, client=self.client)),
         )
         async with worker:

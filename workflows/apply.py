@@ -116,6 +116,8 @@ HEALTH_OBSERVED_PATCH = "health-observed"
 # Applies started before search attributes were coalesced upsert each change on its own
 # (9 upserts an apply; each is a visibility write on the server: bench/run.py --only overhead).
 COALESCED_SEARCH_ATTRIBUTES_PATCH = "coalesced-search-attributes"
+# Applies started before LOCK_POLLS wait LOCK_POLL from the first poll on.
+LOCK_POLLS_PATCH = "lock-polls"
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
 # worker was down, or the host was slow to answer): that gap is neither stable time nor
 # spent health timeout. Small: it only ever restarts the stable window, never fails one.
@@ -141,6 +143,11 @@ STEP_SUMMARIES = {
 }
 LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
+# A wait (the first, and each after our turn came) asks again after each of these, then every
+# LOCK_POLL. An enqueue that reaches a lock as it closes (it handed on, or had no one to hand
+# on to) is lost with it, and the lock is free a moment later. One sent when our turn came
+# but the lock had not closed yet is such an enqueue. Waiters it had queued are handed on.
+LOCK_POLLS = tuple(timedelta(seconds=s) for s in (0.25, 0.5, 1))
 
 # Local checks: a few quick tries, then the apply ends as tool_error.
 LOCAL_STEP = workflow.ActivityConfig(
@@ -194,6 +201,7 @@ class ApplyWorkflow:
         self._phase_status = False  # PlatformStatus follows the phases (PHASE_STATUS_PATCH)
         self._local_checks = False  # LOCAL_CHECKS_PATCH, decided once at the start
         self._coalesce = False  # COALESCED_SEARCH_ATTRIBUTES_PATCH
+        self._lock_polls = False  # LOCK_POLLS_PATCH
         self._pending: dict[str, SearchAttributeUpdate[str]] = {}
 
     @workflow.run
@@ -206,12 +214,14 @@ class ApplyWorkflow:
                 non_retryable=True,
             )
         if kind == ROLLBACK_WORKFLOW:
+            self._lock_polls = workflow.patched(LOCK_POLLS_PATCH)
             self._phase_status = workflow.patched(PHASE_STATUS_PATCH)
             workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
             return await OperatorRollback(self).run(args)
-        # An apply started with this patch has every earlier change, so it asks for no
+        # An apply started with the latest patch has every earlier change, so it asks for no
         # other: each patch asked for is a marker and an upsert (TemporalChangeVersion).
-        self._coalesce = workflow.patched(COALESCED_SEARCH_ATTRIBUTES_PATCH)
+        self._lock_polls = workflow.patched(LOCK_POLLS_PATCH)
+        self._coalesce = self._lock_polls or workflow.patched(COALESCED_SEARCH_ATTRIBUTES_PATCH)
         self._phase_status = self._coalesce or workflow.patched(PHASE_STATUS_PATCH)
         self._upsert(PLATFORM_STATUS.value_set("running"))
         try:
@@ -525,6 +535,7 @@ class ApplyWorkflow:
         lock_id = project_lock_id(target.host.name, target.project)
         deadline = workflow.now() + LOCK_WAIT
         queue: list[str] = []  # handed to us by the previous holder
+        polls = iter(LOCK_POLLS if self._lock_polls else ())
         while True:
             self._raise_if_rejected()
             try:
@@ -561,15 +572,17 @@ class ApplyWorkflow:
                 await workflow.get_external_workflow_handle(lock_id).signal(ENQUEUE, [me, *queue])
             except FailureError:
                 continue  # the holder finished in between: try again at once
-            queue = []
+            if not self._lock_polls:
+                queue = []  # the lock may close with it: it goes on to our own lock too (LOCK_POLLS)
             try:
                 await workflow.wait_condition(
                     lambda: self._lock_free is not None or self._rejection is not None,
-                    timeout=min(LOCK_POLL, remaining),
+                    timeout=min(next(polls, LOCK_POLL), remaining),
                 )
             except TimeoutError:
                 continue
             queue = self._lock_free or []
+            polls = iter(LOCK_POLLS if self._lock_polls else ())  # a new wait
         self._lock_id = lock_id
         try:
             yield

@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
 
 import pytest
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
+from platformctl.models import LockRequest
 from platformctl.state import read_status
 from platformctl.transport import ConnectFailed, HostKeyMismatch
 from platformctl.transport.fake import failed, hang, ok, ps
@@ -26,6 +30,8 @@ from tests.platform_files import (
     plan,
     write_platform,
 )
+from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
+from workflows.registry import ALL_WORKFLOWS
 
 COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
 PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --format json honcho-redis"
@@ -355,6 +361,44 @@ async def test_applies_of_one_module_never_overlap(harness):
     assert [o.status for o in outcomes] == ["applied", "applied"]
     assert harness.transport.commands("compose_up") == [COMMAND, COMMAND]
     assert harness.transport.max_running == 1
+
+
+@workflow.defn(name="ProjectLockWorkflow", sandboxed=False)
+class LockSlowToClose(ProjectLockWorkflow):
+    """The real lock, but it closes a second after handing on: the waiter it handed its turn
+    to finds it still running (as on a busy server, where closing takes a workflow task)."""
+
+    @workflow.run
+    async def run(self, request: LockRequest) -> None:
+        await super().run(request)
+        await workflow.sleep(1)
+
+
+async def test_a_waiter_whose_turn_came_takes_the_lock_once_it_closes_not_a_poll_later(harness):
+    release = asyncio.Event()
+
+    async def slow_up(timeout_s: float):
+        await release.wait()
+        return ok()
+
+    harness.transport.script = {"compose_up": [slow_up, ok()]}
+    workflows = [LockSlowToClose if w is ProjectLockWorkflow else w for w in ALL_WORKFLOWS]
+    async with harness.worker(workflows):
+        first = await harness.start(apply_input(), workflow_id="apply-first")
+        await wait_for_phase(first, "applying")
+        second = await harness.start(apply_input(), workflow_id="apply-second")
+        await wait_for_phase(second, "waiting_for_lock")
+        await asyncio.sleep(0.5)  # its enqueue has reached the lock
+        release.set()
+        outcomes = [await harness.outcome(first), await harness.outcome(second)]
+        history = [e async for e in second.fetch_history_events()]
+    assert [o.status for o in outcomes] == ["applied", "applied"]
+    turn = next(e for e in history if e.workflow_execution_signaled_event_attributes.signal_name == LOCK_FREE)
+    locked = [e for e in history if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED][-1]
+    waited = locked.event_time.ToDatetime() - turn.event_time.ToDatetime()
+    # Its enqueue went to the closing lock and was lost with it: it asks again after LOCK_POLLS,
+    # not LOCK_POLL (10 s). Times are the server's, which the test server skips.
+    assert timedelta(seconds=1) <= waited < timedelta(seconds=3), waited
 
 
 # ---- verify_checkout --------------------------------------------------------------
