@@ -105,7 +105,7 @@ class PersistState(StepActivities):
 
     async def _report(self, inp: PersistStateInput) -> None:
         result = inp.result
-        duration = await self._duration()
+        duration = inp.duration_s
         error = f": {result.error.splitlines()[0][:300]}" if result.error else ""
         log.info(
             "apply %s@%s %s exit=%d in %s workflow=%s%s",
@@ -120,16 +120,3 @@ class PersistState(StepActivities):
                     exitCode=result.exitCode, workflow_id=inp.workflow_id, error=result.error, at=now_iso(),
                 )
             )
-
-    async def _duration(self) -> float | None:
-        """Seconds from the workflow's start to this activity's: both stamped by the server,
-        so no clock skew between it and the worker. None when the workflow cannot be described."""
-        info = activity.info()
-        try:
-            desc = await self.deps.client.get_workflow_handle(
-                info.workflow_id or "", run_id=info.workflow_run_id
-            ).describe()
-        except Exception as e:
-            log.debug("no start time for workflow %s: %s", info.workflow_id, e)
-            return None
-        return max(0.0, (info.started_time - desc.start_time).total_seconds())

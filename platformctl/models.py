@@ -323,6 +323,8 @@ class PersistStateInput(_Model):
     # What a re-apply needs: the plan and the approval it was applied with.
     plan: Plan | None = None
     approval: Approval | None = None
+    # From the workflow's start to this outcome (None from an apply started before it was sent).
+    duration_s: float | None = None
 
 
 class PersistedState(_Model):

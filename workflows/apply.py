@@ -813,6 +813,8 @@ class ApplyWorkflow:
             rejected_by=self._rejection.rejected_by if self._rejection else None,
             plan=self._input.plan if self._input else None,
             approval=self._approval,
+            # Both ends stamped by the server: no clock skew, and no describe call to learn the start.
+            duration_s=round((workflow.now() - info.workflow_start_time).total_seconds(), 3),
         )
 
     def _result(self, status: Status, error: str | None = None) -> ApplyResult:

@@ -47,6 +47,15 @@ async def test_each_outcome_is_one_info_line(harness, caplog):
     ), outcomes[1].getMessage()
 
 
+async def test_the_outcome_line_counts_the_time_the_apply_waited(harness, caplog):
+    caplog.set_level(logging.INFO)
+    out = await harness.apply(apply_input(approval_=None, approval_timeout_seconds=7200))
+    assert out.status == "approval_expired"
+    (line,) = lines(caplog, "platform.apply")
+    # From the workflow's start by the server's clock, which the test server skipped 2 h.
+    assert re.search(r" exit=\d+ in 720\d\.\ds ", line.getMessage()), line.getMessage()
+
+
 async def test_a_policy_refusal_is_one_warning_line_not_a_traceback(harness, caplog):
     caplog.set_level(logging.DEBUG)
     out = await harness.apply(apply_input(plan(source_dirty=True)))
