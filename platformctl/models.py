@@ -349,6 +349,7 @@ class LockRequest(_Model):
     host: str = ""
     project: str = ""
     queue: list[str] = []  # waiters handed on by the previous holder, first in line first
+    holder_hands_on: bool = False  # the lock returns its queue on release (LOCK_HAND_OVER_PATCH)
 
 
 # ---- module state, kept in Temporal (workflows/module_state.py) ------------

@@ -116,8 +116,9 @@ HEALTH_OBSERVED_PATCH = "health-observed"
 # Applies started before search attributes were coalesced upsert each change on its own
 # (9 upserts an apply; each is a visibility write on the server: bench/run.py --only overhead).
 COALESCED_SEARCH_ATTRIBUTES_PATCH = "coalesced-search-attributes"
-# Applies started before LOCK_POLLS wait LOCK_POLL from the first poll on.
-LOCK_POLLS_PATCH = "lock-polls"
+# Applies started before it wait LOCK_POLL from the first poll on, and leave it to their
+# lock to tell the next waiter (which may then find that lock still open).
+LOCK_HAND_OVER_PATCH = "lock-hand-over"
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
 # worker was down, or the host was slow to answer): that gap is neither stable time nor
 # spent health timeout. Small: it only ever restarts the stable window, never fails one.
@@ -144,9 +145,8 @@ STEP_SUMMARIES = {
 LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
 # A wait (the first, and each after our turn came) asks again after each of these, then every
-# LOCK_POLL. An enqueue that reaches a lock as it closes (it handed on, or had no one to hand
-# on to) is lost with it, and the lock is free a moment later. One sent when our turn came
-# but the lock had not closed yet is such an enqueue. Waiters it had queued are handed on.
+# LOCK_POLL: an enqueue that reaches a lock as it closes is lost with it, and the lock is free
+# a moment later. Waiters it had queued before are handed on.
 LOCK_POLLS = tuple(timedelta(seconds=s) for s in (0.25, 0.5, 1))
 
 # Local checks: a few quick tries, then the apply ends as tool_error.
@@ -201,7 +201,7 @@ class ApplyWorkflow:
         self._phase_status = False  # PlatformStatus follows the phases (PHASE_STATUS_PATCH)
         self._local_checks = False  # LOCAL_CHECKS_PATCH, decided once at the start
         self._coalesce = False  # COALESCED_SEARCH_ATTRIBUTES_PATCH
-        self._lock_polls = False  # LOCK_POLLS_PATCH
+        self._hand_over = False  # LOCK_HAND_OVER_PATCH
         self._pending: dict[str, SearchAttributeUpdate[str]] = {}
 
     @workflow.run
@@ -214,14 +214,14 @@ class ApplyWorkflow:
                 non_retryable=True,
             )
         if kind == ROLLBACK_WORKFLOW:
-            self._lock_polls = workflow.patched(LOCK_POLLS_PATCH)
+            self._hand_over = workflow.patched(LOCK_HAND_OVER_PATCH)
             self._phase_status = workflow.patched(PHASE_STATUS_PATCH)
             workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
             return await OperatorRollback(self).run(args)
         # An apply started with the latest patch has every earlier change, so it asks for no
         # other: each patch asked for is a marker and an upsert (TemporalChangeVersion).
-        self._lock_polls = workflow.patched(LOCK_POLLS_PATCH)
-        self._coalesce = self._lock_polls or workflow.patched(COALESCED_SEARCH_ATTRIBUTES_PATCH)
+        self._hand_over = workflow.patched(LOCK_HAND_OVER_PATCH)
+        self._coalesce = self._hand_over or workflow.patched(COALESCED_SEARCH_ATTRIBUTES_PATCH)
         self._phase_status = self._coalesce or workflow.patched(PHASE_STATUS_PATCH)
         self._upsert(PLATFORM_STATUS.value_set("running"))
         try:
@@ -535,7 +535,7 @@ class ApplyWorkflow:
         lock_id = project_lock_id(target.host.name, target.project)
         deadline = workflow.now() + LOCK_WAIT
         queue: list[str] = []  # handed to us by the previous holder
-        polls = iter(LOCK_POLLS if self._lock_polls else ())
+        polls = iter(LOCK_POLLS if self._hand_over else ())
         while True:
             self._raise_if_rejected()
             try:
@@ -544,6 +544,7 @@ class ApplyWorkflow:
                     LockRequest(
                         module=self._plan.module, holder_workflow_id=me,
                         host=target.host.name, project=target.project, queue=queue,
+                        holder_hands_on=self._hand_over,
                     ),
                     id=lock_id,
                     parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
@@ -572,7 +573,7 @@ class ApplyWorkflow:
                 await workflow.get_external_workflow_handle(lock_id).signal(ENQUEUE, [me, *queue])
             except FailureError:
                 continue  # the holder finished in between: try again at once
-            if not self._lock_polls:
+            if not self._hand_over:
                 queue = []  # the lock may close with it: it goes on to our own lock too (LOCK_POLLS)
             try:
                 await workflow.wait_condition(
@@ -582,7 +583,7 @@ class ApplyWorkflow:
             except TimeoutError:
                 continue
             queue = self._lock_free or []
-            polls = iter(LOCK_POLLS if self._lock_polls else ())  # a new wait
+            polls = iter(LOCK_POLLS if self._hand_over else ())  # a new wait
         self._lock_id = lock_id
         try:
             yield
@@ -591,12 +592,22 @@ class ApplyWorkflow:
             await self._uncancellable(self._release(handle))
 
     @staticmethod
-    async def _release(handle: workflow.ChildWorkflowHandle[Any, None]) -> None:
+    async def _release(handle: workflow.ChildWorkflowHandle[Any, list[str] | None]) -> None:
         try:
             await handle.signal(RELEASE)
-            await handle  # closed means handed on: the next apply starts at once
+            # Closed means free. A lock asked to (LockRequest.holder_hands_on) returns its
+            # queue, and the first waiter still running is told here, after the close,
+            # so its start finds the lock free; others handed on already.
+            waiting = await handle or []
         except FailureError as e:  # terminated or failed: it holds nothing either way
             workflow.logger.warning("lock %s closed abnormally: %s", handle.id, e)
+            return
+        for i, head in enumerate(waiting):
+            try:
+                await workflow.get_external_workflow_handle(head).signal(LOCK_FREE, waiting[i + 1:])
+                return
+            except FailureError:
+                continue  # that waiter has gone: the next in line
 
     @asynccontextmanager
     async def _module_lock_v1(self, module: str) -> AsyncIterator[None]:

@@ -59,20 +59,25 @@ class ProjectLockWorkflow:
         self._waiting: list[str] = []
 
     @workflow.run
-    async def run(self, request: LockRequest) -> None:
+    async def run(self, request: LockRequest) -> list[str] | None:
         if workflow.info().parent is None:
-            return  # not started by an apply: it guards nothing, so it holds nothing
+            return None  # not started by an apply: it guards nothing, so it holds nothing
         self._holder = request.holder_workflow_id
         self._lock = f"{request.host}/{request.project}"
         self._enqueue(request.queue)
         await workflow.wait_condition(lambda: self._released)
+        if request.holder_hands_on:
+            # The queue goes back to the holder, which tells the first waiter once this lock
+            # has closed: a waiter told before then would find it still open.
+            return self._waiting
         while self._waiting:
             head = self._waiting.pop(0)
             try:
                 await workflow.get_external_workflow_handle(head).signal(LOCK_FREE, self._waiting)
-                return
+                return None
             except FailureError:
                 continue  # that waiter has gone: the next in line
+        return None
 
     def _enqueue(self, ids: list[str]) -> None:
         for wid in ids:
