@@ -5,10 +5,13 @@ never overlap, whatever modules they belong to. Workflow ids are unique among
 running workflows, so an apply holds the lock by starting
 `platform-lock:<host>:<project>` as its child. The child dies with its holder
 (ParentClosePolicy.TERMINATE), so a failed or terminated apply cannot leave it
-held. An apply that finds it taken joins the lock's queue; on release the lock
-hands the queue to the first waiter still running, which starts the next
-lock at once. Waiters also retry every LOCK_POLL, which covers a holder that
-died without handing on.
+held. An apply that finds it taken joins the lock's queue. On release the lock
+returns the queue to its holder, which, once the lock has closed, tells the
+first waiter still running, and that one starts the next lock at once (an
+apply started before LockRequest.holder_hands_on gets the old behaviour: the
+lock tells the waiter itself, sometimes before it has closed). Waiters also
+ask again after LOCK_POLLS, then every LOCK_POLL, which covers an enqueue
+that reached the lock as it closed and a holder that died without handing on.
 
 Messages arrive raw and are decoded defensively: a payload of any shape is
 ignored at worst, never a failed workflow task.
