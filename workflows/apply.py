@@ -575,7 +575,7 @@ class ApplyWorkflow:
             except FailureError:
                 continue  # the holder finished in between: try again at once
             if not self._hand_over:
-                queue = []  # the lock may close with it: it goes on to our own lock too (LOCK_POLLS)
+                queue = []  # kept with the hand-over: that lock may close with it, so ours gets it too
             try:
                 await workflow.wait_condition(
                     lambda: self._lock_free is not None or self._rejection is not None,
