@@ -78,7 +78,15 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.policy.health import verdict
     from platformctl.policy.snapshot import rollback_image
     from workflows.module_lock import ModuleLockWorkflow, lock_workflow_id
-    from workflows.project_lock import ENQUEUE, LOCK_FREE, RELEASE, ProjectLockWorkflow, project_lock_id, workflow_ids
+    from workflows.project_lock import (
+        ENQUEUE,
+        LOCK_FREE,
+        RELEASE,
+        ProjectLockWorkflow,
+        hand_on,
+        project_lock_id,
+        workflow_ids,
+    )
     from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
 
 T = TypeVar("T")
@@ -603,12 +611,7 @@ class ApplyWorkflow:
         except FailureError as e:  # terminated or failed: it holds nothing either way
             workflow.logger.warning("lock %s closed abnormally: %s", handle.id, e)
             return
-        for i, head in enumerate(waiting):
-            try:
-                await workflow.get_external_workflow_handle(head).signal(LOCK_FREE, waiting[i + 1:])
-                return
-            except FailureError:
-                continue  # that waiter has gone: the next in line
+        await hand_on(waiting)
 
     @asynccontextmanager
     async def _module_lock_v1(self, module: str) -> AsyncIterator[None]:

@@ -51,6 +51,16 @@ def workflow_ids(args: Sequence[RawValue]) -> list[str]:
     return [v for v in value if isinstance(v, str) and 0 < len(v) <= 1000][:MAX_QUEUE]
 
 
+async def hand_on(waiting: list[str]) -> None:
+    """Tell the first waiter still running that its turn has come, with the rest of the queue."""
+    for i, head in enumerate(waiting):
+        try:
+            await workflow.get_external_workflow_handle(head).signal(LOCK_FREE, waiting[i + 1:])
+            return
+        except FailureError:
+            continue  # that waiter has gone: the next in line
+
+
 # A bad start input (only a caller other than an apply can send one) fails this
 # workflow instead of its task: a wedged lock would block its project.
 @workflow.defn(name="ProjectLockWorkflow", failure_exception_types=[Exception])
@@ -73,13 +83,7 @@ class ProjectLockWorkflow:
             # The queue goes back to the holder, which tells the first waiter once this lock
             # has closed: a waiter told before then would find it still open.
             return self._waiting
-        while self._waiting:
-            head = self._waiting.pop(0)
-            try:
-                await workflow.get_external_workflow_handle(head).signal(LOCK_FREE, self._waiting)
-                return None
-            except FailureError:
-                continue  # that waiter has gone: the next in line
+        await hand_on(self._waiting)
         return None
 
     def _enqueue(self, ids: list[str]) -> None:
