@@ -1,10 +1,13 @@
 """ReapplyWorkflow: apply each module's last approved state again, to correct drift.
 
 Meant for a Temporal Schedule (overlap policy: skip; pause on failure). One
-child ApplyWorkflow per module, at most `max_parallel` at once and one at a
-time per compose project, with the plan and approval the module was last
+child ApplyWorkflow per module, with the plan and approval the module was last
 applied with: no new approval, and nothing that was not approved (see
 platformctl/policy/reapply.py for which modules are skipped, and why).
+
+At most `max_parallel` compose projects at once, one apply at a time changing
+each. A project's next apply starts while the one before it runs: it makes
+its checks and waits on the project lock, which is handed straight on to it.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.workflow import ChildWorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
     from activities.reapply import Reapply
@@ -30,6 +35,11 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.policy.reapply import drifted, skip_reason
 
 APPLY_WORKFLOW = "ApplyWorkflow"
+# Runs started before it counted applies, not projects, and waited for one
+# apply of a project to end before starting the next.
+PIPELINE_PATCH = "reapply-pipeline"
+
+Child = ChildWorkflowHandle[Any, dict[str, Any]]  # a started ApplyWorkflow
 
 
 # A bad input (a hand-made schedule) fails this run instead of wedging it:
@@ -39,6 +49,7 @@ class ReapplyWorkflow:
     @workflow.run
     async def run(self, request: ReapplyInput | None = None) -> ReapplyResult:
         req = request or ReapplyInput()
+        pipelined = workflow.patched(PIPELINE_PATCH)
         candidates = await workflow.execute_activity_method(
             Reapply.plan_reapply,
             PlanReapplyInput(modules=req.modules),
@@ -59,11 +70,22 @@ class ReapplyWorkflow:
                 lanes[c.lane or c.module].append(c)
 
         async def run_lane(lane: list[ReapplyCandidate]) -> None:
-            for c in lane:  # one project at a time: they would only queue on its lock
-                async with slots:
-                    entries[c.module] = await self._reapply(c)
+            async with slots:  # a slot is a project: only one of its applies holds its lock
+                ahead: tuple[ReapplyCandidate, Child] | None = None
+                for c in lane:
+                    started = (c, await self._start(c))  # queues on the lock behind the one ahead
+                    if ahead is not None:
+                        entries[ahead[0].module] = await self._outcome(*ahead)
+                    ahead = started
+                if ahead is not None:
+                    entries[ahead[0].module] = await self._outcome(*ahead)
 
-        await asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
+        async def run_lane_unpipelined(lane: list[ReapplyCandidate]) -> None:
+            for c in lane:
+                async with slots:
+                    entries[c.module] = await self._outcome(c, await self._start(c))
+
+        await asyncio.gather(*((run_lane if pipelined else run_lane_unpipelined)(lane) for lane in lanes.values()))
         result = ReapplyResult(results=[entries[c.module] for c in candidates])
         failed = [e.module for e in result.results if e.outcome == "failed"]
         if failed:
@@ -72,17 +94,20 @@ class ReapplyWorkflow:
             )
         return result
 
-    async def _reapply(self, c: ReapplyCandidate) -> ReapplyEntry:
+    async def _start(self, c: ReapplyCandidate) -> Child:
         assert c.state is not None and c.state.last_applied is not None
         last = c.state.last_applied
+        return await workflow.start_child_workflow(
+            APPLY_WORKFLOW,
+            ApplyInput(plan=last.plan, approval=last.approval.model_dump(mode="json")),
+            id=f"reapply-{c.module}-{last.sha[:12]}-{workflow.info().run_id[:8]}",
+            static_summary=f"re-apply {c.module}@{c.host} {last.sha[:7]} PR #{last.pr}",
+            result_type=dict,
+        )
+
+    async def _outcome(self, c: ReapplyCandidate, child: Child) -> ReapplyEntry:
         try:
-            result = await workflow.execute_child_workflow(
-                APPLY_WORKFLOW,
-                ApplyInput(plan=last.plan, approval=last.approval.model_dump(mode="json")),
-                id=f"reapply-{c.module}-{last.sha[:12]}-{workflow.info().run_id[:8]}",
-                static_summary=f"re-apply {c.module}@{c.host} {last.sha[:7]} PR #{last.pr}",
-                result_type=dict,
-            )
+            result = await child
         except ChildWorkflowError as e:
             cause = e.cause
             detail = cause.details[0] if isinstance(cause, ApplicationError) and cause.details else None

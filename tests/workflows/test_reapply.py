@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -33,10 +34,10 @@ async def module_state(harness, module: str = "honcho-redis") -> ModuleState | N
     return await handle.query("state", result_type=ModuleState)
 
 
-async def reapply(harness, request: dict) -> tuple[str, dict]:
+async def reapply(harness, request: dict, workflow_id: str | None = None) -> tuple[str, dict]:
     """(how it ended, its result): "completed", or the ReapplyFailed error type."""
     handle = await harness.client.start_workflow(
-        "ReapplyWorkflow", request, id=f"reapply-{uuid.uuid4()}", task_queue=harness.task_queue
+        "ReapplyWorkflow", request, id=workflow_id or f"reapply-{uuid.uuid4()}", task_queue=harness.task_queue
     )
     try:
         return "completed", await handle.result()
@@ -159,6 +160,41 @@ async def test_reapply_fails_when_a_module_fails(harness, fresh_module):
     assert outcomes == {fresh_module: "failed", broken: "failed"}
     assert result["results"][0]["apply"]["status"] == "remote_failed"
     assert "'..'" in result["results"][1]["reason"]
+
+
+async def test_a_project_s_next_apply_queues_on_its_lock_while_the_one_before_it_runs(harness):
+    """One slot is enough for a project: its next apply makes its checks while the
+    one before it runs, and compose up never runs twice at once in the project."""
+    project = f"p{uuid.uuid4().hex[:12]}"
+    modules = [f"m-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    write_platform(harness.root, modules=[
+        module_doc(m, compose_service="honcho-redis", compose_file=f"{project}/compose.yaml", health=FAST_HEALTH)
+        for m in modules
+    ])
+    ups = {"running": 0, "most": 0}
+
+    async def slow_up(timeout_s: float):
+        ups["running"] += 1
+        ups["most"] = max(ups["most"], ups["running"])
+        await asyncio.sleep(0.5)
+        ups["running"] -= 1
+        return ok()
+
+    async with harness.worker():
+        for m in modules:
+            assert (await harness.outcome(await harness.start(request_for(m)))).status == "applied"
+        harness.transport.script = {"compose_up": [slow_up]}
+        workflow_id = f"reapply-{uuid.uuid4()}"
+        how, result = await reapply(harness, {"modules": modules, "max_parallel": 1}, workflow_id)
+        history = (await harness.client.get_workflow_handle(workflow_id).fetch_history()).events
+    assert how == "completed" and [e["outcome"] for e in result["results"]] == ["applied"] * 3
+    assert ups["most"] == 1
+    in_flight, most = 0, 0
+    for e in history:
+        in_flight += e.HasField("child_workflow_execution_started_event_attributes")
+        in_flight -= e.HasField("child_workflow_execution_completed_event_attributes")
+        most = max(most, in_flight)
+    assert most == 2  # the one holding the lock and the next, waiting for it
 
 
 @pytest.mark.parametrize("bad", [{"max_parallel": 0}, {"max_parallel": 1000}, {"modules": "all"}, "not an object"])
