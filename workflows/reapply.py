@@ -69,23 +69,51 @@ class ReapplyWorkflow:
             else:
                 lanes[c.lane or c.module].append(c)
 
+        running: set[asyncio.Future[None]] = set()  # each started apply, until it ends
+        stopping = False  # cancelled: start no more
+
+        async def outcome(c: ReapplyCandidate, child: Child) -> None:
+            entries[c.module] = await self._outcome(c, child)
+
         async def run_lane(lane: list[ReapplyCandidate]) -> None:
             async with slots:  # a slot is a project: only one of its applies holds its lock
-                ahead: tuple[ReapplyCandidate, Child] | None = None
+                ahead: asyncio.Future[None] | None = None
                 for c in lane:
-                    started = (c, await self._start(c))  # queues on the lock behind the one ahead
+                    if stopping:
+                        break
+                    child = await self._start(c)  # queues on the lock behind the one ahead
+                    task = asyncio.ensure_future(outcome(c, child))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    if stopping:
+                        task.cancel()
                     if ahead is not None:
-                        entries[ahead[0].module] = await self._outcome(*ahead)
-                    ahead = started
+                        await ahead
+                    ahead = task
                 if ahead is not None:
-                    entries[ahead[0].module] = await self._outcome(*ahead)
+                    await ahead
 
         async def run_lane_unpipelined(lane: list[ReapplyCandidate]) -> None:
             for c in lane:
                 async with slots:
                     entries[c.module] = await self._outcome(c, await self._start(c))
 
-        await asyncio.gather(*((run_lane if pipelined else run_lane_unpipelined)(lane) for lane in lanes.values()))
+        each_lane = run_lane if pipelined else run_lane_unpipelined
+        lanes_done = asyncio.gather(*(each_lane(lane) for lane in lanes.values()))
+        if not pipelined:
+            await lanes_done
+        else:
+            try:
+                await asyncio.shield(lanes_done)
+            except asyncio.CancelledError:
+                # Every apply in flight is cancelled, the one waiting on its project's lock
+                # too (awaited by nobody, it would take the lock and run compose up), and
+                # no other starts. Each ends as its cancel leaves it; then this run.
+                stopping = True
+                for task in list(running):
+                    task.cancel()
+                await lanes_done
+                raise
         result = ReapplyResult(results=[entries[c.module] for c in candidates])
         failed = [e.module for e in result.results if e.outcome == "failed"]
         if failed:

@@ -6,8 +6,9 @@ import asyncio
 import uuid
 
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
@@ -195,6 +196,53 @@ async def test_a_project_s_next_apply_queues_on_its_lock_while_the_one_before_it
         in_flight -= e.HasField("child_workflow_execution_completed_event_attributes")
         most = max(most, in_flight)
     assert most == 2  # the one holding the lock and the next, waiting for it
+
+
+async def test_a_cancelled_reapply_cancels_the_apply_waiting_on_the_lock_too(harness):
+    """The next apply of a project runs beside the one ahead of it; a cancel reaches
+    both, so the second never runs compose up (nor is it terminated mid-run when the
+    re-apply closes)."""
+    project = f"p{uuid.uuid4().hex[:12]}"
+    modules = [f"m-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    write_platform(harness.root, modules=[
+        module_doc(m, compose_service="honcho-redis", compose_file=f"{project}/compose.yaml", health=FAST_HEALTH)
+        for m in modules
+    ])
+    gate = asyncio.Event()
+
+    async def held_up(timeout_s: float):
+        await gate.wait()
+        return ok()
+
+    async with harness.worker():
+        for m in modules:
+            assert (await harness.outcome(await harness.start(request_for(m)))).status == "applied"
+        harness.transport.script = {"compose_up": [held_up, ok()]}
+        harness.transport.calls.clear()
+        handle = await harness.client.start_workflow(
+            "ReapplyWorkflow", {"modules": modules, "max_parallel": 1},
+            id=f"reapply-{uuid.uuid4()}", task_queue=harness.task_queue,
+        )
+        lock = harness.client.get_workflow_handle(f"platform-lock:rs2000:{project}")
+        for _ in range(200):  # until one apply is in compose up and the other waits for it
+            try:
+                if (await lock.query("state"))["waiting"]:
+                    break
+            except RPCError:
+                pass
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the second apply never queued on the lock")
+        await handle.cancel()
+        gate.set()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        history = (await handle.fetch_history()).events
+        children = [e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+                    for e in history if e.HasField("child_workflow_execution_started_event_attributes")]
+        ended = [(await harness.client.get_workflow_handle(c).describe()).status for c in children]
+    assert len(children) == 2 and ended == [WorkflowExecutionStatus.CANCELED] * 2
+    assert len(harness.transport.commands("compose_up")) == 1
 
 
 @pytest.mark.parametrize("bad", [{"max_parallel": 0}, {"max_parallel": 1000}, {"modules": "all"}, "not an object"])
