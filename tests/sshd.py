@@ -152,6 +152,20 @@ class SshHost:
             _kill(pid)
         Path(self.state_dir, "hang.pid").unlink()
 
+    def _kill_stand_ins(self) -> None:
+        """Every stand-in of this host still running: a session whose sshd was killed
+        (the chaos tests) leaves its command behind, orphaned, and it outlived the run."""
+        ours = str(Path(self.bin_dir, "docker")).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                found = ours in (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if found:
+                _kill(int(proc.name))
+
     def reset(self) -> None:
         self._kill_hung_stand_in()
         # Truncate in place: the files stay owned by the deploy user who writes them.
@@ -164,6 +178,7 @@ class SshHost:
 
     def stop(self) -> None:
         self._kill_hung_stand_in()
+        self._kill_stand_ins()
         self.drop_connections()
         self.process.terminate()
         self.process.wait(timeout=5)
