@@ -247,7 +247,7 @@ class DockerEngine:
 def _running(pid: int) -> bool:
     try:
         stat = Path("/proc", str(pid), "stat").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone: no file, or (reaped between open and read) ESRCH
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

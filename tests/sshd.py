@@ -146,7 +146,7 @@ class SshHost:
             return
         try:  # the PID may be long gone and reused: only kill our stand-in
             ours = str(Path(self.bin_dir, "docker")).encode() in Path("/proc", str(pid), "cmdline").read_bytes()
-        except FileNotFoundError:
+        except OSError:  # gone: no file, or (reaped between open and read) ESRCH
             ours = False
         if ours:  # a failed test may have left it behind, possibly orphaned
             _kill(pid)
@@ -191,7 +191,7 @@ def process_running(pid: int) -> bool:
     and os.kill(pid, 0) still succeeds on it."""
     try:
         stat = Path("/proc", str(pid), "stat").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone: no file, or (reaped between open and read) ESRCH
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
