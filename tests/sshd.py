@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAND_IN_BIN = REPO / "tests" / "stand_in"  # the sources; hosts run copies
 STAND_INS = ("docker", "git")
 GATE = REPO / "host" / "platform-gate"
+GATE_CODE = REPO / "host" / "platform_gate.py"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_HEAD_SHA = "0123456789abcdef0123456789abcdef01234567"
 COMPOSE_FILE = "compose/core/compose.yaml"
@@ -283,6 +284,25 @@ def _install(source: Path, target: Path) -> None:
     target.chmod(0o755)
 
 
+def install_gate(lib: Path, link: Path) -> Path:
+    """host/README.md's install, with `lib` for /usr/local/lib/platform-gate and
+    `link` for /usr/local/bin/platform-gate: the two files, their bytecode
+    compiled by the interpreter of the gate's #! line, and the link."""
+    lib.mkdir(parents=True)
+    for path in (lib.parent, lib):
+        path.chmod(0o755)
+    _install(GATE, lib / GATE.name)
+    shutil.copyfile(GATE_CODE, lib / GATE_CODE.name)
+    (lib / GATE_CODE.name).chmod(0o644)
+    subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(lib)], check=True)
+    cache = lib / "__pycache__"
+    cache.chmod(0o755)  # readable by the deploy user whatever the umask was
+    for pyc in cache.iterdir():
+        pyc.chmod(0o644)
+    link.symlink_to(lib / GATE.name)
+    return link
+
+
 def _check_stand_ins(entry: pwd.struct_passwd, path: str, bin_dir: Path, names: tuple[str, ...] = STAND_INS) -> None:
     """Fail loudly unless the deploy user, on the sessions' PATH, gets the
     stand-ins: else the machine's real docker would answer the tests."""
@@ -373,9 +393,9 @@ def start_sshd(
     restrictions = ""
     if gate:
         # By its path, as on a host, so that its #! line (/usr/bin/python3 -IS) applies.
-        _install(GATE, base / "platform-gate")
+        gate_program = install_gate(base / "lib" / "platform-gate", base / "platform-gate")
         options = "".join(f" --sacred {path}" for path in sacred)
-        restrictions = f'command="{base / "platform-gate"} --path {session_path}{options} {remote_root}",restrict '
+        restrictions = f'command="{gate_program} --path {session_path}{options} {remote_root}",restrict '
 
     authorized_keys = base / "authorized_keys"
     authorized_keys.write_text(f"{restrictions}{client_pub}\n")

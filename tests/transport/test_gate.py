@@ -33,9 +33,11 @@ from platformctl.transport.ssh import SshTransport
 from tests.sshd import (
     COMPOSE_FILE,
     GATE,
+    GATE_CODE,
     STAND_IN_BIN,
     SYSTEM_PATH,
     eventually,
+    install_gate,
     process_running,
     serve,
     unavailable_reason,
@@ -462,8 +464,8 @@ def test_bad_gate_arguments_refuse_everything(local_root, args):
 
 
 def load_gate():
-    """host/platform-gate as a module (it has no .py suffix)."""
-    loader = importlib.machinery.SourceFileLoader("platform_gate", str(GATE))
+    """host/platform_gate.py, the gate's code (host/ is no package)."""
+    loader = importlib.machinery.SourceFileLoader("platform_gate", str(GATE_CODE))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(module)
     return module
@@ -509,6 +511,22 @@ def test_the_gate_starts_without_heavy_imports(local_root):
     imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
     assert "select" in imported  # the output is what it seems
     assert imported & {"re", "enum", "shlex", "signal", "subprocess", "shutil", "json", "site"} == set()
+
+
+@needs_system_python
+def test_the_installed_gate_runs_from_the_bytecode_compiled_at_install(local_root, tmp_path):
+    # A script is compiled on every run (about 5 ms of each gated command); the
+    # gate's module, installed as host/README.md says, is not.
+    root, state = local_root
+    gate = install_gate(tmp_path / "lib" / "platform-gate", tmp_path / "platform-gate")
+    interpreter = GATE.read_text().splitlines()[0].removeprefix("#!").split()
+    argv = [*interpreter, "-v", str(gate), root]  # refused as root, after the imports
+    result = subprocess.run(argv, env=gate_env(git_head(root).render(), state), capture_output=True, text=True)
+    assert result.returncode == REFUSED and ROOT_REFUSAL in result.stderr  # -v goes on after it, at exit
+    loaded = [line for line in result.stderr.splitlines() if line.startswith("# code object from")]
+    assert [line for line in loaded if "platform_gate" in line] == [
+        f"# code object from '{tmp_path}/lib/platform-gate/__pycache__/platform_gate.cpython-311.pyc'"
+    ]
 
 
 @needs_system_python

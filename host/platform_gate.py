@@ -1,0 +1,322 @@
+"""Forced command for the deploy key: run only the commands platformctl sends.
+
+host/platform-gate, the program authorized_keys names, runs main() from here
+(installed beside it, see host/README.md). authorized_keys on a host:
+
+    command="/usr/local/bin/platform-gate --sacred backups/ /opt/platform",restrict ssh-ed25519 AAAA...
+
+Usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... ROOT
+
+Run as root (effective uid 0, whatever the user is called), the gate refuses
+everything: the deploy user must not be root.
+
+sshd puts the client's command in SSH_ORIGINAL_COMMAND. It is split into
+words as shlex.split does (shell quoting, no expansion) and allowed only if
+it is exactly one of
+
+    docker compose -f ROOT/<rel>.yml|.yaml up -d SERVICE
+    docker compose -f ROOT/<rel>.yml|.yaml ps --format json SERVICE
+    docker compose -f ROOT/<rel>.yml|.yaml images --format json SERVICE
+    docker compose -f ROOT/<rel>.yml|.yaml -f - up -d --no-deps --no-build --pull never SERVICE
+    git -C ROOT rev-parse HEAD
+
+The compose file must also stay inside ROOT, and not be or lie under a sacred
+path, once symlinks are resolved. Sacred paths are the defaults below plus
+each `--sacred PATH` (relative to ROOT, or absolute).
+
+The last compose shape (an image rollback) reads a compose override from
+standard input. The gate reads it first, up to EOF and at most PIN_MAX_BYTES,
+and allows it only if it is, byte for byte, the compact JSON pin of that same
+SERVICE to one image ID:
+
+    {"services":{"SERVICE":{"image":"sha256:<64 lowercase hex>"}}}
+
+(no whitespace, no newline, no other key). Compose then gets exactly those
+bytes on its standard input, so the override can change the service's image
+and nothing else. The other shapes get the session's standard input as it is.
+
+Everything else is refused with exit 126 and nothing runs. The program is
+started by absolute path, found on a fixed PATH (default below; `--path`
+in authorized_keys overrides it), with no shell in between.
+
+The gate starts for every command, so it imports nothing it can do without:
+`-I` keeps PYTHON* variables and user site-packages out, `-S` skips
+site-packages (the gate is stdlib only), and re, shlex, subprocess, shutil
+and signal are replaced by a few lines each (importing them tripled the
+gate's start-up time). Its code is this module, not the script itself, so
+that Python runs it from the bytecode compiled at install time: a script is
+compiled on every run, about 5 ms of each gated command.
+
+The gate stays as the parent of the command instead of exec'ing it: OpenSSH
+refuses "signal" requests for forced-command sessions, and closing a channel
+only closes the command's pipes. So the gate watches its stdout and stderr;
+when the client closes the channel (e.g. at its timeout) the reading end goes
+away and the gate kills the command's whole process group.
+"""
+
+import os
+import posixpath
+import select
+import sys
+from _signal import SIGKILL, SIGPIPE, SIGXFSZ  # signal's C core: `signal` itself imports enum
+
+REFUSED = 126
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+SERVICE_CHARS = ALNUM | frozenset("_.-")  # a service: [a-zA-Z0-9][a-zA-Z0-9_.-]*
+HEX = frozenset("0123456789abcdef")
+PIN_MAX_BYTES = 4096  # the same bound as PIN_MAX_BYTES in platformctl/commands.py
+# The same list as DEFAULT_SACRED_PATHS in platformctl/config.py: the gate is
+# copied to hosts without platformctl, so it keeps its own copy.
+DEFAULT_SACRED = (".env", ".git/", "secrets/", "/etc/", "/root/")
+USAGE = "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... ROOT"
+# What may stand between `docker compose -f FILE` and SERVICE, by shape.
+COMPOSE_SHAPES = {
+    ("up", "-d"): "up",
+    ("ps", "--format", "json"): "ps",
+    ("images", "--format", "json"): "images",
+    ("-f", "-", "up", "-d", "--no-deps", "--no-build", "--pull", "never"): "rollback",
+}
+
+
+class Refused(Exception):
+    pass
+
+
+def parse_args(argv):
+    """(root, bin_path, sacred) from the gate's own arguments, set by the host's admin."""
+    bin_path, sacred = DEFAULT_PATH, list(DEFAULT_SACRED)
+    while len(argv) >= 2 and argv[0] in ("--path", "--sacred"):
+        if argv[0] == "--path":
+            bin_path = argv[1]
+        else:
+            sacred.append(argv[1])
+        argv = argv[2:]
+    if len(argv) != 1:
+        raise Refused(USAGE)
+    root = argv[0]
+    if not normalized_absolute(root) or root == "/":
+        raise Refused("platform-gate: ROOT must be a normalized absolute path other than /")
+    return root, bin_path, sacred
+
+
+def has_control(text):
+    return any(ch < " " or ch == "\x7f" for ch in text)
+
+
+def service_ok(name):
+    return name[:1] in ALNUM and set(name) <= SERVICE_CHARS
+
+
+def image_id_ok(value):
+    """sha256:<64 lowercase hex>"""
+    return len(value) == 71 and value.startswith("sha256:") and set(value[7:]) <= HEX
+
+
+def normalized_absolute(path):
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and posixpath.normpath(path) == path
+        and not has_control(path)
+    )
+
+
+def compose_file_ok(path, root):
+    if not (normalized_absolute(path) and path.endswith((".yml", ".yaml"))):
+        return False
+    if not path.startswith(root + "/"):
+        return False
+    # A symlink inside ROOT must not lead compose outside it.
+    real_root = os.path.realpath(root)
+    return os.path.realpath(path).startswith(real_root + "/")
+
+
+def sacred_match(path, root, sacred):
+    """The sacred entry the compose file is or lies under once symlinks are
+    resolved, or None."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    for entry in sacred:
+        # Resolved the same way as the file, so a link on either side cannot
+        # hide the match; join keeps an absolute entry as it is.
+        prefix = os.path.realpath(os.path.join(real_root, entry))
+        if real == prefix or real.startswith(prefix.rstrip("/") + "/"):
+            return entry
+    return None
+
+
+def shape(argv, root):
+    """The permitted shape argv is, exactly ("up", "ps", "images", "rollback"
+    or "git_head"), or None."""
+    if argv[:3] == ["docker", "compose", "-f"] and len(argv) > 4:
+        name = COMPOSE_SHAPES.get(tuple(argv[4:-1]))
+        if name and compose_file_ok(argv[3], root) and service_ok(argv[-1]):
+            return name
+        return None
+    if argv == ["git", "-C", root, "rev-parse", "HEAD"]:
+        return "git_head"
+    return None
+
+
+def split_command(command):
+    """The words of `command` exactly as shlex.split gives them (POSIX rules,
+    no expansion): blanks separate words, '...' is literal, in "..." a
+    backslash escapes only " and itself, elsewhere any character."""
+    words, word, quote = [], None, None  # word is None between words
+    chars = iter(command)
+    for ch in chars:
+        if quote == "'" and ch != "'" or quote == '"' and ch not in '"\\':
+            word += ch
+        elif ch == "\\":
+            escaped = next(chars, None)
+            if escaped is None:
+                raise ValueError("No escaped character")
+            kept = "\\" if quote == '"' and escaped not in '"\\' else ""  # "a\b" is a\b
+            word = (word or "") + kept + escaped
+        elif ch == quote:
+            quote = None
+        elif ch in "'\"":
+            quote, word = ch, word or ""  # '' is a word, if an empty one
+        elif ch in " \t\r\n":
+            if word is not None:
+                words.append(word)
+            word = None
+        else:
+            word = (word or "") + ch
+    if quote:
+        raise ValueError("No closing quotation")
+    return words if word is None else words + [word]
+
+
+def parse(command, root, sacred):
+    if not command:
+        raise Refused("platform-gate: no command (interactive sessions are not allowed)")
+    if has_control(command):
+        raise Refused("platform-gate: control character in command")
+    try:
+        argv = split_command(command)
+    except ValueError as exc:
+        raise Refused(f"platform-gate: cannot parse command: {exc}") from None
+    name = shape(argv, root)
+    if name is None:
+        raise Refused(f"platform-gate: command not allowed: {command}")
+    if argv[0] == "docker":
+        entry = sacred_match(argv[3], root, sacred)
+        if entry is not None:
+            raise Refused(f"platform-gate: compose file {argv[3]} is under sacred path {entry}")
+    return argv, name
+
+
+def read_stdin(limit):
+    """Standard input up to EOF, or its first limit + 1 bytes if it is longer."""
+    chunks, size = [], 0
+    while size <= limit:
+        try:
+            chunk = os.read(0, limit + 1 - size)
+        except OSError as exc:  # e.g. no stdin at all
+            raise Refused(f"platform-gate: cannot read the image pin: {exc}") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def canonical_pin(service, image_id):
+    import json  # here, not at the top: only a rollback pays for it at start-up
+
+    return json.dumps({"services": {service: {"image": image_id}}}, separators=(",", ":")).encode("ascii")
+
+
+def pin_ok(data, service):
+    """True if data is exactly the canonical pin of `service` to an image ID."""
+    import json
+
+    try:
+        image_id = json.loads(data.decode("ascii"))["services"][service]["image"]
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return False
+    if not (isinstance(image_id, str) and image_id_ok(image_id)):
+        return False
+    # Rebuilt from the parsed ID and the command's own SERVICE, then compared
+    # as bytes: duplicate keys, other keys or services, spacing all differ.
+    return data == canonical_pin(service, image_id)
+
+
+def read_pin(service):
+    data = read_stdin(PIN_MAX_BYTES)
+    if len(data) > PIN_MAX_BYTES:
+        raise Refused(f"platform-gate: image pin longer than {PIN_MAX_BYTES} bytes")
+    if not pin_ok(data, service):
+        raise Refused(f"platform-gate: standard input is not the image pin of service {service}")
+    return data
+
+
+def find_program(name, bin_path):
+    """The absolute path of executable `name` in the first directory of
+    bin_path that has one (shutil.which's rule, absolute entries only), or None."""
+    for directory in bin_path.split(":"):
+        path = os.path.join(directory, name)
+        if os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def run_supervised(program, argv, bin_path, stdin_data=None):
+    """Run the command in its own process group; kill the group if the client
+    goes away before it finishes. Returns the exit status to pass on.
+    With stdin_data, the command reads those bytes and EOF instead of the
+    session's standard input."""
+    env = dict(os.environ, PATH=bin_path)
+    actions = []
+    if stdin_data is not None:
+        pin_r, pin_w = os.pipe()
+        actions.append((os.POSIX_SPAWN_DUP2, pin_r, 0))
+    # Every descriptor the gate opens is close-on-exec, so the command gets
+    # only 0-2. setsigdef undoes Python's SIG_IGN of these, as subprocess does.
+    pid = os.posix_spawn(
+        program, [program] + argv[1:], env, file_actions=actions, setsid=True, setsigdef=(SIGPIPE, SIGXFSZ)
+    )
+    if stdin_data is not None:
+        os.close(pin_r)
+        try:
+            os.write(pin_w, stdin_data)  # at most PIN_MAX_BYTES = PIPE_BUF: written whole, at once
+        except BrokenPipeError:
+            pass  # the command ended without reading it; its exit status is passed on
+        finally:
+            os.close(pin_w)
+    ended = os.pidfd_open(pid)  # readable once the command has exited
+    poller = select.poll()
+    poller.register(ended, select.POLLIN)
+    for fd in (1, 2):
+        # Mask 0 still reports POLLERR/POLLHUP: sshd closed its end of the pipe.
+        poller.register(fd, 0)
+    gone = select.POLLERR | select.POLLHUP | select.POLLNVAL
+    while True:
+        events = dict(poller.poll())
+        if ended in events:
+            break
+        if any(mask & gone for mask in events.values()):
+            os.killpg(pid, SIGKILL)  # the unreaped child keeps the group alive
+            break
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return code if code >= 0 else 128 - code
+
+
+def main(argv):
+    try:
+        # By uid, not name: a uid-0 account called "deploy" is root all the same.
+        if os.geteuid() == 0:
+            raise Refused("platform-gate: refusing to run as root (uid 0); use a non-root deploy user")
+        root, bin_path, sacred = parse_args(argv)
+        command, name = parse(os.environ.get("SSH_ORIGINAL_COMMAND", ""), root, sacred)
+        program = find_program(command[0], bin_path)
+        if not program:
+            raise Refused(f"platform-gate: {command[0]} not found on {bin_path}")
+        pin = read_pin(command[-1]) if name == "rollback" else None
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return REFUSED
+    return run_supervised(program, command, bin_path, pin)
+
