@@ -6,8 +6,11 @@ that parses but asks for something unsafe raises PolicyViolation.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +103,37 @@ class ModuleFile(BaseModel):
         return self.spec.runtime.compose_service or self.id
 
 
+# Platform files as last parsed, by path, with the bytes they were parsed from. Every
+# remote step reads them again (they may change under a running apply), and parsing
+# them was the worker's largest own cost in a fan-out. A file is parsed again whenever
+# its bytes differ, so no change is missed, however quick or same-sized.
+_PARSED: OrderedDict[Path, tuple[bytes, Any]] = OrderedDict()
+_PARSED_MAX = 256
+_parsed_lock = threading.Lock()  # activities read them from several threads
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        with path.open(encoding="utf-8") as f:
-            return yaml.load(f, Loader=_SAFE_LOADER)
+        data = path.read_bytes()
     except OSError as e:
         raise ToolError(f"cannot read {path.name}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ToolError(f"{path.name} is not valid YAML: {e}") from None
+    with _parsed_lock:
+        cached = _PARSED.get(path)
+        if cached is not None:
+            _PARSED.move_to_end(path)
+    if cached is None or cached[0] != data:
+        try:
+            cached = (data, yaml.load(data.decode("utf-8"), Loader=_SAFE_LOADER))
+        except UnicodeDecodeError as e:
+            raise ToolError(f"{path.name} is not UTF-8: {e.reason} at byte {e.start}") from None
+        except yaml.YAMLError as e:
+            raise ToolError(f"{path.name} is not valid YAML: {e}") from None
+        with _parsed_lock:
+            _PARSED[path] = cached
+            _PARSED.move_to_end(path)
+            if len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
+    return copy.deepcopy(cached[1])  # the caller's to change
 
 
 def load_module(root: Path, module_id: str) -> ModuleFile:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
-from platformctl.config import DEFAULT_SACRED_PATHS, load_hosts, load_module, load_sacred_paths
+from platformctl.config import DEFAULT_SACRED_PATHS, _read_yaml, load_hosts, load_module, load_sacred_paths
 from platformctl.outcomes import PolicyViolation, ToolError
 from tests.platform_files import host_doc, module_doc, write_platform
 
@@ -70,6 +72,34 @@ def test_invalid_yaml_is_a_tool_error(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ToolError, match="not valid YAML"):
         load_module(tmp_path, "honcho-redis")
+
+
+def test_a_module_file_that_is_not_utf8_is_a_tool_error(tmp_path):
+    path = tmp_path / "modules" / "honcho-redis" / "module.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"id: honcho-redis\nhost: rs\xff2000\n")
+    with pytest.raises(ToolError, match="module.yaml is not UTF-8: invalid start byte at byte 25"):
+        load_module(tmp_path, "honcho-redis")
+
+
+def test_a_rewrite_is_seen_however_quick_and_same_sized(tmp_path):
+    # Parsed files are kept by their bytes: a rewrite of the same size within
+    # one mtime tick (here: the old mtime put back) is still read.
+    write_module(tmp_path, module_doc(host="rs2000"))
+    path = tmp_path / "modules" / "honcho-redis" / "module.yaml"
+    assert load_module(tmp_path, "honcho-redis").host == "rs2000"
+    before = path.stat()
+    path.write_text(path.read_text().replace("rs2000", "rs9999"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert load_module(tmp_path, "honcho-redis").host == "rs9999"
+
+
+def test_a_caller_changing_what_it_read_does_not_change_the_next_read(tmp_path):
+    write_platform(tmp_path, hosts={"rs2000": host_doc(tmp_path)})
+    first = _read_yaml(tmp_path / "hosts.yaml")
+    first["hosts"]["rs2000"]["user"] = "root"
+    assert _read_yaml(tmp_path / "hosts.yaml")["hosts"]["rs2000"]["user"] == "deploy"
 
 
 @pytest.mark.parametrize(
