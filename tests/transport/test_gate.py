@@ -9,6 +9,7 @@ import os
 import posixpath
 import pwd
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -527,6 +528,21 @@ def test_the_installed_gate_runs_from_the_bytecode_compiled_at_install(local_roo
     assert [line for line in loaded if "platform_gate" in line] == [
         f"# code object from '{tmp_path}/lib/platform-gate/__pycache__/platform_gate.cpython-311.pyc'"
     ]
+
+
+@needs_system_python
+def test_the_gate_program_installed_without_its_code_refuses_everything(local_root, tmp_path):
+    # As an operator following the one-file install of before would leave it.
+    root, state = local_root
+    lone = tmp_path / "platform-gate"
+    shutil.copyfile(GATE, lone)
+    lone.chmod(0o755)
+    result = subprocess.run([str(lone), root], env=gate_env(git_head(root).render(), state), capture_output=True,
+                            text=True)
+    assert (result.returncode, result.stderr) == (
+        REFUSED, f"platform-gate: no platform_gate.py in {tmp_path}: install both files (host/README.md)\n"
+    )
+    assert recorded(state) == []
 
 
 @needs_system_python
