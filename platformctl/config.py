@@ -109,6 +109,7 @@ class ModuleFile(BaseModel):
 # its bytes differ, so no change is missed, however quick or same-sized.
 _PARSED: OrderedDict[Path, tuple[bytes, Any]] = OrderedDict()
 _PARSED_MAX = 256
+_PARSED_MAX_BYTES = 256 * 1024  # a larger file is parsed each time rather than kept
 _parsed_lock = threading.Lock()  # activities read them from several threads
 
 
@@ -128,11 +129,12 @@ def _read_yaml(path: Path) -> Any:
             raise ToolError(f"{path.name} is not UTF-8: {e.reason} at byte {e.start}") from None
         except yaml.YAMLError as e:
             raise ToolError(f"{path.name} is not valid YAML: {e}") from None
-        with _parsed_lock:
-            _PARSED[path] = cached
-            _PARSED.move_to_end(path)
-            if len(_PARSED) > _PARSED_MAX:
-                _PARSED.popitem(last=False)
+        if len(data) <= _PARSED_MAX_BYTES:
+            with _parsed_lock:
+                _PARSED[path] = cached
+                _PARSED.move_to_end(path)
+                if len(_PARSED) > _PARSED_MAX:
+                    _PARSED.popitem(last=False)
     return copy.deepcopy(cached[1])  # the caller's to change
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 import yaml
 
+from platformctl import config
 from platformctl.config import DEFAULT_SACRED_PATHS, _read_yaml, load_hosts, load_module, load_sacred_paths
 from platformctl.outcomes import PolicyViolation, ToolError
 from tests.platform_files import host_doc, module_doc, write_platform
@@ -100,6 +101,18 @@ def test_a_caller_changing_what_it_read_does_not_change_the_next_read(tmp_path):
     first = _read_yaml(tmp_path / "hosts.yaml")
     first["hosts"]["rs2000"]["user"] = "root"
     assert _read_yaml(tmp_path / "hosts.yaml")["hosts"]["rs2000"]["user"] == "deploy"
+
+
+def test_what_is_kept_of_parsed_files_is_bounded(tmp_path):
+    paths = [tmp_path / f"{i}.yaml" for i in range(config._PARSED_MAX + 1)]
+    for path in paths:
+        path.write_text("a: 1\n")
+        _read_yaml(path)
+    big = tmp_path / "big.yaml"
+    big.write_text("a: '" + "x" * config._PARSED_MAX_BYTES + "'\n")
+    _read_yaml(big)
+    assert paths[0] not in config._PARSED and paths[-1] in config._PARSED and big not in config._PARSED
+    assert len(config._PARSED) == config._PARSED_MAX
 
 
 @pytest.mark.parametrize(
