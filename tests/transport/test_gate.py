@@ -525,9 +525,9 @@ def test_the_installed_gate_runs_from_the_bytecode_compiled_at_install(local_roo
     result = subprocess.run(argv, env=gate_env(git_head(root).render(), state), capture_output=True, text=True)
     assert result.returncode == REFUSED and ROOT_REFUSAL in result.stderr  # -v goes on after it, at exit
     loaded = [line for line in result.stderr.splitlines() if line.startswith("# code object from")]
-    assert [line for line in loaded if "platform_gate" in line] == [
-        f"# code object from '{tmp_path}/lib/platform-gate/__pycache__/platform_gate.cpython-311.pyc'"
-    ]
+    (line,) = [line for line in loaded if "platform_gate" in line]
+    cache = f"# code object from '{tmp_path}/lib/platform-gate/__pycache__/platform_gate."
+    assert line.startswith(cache) and line.endswith(".pyc'"), line  # the tag is the host Python's (cpython-311)
 
 
 @needs_system_python
