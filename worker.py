@@ -49,6 +49,11 @@ DEV_SERVER_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
 
 MAX_CACHED_WORKFLOWS = 500
+# A cancel reaches an activity only in a heartbeat's reply: send them often enough
+# that a cancelled compose up stops within seconds. The SDK's default throttle, 80%
+# of the 30 s heartbeat timeout, also leaves a slow heartbeat only 6 s before the
+# server gives up on the attempt.
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -167,10 +172,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime |
         # leave the worker's memory and are replayed from history when they next move
         # (about 0.27 MB each cached; bench/run.py --only rss).
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
-        # A cancel reaches an activity only in a heartbeat's reply: send them
-        # often enough that a cancelled compose up stops within seconds.
-        max_heartbeat_throttle_interval=timedelta(seconds=2),
-        default_heartbeat_throttle_interval=timedelta(seconds=2),
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
     if settings.approval_key_file is None:
         log.warning("approvals are NOT authenticated: anyone who can reach namespace %s can approve an apply "

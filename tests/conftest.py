@@ -27,6 +27,7 @@ from tests.platform_files import SHA, write_platform
 
 # Real OpenSSH sshd hosts with the stand-in docker (see tests/sshd.py).
 from tests.sshd import sshd_host, sshd_host2, sshd_server, sshd_server2  # noqa: F401
+from worker import HEARTBEAT_THROTTLE
 from workflows.registry import ALL_WORKFLOWS
 
 VENV_BIN = Path(sys.executable).parent
@@ -89,6 +90,9 @@ class Harness:
             task_queue=self.task_queue,
             workflows=workflows,
             activities=build_activities(Deps(settings=self.settings, transport=self.transport, client=self.client)),
+            # As worker.py runs it: a cancel during compose up is seen within seconds.
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         )
         async with worker:
             yield worker

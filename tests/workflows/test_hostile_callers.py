@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -240,11 +241,14 @@ async def test_a_cancel_during_compose_up_kills_it_then_rolls_back_and_records(h
             if harness.transport.running:
                 break
             await asyncio.sleep(0.05)
+        cancelled_at = time.monotonic()
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as e:
             await handle.result()
     assert isinstance(e.value.cause, CancelledError)
     assert harness.transport.running == 0
+    # Seen at the next heartbeat: worker.py's throttle, not 80% of the heartbeat timeout.
+    assert time.monotonic() - cancelled_at < 10
     [line] = audit_lines(harness)
     assert line["status"] == "cancelled" and line["exitCode"] == 5
     state = read_status(harness.settings.state_dir, "honcho-redis")
