@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -9,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_timeout
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -31,6 +35,69 @@ from worker import HEARTBEAT_THROTTLE
 from workflows.registry import ALL_WORKFLOWS
 
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+
+# pytest-timeout's thread method, ending with what CI's tail of the output shows:
+# the test that hung and where each of this repo's coroutines waits.
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    if settings.method != "thread":
+        return None
+    timer = threading.Timer(settings.timeout, _timed_out, (item, settings))
+    timer.daemon = True
+
+    def cancel() -> None:
+        timer.cancel()
+        timer.join()
+
+    item.cancel_timeout = cancel
+    timer.start()
+    return True
+
+
+def _timed_out(item, settings) -> None:
+    terminal = item.config.get_terminal_writer()
+    try:
+        capman = item.config.pluginmanager.getplugin("capturemanager")
+        if capman:
+            capman.suspend_global_capture(item)
+            _, err = capman.read_global_capture()
+            if err:
+                terminal.sep("~", title="Captured stderr")
+                terminal.write(err)
+        pytest_timeout.dump_stacks(terminal)
+        terminal.sep("~", title="Where this repo's coroutines wait")
+        for line in _waiting_coroutines():
+            terminal.line(line)
+        terminal.sep("+", title=f"Timeout: {item.nodeid} still running after {settings.timeout:.0f} s")
+    finally:
+        terminal.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _waiting_coroutines() -> list[str]:
+    """Each task's await chain, this repo's frames only, from the main thread's event loop."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    loop = None
+    while frame is not None and loop is None:
+        candidate = frame.f_locals.get("self")
+        loop = candidate if isinstance(candidate, asyncio.AbstractEventLoop) else None
+        frame = frame.f_back
+    if loop is None:
+        return ["(no event loop running)"]
+    lines = []
+    for task in list(asyncio.all_tasks(loop)):
+        chain, coro = [], task.get_coro()
+        while coro is not None and (f := getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)):
+            if REPO in Path(f.f_code.co_filename).parents and ".venv" not in f.f_code.co_filename:
+                chain.append(f"{Path(f.f_code.co_filename).relative_to(REPO)}:{f.f_lineno} {f.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if chain:
+            lines.append(f"{task.get_name()}: " + " -> ".join(chain))
+    return lines
 
 
 @pytest.fixture(scope="session")
