@@ -16,12 +16,14 @@ from activities.operator_rollback import PlanRollback, RecordRollback
 from activities.persist_state import PersistState
 from activities.reapply import Reapply
 from activities.rollback import Rollback, RollbackImages
+from activities.single_flight import SingleFlight
 from activities.snapshot_images import SnapshotImages
 from activities.validate_plan import ValidatePlan
 from activities.verify_checkout import VerifyCheckout
 
 
 def build_activities(deps: Deps) -> list[Callable[..., Any]]:
+    compose_runs = SingleFlight()
     return [
         ValidatePlan(deps).validate_plan,
         CheckApproval(deps).check_approval,
@@ -29,10 +31,10 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
         CheckHostAllowlist(deps).check_host_allowlist,
         VerifyCheckout(deps).verify_checkout,
         SnapshotImages(deps).compose_images,
-        ComposeUp(deps).compose_up,
+        ComposeUp(deps, compose_runs).compose_up,
         HealthSmoke(deps).compose_ps,
         PersistState(deps).persist_state,
-        RollbackImages(deps).compose_rollback,
+        RollbackImages(deps, compose_runs).compose_rollback,
         Rollback(deps).rollback,
         Notify(deps).notify,
         Reapply(deps).plan_reapply,

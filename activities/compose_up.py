@@ -19,14 +19,14 @@ from platformctl.target import check_unchanged
 
 
 class ComposeUp(StepActivities):
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, runs: SingleFlight) -> None:
         super().__init__(deps)
-        self._runs = SingleFlight()
+        self._runs = runs
 
     @activity.defn(name="compose_up")
     @step
     async def compose_up(self, inp: ComposeUpInput) -> ComposeUpResult:
-        return await self._runs.run(lambda: self._compose_up(inp))
+        return await self._runs.run((inp.target.host.name, inp.target.project), lambda: self._compose_up(inp))
 
     async def _compose_up(self, inp: ComposeUpInput) -> ComposeUpResult:
         target = inp.target

@@ -29,14 +29,14 @@ from platformctl.target import check_unchanged
 
 
 class RollbackImages(StepActivities):
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, runs: SingleFlight) -> None:
         super().__init__(deps)
-        self._runs = SingleFlight()  # like compose up: one run however often the server retries
+        self._runs = runs  # compose up's: one run however often the server retries, none overlapping
 
     @activity.defn(name="compose_rollback")
     @step
     async def compose_rollback(self, inp: RollbackImagesInput) -> ComposeUpResult:
-        return await self._runs.run(lambda: self._compose_rollback(inp))
+        return await self._runs.run((inp.target.host.name, inp.target.project), lambda: self._compose_rollback(inp))
 
     async def _compose_rollback(self, inp: RollbackImagesInput) -> ComposeUpResult:
         target = inp.target

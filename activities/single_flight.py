@@ -9,6 +9,15 @@ run and activity id) on this worker waits for the run already under way, or
 takes the result of one that finished recently, instead of running the
 command again.
 
+A dropped attempt is not retried when the workflow had asked to cancel the
+activity: the server records the timeout and the workflow moves on, to its
+rollback or to its end and the release of the project lock, perhaps before
+this worker hears that the attempt was dropped. A workflow runs its compose
+commands one after another and the project lock runs workflows so, so a run
+of a project still going here when another command of that project starts
+belongs to an activity the server has ended: it is killed, and waited for,
+first.
+
 Only successful runs are kept: a failure is what a retry is for. Nothing
 outlives the worker process, and needs not: the old process's SSH channels
 closed with it, which kills their commands (host/platform-gate watches for
@@ -40,24 +49,28 @@ KEEP_DONE_MAX_BYTES = 32 << 20  # a result holds up to 1 MiB per stream (the tra
 ADOPT_WITHIN_S = 60.0
 
 Key = tuple[str, str, str]  # workflow id, run id, activity id
+Project = tuple[str, str]  # host name, compose project
 
 
 @dataclass
 class _Run:
     task: asyncio.Task[ComposeUpResult]
+    project: Project
     waiters: int = 0
     reaper: asyncio.TimerHandle | None = None
 
 
 class SingleFlight:
-    """The runs of one activity type on this worker."""
+    """The compose runs on this worker (compose up and the image rollback share one)."""
 
     def __init__(self) -> None:
         self._running: dict[Key, _Run] = {}
         self._done: OrderedDict[Key, tuple[float, int, ComposeUpResult]] = OrderedDict()
         self._done_bytes = 0
 
-    async def run(self, body: Callable[[], Coroutine[Any, Any, ComposeUpResult]]) -> ComposeUpResult:
+    async def run(
+        self, project: Project, body: Callable[[], Coroutine[Any, Any, ComposeUpResult]]
+    ) -> ComposeUpResult:
         """`body()` once per activity; this attempt heartbeats while it waits for it."""
         info = activity.info()
         key = (info.workflow_id or "", info.workflow_run_id or "", info.activity_id)
@@ -71,7 +84,10 @@ class SingleFlight:
             return done[2]
         run = self._running.get(key)
         if run is None:
-            run = _Run(asyncio.create_task(body()))
+            await self._end_orphans(project)
+            run = self._running.get(key)  # an attempt that came meanwhile may have started it
+        if run is None:
+            run = _Run(asyncio.create_task(body()), project)
             self._running[key] = run
             run.task.add_done_callback(functools.partial(self._finished, key))
         else:
@@ -110,6 +126,17 @@ class SingleFlight:
         # must be gone on the host before this attempt reports.
         run.task.cancel()
         await asyncio.wait([run.task])
+
+    async def _end_orphans(self, project: Project) -> None:
+        orphans = [run for run in self._running.values() if run.project == project]
+        for run in orphans:
+            activity.logger.warning(
+                "killing a command on %s/%s that the server has stopped waiting for: "
+                "the next command of that project must not overlap it", *project,
+            )
+            run.task.cancel()
+        if orphans:
+            await asyncio.wait([run.task for run in orphans])
 
     def _reap(self, key: Key, run: _Run) -> None:
         if run.waiters == 0 and not run.task.done():

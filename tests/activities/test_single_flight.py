@@ -22,6 +22,7 @@ from tests.platform_files import SHA, write_platform
 
 DROPPED = ActivityCancellationDetails(not_found=True)  # the server timed the attempt out
 RETRY = RetryPolicy(maximum_attempts=4)
+PROJECT = ("rs2000", "core")
 
 
 def attempt(n: int, activity_id: str = "7", run_id: str = "run-1") -> ActivityEnvironment:
@@ -36,20 +37,24 @@ def attempt(n: int, activity_id: str = "7", run_id: str = "run-1") -> ActivityEn
 class Command:
     """A remote command: counts its runs, runs until released, knows when it was killed."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, log: list[str] | None = None, name: str = "up") -> None:
         self.runs = 0
         self.killed = 0
         self.release = asyncio.Event()
         self.started = asyncio.Event()
         self.fail = fail
+        self.log = log if log is not None else []
+        self.name = name
 
     async def __call__(self) -> ComposeUpResult:
         self.runs += 1
+        self.log.append(f"{self.name} started")
         self.started.set()
         try:
             await self.release.wait()
         except asyncio.CancelledError:
             self.killed += 1
+            self.log.append(f"{self.name} killed")
             raise
         if self.fail:
             raise ConnectionRefusedError("host refused")
@@ -59,8 +64,10 @@ class Command:
         )
 
 
-def start(env: ActivityEnvironment, flight: SingleFlight, command: Command) -> asyncio.Task[ComposeUpResult]:
-    return asyncio.ensure_future(env.run(flight.run, command))
+def start(
+    env: ActivityEnvironment, flight: SingleFlight, command: Command, project: tuple[str, str] = PROJECT
+) -> asyncio.Task[ComposeUpResult]:
+    return asyncio.ensure_future(env.run(flight.run, project, command))
 
 
 async def test_a_later_attempt_waits_for_the_command_the_dropped_attempt_started():
@@ -83,9 +90,9 @@ async def test_a_later_attempt_waits_for_the_command_the_dropped_attempt_started
 async def test_a_later_attempt_takes_the_result_of_a_command_that_finished_unreported():
     flight, command = SingleFlight(), Command()
     command.release.set()
-    first = await attempt(1).run(flight.run, command)  # its report to the server was lost
+    first = await attempt(1).run(flight.run, PROJECT, command)  # its report to the server was lost
 
-    again = await attempt(2).run(flight.run, command)
+    again = await attempt(2).run(flight.run, PROJECT, command)
 
     assert again == first and command.runs == 1
 
@@ -102,9 +109,9 @@ async def test_two_attempts_in_flight_at_once_share_one_command():
 async def test_other_activities_and_runs_get_their_own_command():
     flight, command = SingleFlight(), Command()
     command.release.set()
-    await attempt(1).run(flight.run, command)
-    await attempt(1, activity_id="8").run(flight.run, command)  # the same workflow's next compose up
-    await attempt(1, run_id="run-2").run(flight.run, command)  # a reset or a new apply
+    await attempt(1).run(flight.run, PROJECT, command)
+    await attempt(1, activity_id="8").run(flight.run, PROJECT, command)  # the same workflow's next compose up
+    await attempt(1, run_id="run-2").run(flight.run, PROJECT, command)  # a reset or a new apply
     assert command.runs == 3
 
 
@@ -112,9 +119,9 @@ async def test_a_failed_command_runs_again_on_the_next_attempt():
     flight, command = SingleFlight(), Command(fail=True)
     command.release.set()
     with pytest.raises(ConnectionRefusedError):
-        await attempt(1).run(flight.run, command)
+        await attempt(1).run(flight.run, PROJECT, command)
     with pytest.raises(ConnectionRefusedError):
-        await attempt(2).run(flight.run, command)
+        await attempt(2).run(flight.run, PROJECT, command)
     assert command.runs == 2
 
 
@@ -133,7 +140,7 @@ async def test_a_cancelled_attempt_kills_the_command_before_it_returns(details):
         await task
     assert command.killed == 1  # gone before the attempt reports (WAIT_CANCELLATION_COMPLETED)
     command.release.set()
-    await attempt(2).run(flight.run, command)
+    await attempt(2).run(flight.run, PROJECT, command)
     assert command.runs == 2  # a killed command is no result to reuse
 
 
@@ -176,6 +183,33 @@ async def test_a_command_taken_over_in_time_is_not_killed(monkeypatch):
     assert (await second).command == "up #1" and command.killed == 0
 
 
+@pytest.mark.parametrize("told", [True, False], ids=["attempt told it was dropped", "attempt not told yet"])
+async def test_a_command_the_server_stopped_waiting_for_is_killed_before_the_next_command_of_its_project(told):
+    # A cancel requested as the server timed the attempt out: no retry comes, and the
+    # workflow goes on to its rollback (or ends, and the next apply takes the lock),
+    # perhaps before this worker's next heartbeat tells the attempt.
+    flight, log = SingleFlight(), []
+    orphan, rollback, other = Command(log=log, name="up"), Command(log=log, name="rollback"), Command(log=log)
+    env = attempt(1)
+    first = start(env, flight, orphan)
+    await orphan.started.wait()
+    if told:
+        env.cancel(DROPPED)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    elsewhere = start(attempt(1, run_id="run-9"), flight, other, project=("rs2000", "media"))
+    await other.started.wait()
+    assert orphan.killed == 0  # another project's command leaves it alone
+
+    rollback.release.set()
+    await attempt(1, activity_id="12").run(flight.run, PROJECT, rollback)
+    assert log == ["up started", "up started", "up killed", "rollback started"]
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    other.release.set()
+    await elsewhere
+
+
 @pytest.mark.parametrize(
     "bound", [("KEEP_DONE_MAX", 2), ("KEEP_DONE_MAX_BYTES", 250), ("KEEP_DONE_S", 0.0)], ids=lambda b: b[0]
 )
@@ -184,10 +218,10 @@ async def test_finished_results_are_kept_within_bounds(monkeypatch, bound):
     flight, command = SingleFlight(), Command()
     command.release.set()
     for activity_id in ("1", "2", "3"):  # 100 bytes of output each
-        await attempt(1, activity_id=activity_id).run(flight.run, command)
-    await attempt(2, activity_id="3").run(flight.run, command)
+        await attempt(1, activity_id=activity_id).run(flight.run, PROJECT, command)
+    await attempt(2, activity_id="3").run(flight.run, PROJECT, command)
     assert command.runs == (4 if bound[0] == "KEEP_DONE_S" else 3)  # the newest kept unless expired
-    await attempt(2, activity_id="1").run(flight.run, command)
+    await attempt(2, activity_id="1").run(flight.run, PROJECT, command)
     assert command.runs == (5 if bound[0] == "KEEP_DONE_S" else 4)  # the oldest forgotten
 
 
@@ -211,7 +245,7 @@ async def test_compose_up_runs_once_across_attempts(settings):
         approval=Approval(approved_sha=SHA),
     )
     transport = OneUp()
-    up = ComposeUp(StubDeps(settings, transport)).compose_up  # type: ignore[arg-type]
+    up = ComposeUp(StubDeps(settings, transport), SingleFlight()).compose_up  # type: ignore[arg-type]
     first_env = attempt(1)
     first = asyncio.ensure_future(first_env.run(up, inp))
     while transport.runs == 0:

@@ -9,6 +9,7 @@ failure it was.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 
@@ -16,13 +17,17 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
+import activities.single_flight as single_flight
+from activities.base import heartbeating
 from platformctl.commands import image_pin
 from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
 from platformctl.state import read_status
 from platformctl.transport import RemoteOutput
-from platformctl.transport.fake import FakeTransport, empty_images, failed, images, ps
+from platformctl.transport.fake import FakeTransport, empty_images, failed, hang, images, ps
+from tests.conftest import Harness
 from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, module_doc, plan, write_platform
+from tests.workflows.conftest import FAST_HEALTH
 
 OLD = "sha256:" + "a" * 64
 NEW = "sha256:" + "b" * 64
@@ -185,6 +190,31 @@ async def test_a_cancel_after_compose_up_rolls_back_to_the_snapshot(harness):
     [line] = audit_lines(harness)
     assert (line["status"], line["exitCode"]) == ("cancelled", 5)
     assert line["rollback"]["image"]["outcome"] == "restored"
+
+
+async def test_a_cancel_whose_attempt_then_times_out_kills_compose_up_before_the_rollback(
+    dev_env, tmp_path, monkeypatch
+):
+    # The real server does not retry an attempt it times out after a cancel request
+    # (the time-skipping one never ends it), so the workflow rolls back at once while
+    # the attempt's compose up still runs on this worker, waiting to be taken over.
+    monkeypatch.setattr(single_flight, "heartbeating", functools.partial(heartbeating, 3600.0))  # one, then none
+    write_platform(tmp_path, modules=[module_doc(health=FAST_HEALTH)])
+    harness = Harness(client=dev_env.client, root=tmp_path)
+    harness.transport.script = {
+        "compose_images": [images("honcho-redis", OLD), images("honcho-redis", NEW)],
+        "compose_ps": [ps("honcho-redis")],
+        "compose_up": [hang],
+    }
+    async with harness.worker():
+        handle = await harness.start(apply_input())
+        await until(lambda: harness.transport.running > 0)
+        await handle.cancel()
+        out = await harness.outcome(handle)  # once the 30 s heartbeat timeout has passed
+    assert kinds(harness.transport).count("compose_rollback") == 1
+    assert harness.transport.max_running == 1  # compose up was killed before the rollback's command ran
+    assert harness.transport.running == 0
+    assert out.result["rollback"]["image"]["outcome"] == "restored"
 
 
 async def test_reapply_never_reapplies_a_sha_that_was_rolled_back(harness):
