@@ -284,7 +284,8 @@ def plan_for(module: str, service: str) -> dict:
     return apply_input(plan(module=module, changes=[change(service=service)]))
 
 
-async def run_two(harness) -> list:
+async def run_two(harness, phase_b: str, running: int) -> list:
+    """a's compose up runs until b is in `phase_b` with `running` compose ups running, and stays so a moment."""
     gate = asyncio.Event()
 
     async def slow_up(timeout_s: float):
@@ -296,19 +297,25 @@ async def run_two(harness) -> list:
         a = await harness.start(plan_for("svc-a", "a"), workflow_id=f"a-{uuid.uuid4()}")
         await wait_for_phase(a, "applying")
         b = await harness.start(plan_for("svc-b", "b"), workflow_id=f"b-{uuid.uuid4()}")
-        await asyncio.sleep(1.0)
-        phase_b = (await b.query("status"))["phase"]
+        await wait_for_phase(b, phase_b)  # polled: a loaded machine may take seconds to get there
+        for _ in range(200):
+            if harness.transport.running == running:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert (await b.query("status"))["phase"] == phase_b
+        max_running = harness.transport.max_running
         gate.set()
         outs = [await harness.outcome(a), await harness.outcome(b)]
     assert [o.status for o in outs] == ["applied", "applied"]
-    return [phase_b, outs]
+    return [max_running, outs]
 
 
 async def test_two_modules_of_one_compose_project_take_turns(harness):
     # compose names a project after the file's folder: both are project "core"
     two_modules(harness.root, "a/core/x.yml", "b/core/y.yml")
-    phase_b, (a, b) = await run_two(harness)
-    assert phase_b == "waiting_for_lock" and harness.transport.max_running == 1
+    max_running, (a, b) = await run_two(harness, "waiting_for_lock", running=1)
+    assert max_running == 1 and harness.transport.max_running == 1
     events = (await b.handle.fetch_history()).events
     assert any(e.HasField("start_child_workflow_execution_failed_event_attributes") for e in events)
     # Taken as soon as the holder's lock closed (handed on, or its own poll just then),
@@ -321,8 +328,8 @@ async def test_two_modules_of_one_compose_project_take_turns(harness):
 
 async def test_different_compose_projects_run_in_parallel(harness):
     two_modules(harness.root, "a/core/x.yml", "a/web/y.yml")
-    phase_b, _ = await run_two(harness)
-    assert phase_b in ("applying", "health_check") and harness.transport.max_running == 2
+    max_running, _ = await run_two(harness, "applying", running=2)
+    assert max_running == 2
 
 
 async def test_the_lock_shows_its_holder_and_queue(harness):
