@@ -127,6 +127,10 @@ COALESCED_SEARCH_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 # Applies started before it wait LOCK_POLL from the first poll on, and leave it to their
 # lock to tell the next waiter (which may then find that lock still open).
 LOCK_HAND_OVER_PATCH = "lock-hand-over"
+# Applies cancelled during compose up before it end `remote_failed` when the step then
+# fails (its attempt timed out: the server does not retry one it was asked to cancel).
+# Asked only there, so an apply that never gets that far carries no marker.
+CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
 # worker was down, or the host was slow to answer): that gap is neither stable time nor
 # spent health timeout. Small: it only ever restarts the stable window, never fails one.
@@ -424,24 +428,31 @@ class ApplyWorkflow:
 
     async def _compose_up(self, target: Target, timeout_s: int) -> None:
         assert self._plan is not None and self._input is not None and self._approval is not None
-        up = await self._step(
-            ComposeUp.compose_up,
-            ComposeUpInput(
-                target=target,
-                timeout_seconds=timeout_s,
-                module=self._plan.module,
-                source_sha=self._input.plan.source_sha,
-                approval=self._approval,
-            ),
-            remote=True,
-            # The transport kills the command at timeout_s; this only catches a lost worker.
-            start_to_close_timeout=timedelta(seconds=timeout_s + 60),
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=REMOTE_RETRY,
-            # A cancel returns only once the command is gone on the host, so the
-            # rollback never overlaps it.
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        try:
+            up = await self._step(
+                ComposeUp.compose_up,
+                ComposeUpInput(
+                    target=target,
+                    timeout_seconds=timeout_s,
+                    module=self._plan.module,
+                    source_sha=self._input.plan.source_sha,
+                    approval=self._approval,
+                ),
+                remote=True,
+                # The transport kills the command at timeout_s; this only catches a lost worker.
+                start_to_close_timeout=timedelta(seconds=timeout_s + 60),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=REMOTE_RETRY,
+                # A cancel returns only once the command is gone on the host, so the
+                # rollback never overlaps it.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except _Stop:
+            # The step failed after a cancel request reached it (the SDK then clears the
+            # cancel): the apply was still cancelled, as CONTRACT.md's `cancelled` says.
+            if workflow.cancellation_reason() is not None and workflow.patched(CANCEL_OUTRANKS_PATCH):
+                raise asyncio.CancelledError() from None
+            raise
         self._command = up.command
         self._remote = up.remote
         if up.timed_out:

@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from temporalio.client import WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import CancelledError
+from temporalio.worker import Replayer
 
 import activities.single_flight as single_flight
 from activities.base import heartbeating
@@ -28,6 +30,7 @@ from platformctl.transport.fake import FakeTransport, empty_images, failed, hang
 from tests.conftest import Harness
 from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, module_doc, plan, write_platform
 from tests.workflows.conftest import FAST_HEALTH
+from workflows.registry import ALL_WORKFLOWS
 
 OLD = "sha256:" + "a" * 64
 NEW = "sha256:" + "b" * 64
@@ -210,11 +213,18 @@ async def test_a_cancel_whose_attempt_then_times_out_kills_compose_up_before_the
         handle = await harness.start(apply_input())
         await until(lambda: harness.transport.running > 0)
         await handle.cancel()
-        out = await harness.outcome(handle)  # once the 30 s heartbeat timeout has passed
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()  # once the 30 s heartbeat timeout has passed
     assert kinds(harness.transport).count("compose_rollback") == 1
     assert harness.transport.max_running == 1  # compose up was killed before the rollback's command ran
     assert harness.transport.running == 0
-    assert out.result["rollback"]["image"]["outcome"] == "restored"
+    # Still the cancel the operator asked for, not the attempt's timeout (`remote_failed`).
+    assert isinstance(failure.value.cause, CancelledError)
+    [line] = audit_lines(harness)
+    assert (line["status"], line["exitCode"]) == ("cancelled", 5)
+    assert line["rollback"]["image"]["outcome"] == "restored"
+    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(await handle.fetch_history())  # the patched branch replays as it ran
 
 
 async def test_reapply_never_reapplies_a_sha_that_was_rolled_back(harness):
