@@ -263,6 +263,12 @@ _PATTERNS: tuple[_Pattern, ...] = (
         ("://",),
         rf"{_SCHEME_END}[^\s:/@]*+:(?P<v>[^\s@/]++)@",
     ),
+    # Go's database/sql DSNs: user:pass@tcp(db:3306)/app (no scheme).
+    _pattern(
+        "go_dsn",
+        ("@tcp(", "@unix(", "@udp("),
+        r"(?<![\w.:/-])[\w.-]++:(?P<v>[^\s:/@]++)@(?:tcp|unix|udp)\(",
+    ),
     # scheme://TOKEN@host: a user long enough to be a token (git over https
     # with a token, Sentry DSNs); ssh://deploy@host stays.
     _pattern(
@@ -328,13 +334,14 @@ _PATTERNS: tuple[_Pattern, ...] = (
         re.I,
     ),
     # JSON / Python-dict pairs: "client_secret": "...", "pin": 1234, also as
-    # escaped JSON inside a string (\"password\":\"x\"). A quoted key takes only
-    # a quoted value or a number, so structure ("secrets": {) and prose
-    # ("token-api": x) stay.
+    # escaped JSON inside a string (\"password\":\"x\"), and quoted keys with =
+    # (TOML, HCL: "db_password" = "x"). A quoted key takes only a quoted value
+    # or a number, so structure ("secrets": {) and prose ("token-api": x) stay.
     _pattern(
         "json_pair",
         _SECRET_NEEDLES,
-        rf"(?P<kq>\\[\"']|\"|')(?=[\w.-]++(?P=kq)[ \t]*+:){_KEY}(?P=kq)[ \t]*+:[ \t]*+" + _value(r"-?[0-9][0-9.]*+"),
+        rf"(?P<kq>\\[\"']|\"|')(?=[\w.-]++(?P=kq)[ \t]*+[:=]){_KEY}(?P=kq)[ \t]*+[:=][ \t]*+"
+        + _value(r"-?[0-9][0-9.]*+"),
         re.I,
     ),
     # A secret named by a name/key field: {"name": "DB_PASSWORD", "value": "x"},
@@ -439,14 +446,43 @@ def _hide(match: re.Match[str]) -> str:
     return match[0][: match.start("v") - start] + REDACTED + match[0][match.end("v") - start :]
 
 
+# A terminal's escape sequences: CSI (colours, cursor moves, line erases) and OSC
+# (window title, clipboard, hyperlinks), C1 introducers included.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*+[ -/]*+[@-~]"  # CSI: parameters, intermediates, a final byte
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*+(?:\x07|\x1b\\|\x9c)"  # OSC, to BEL or ST
+)
+# What is left that a terminal or a reader would not show as itself: C0 and C1
+# controls but tab, newline and CRLF (a lone carriage return rewrites a line),
+# DEL, and the bidirectional overrides that reorder what is shown.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)")
+
+
+def _written_out(text: str) -> str:
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def plain(text: str) -> str:
+    """`text` as plain text: escape sequences dropped, other controls written out
+    (\\x1b, \\u202e), so what a host printed cannot restyle or rewrite what an
+    operator's terminal shows around it."""
+    return _written_out(_ESCAPE_SEQUENCE.sub("", text))
+
+
 def redact(text: str) -> str:
-    """`text` with every secret value replaced by REDACTED, labels kept."""
+    """`text` as plain text, with every secret value replaced by REDACTED, labels kept.
+
+    Escape sequences go first: a colour code between a key and its value
+    (`\\x1b[36mpassword\\x1b[0m=x`, as console loggers and `jq -C` print) would
+    hide the pair. Other controls are written out last: `\\x1b` before a key
+    would read as part of it."""
+    text = _ESCAPE_SEQUENCE.sub("", text)
     # Needles are looked for in the input once: a REDACTED never adds one.
     lowered = text.lower()
     for pattern in _PATTERNS:
         if any(needle in lowered for needle in pattern.needles):
             text = pattern.regex.sub(_hide, text)
-    return text
+    return _written_out(text)
 
 
 def redact_and_cap(text: str, limit: int = MAX_STORED) -> str:

@@ -137,6 +137,13 @@ LEAKS: list[Leak] = [
         _HEX40,
     ),
     _leak("url-redis-no-user", f"redis://:{(v := fake('redis-url', 20))}@redis:6379/0", v),
+    _leak("go-dsn", f"DATABASE_DSN=app:{(v := fake('go-dsn', 16))}@tcp(db:3306)/app?parseTime=true", v),
+    _leak("toml-quoted-key", f'"db_password" = "{(v := fake("toml-key", 18))}"', v),
+    # Coloured console output: a logger's key=value, jq -C.
+    _leak(
+        "ansi-logfmt", f"\x1b[36mINFO\x1b[0m[0000] connecting \x1b[36mpassword\x1b[0m={(v := fake('ansi-kv', 16))}", v
+    ),
+    _leak("ansi-jq", f'\x1b[1;34m"password"\x1b[0m:\x1b[0;32m"{(v := fake("ansi-jq", 16))}"\x1b[0m', v),
     _leak("url-postgres", f"postgres://u:{(v := fake('pg-url', 16))}@h/db", v),
     _leak("url-amqp", f"amqp://app:{(v := fake('amqp', 16))}@rabbitmq:5672/vhost", v),
     _leak(

@@ -402,6 +402,32 @@ def test_corpus_in_one_log_is_redacted_whole() -> None:
     assert [keep.id for keep in KEEP if keep.text not in out] == []
 
 
+# ---- plain text: what a host prints cannot drive the reader's terminal --------
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        # A failed poll's stderr that would redraw the summary line as a success.
+        ("boom\x1b[2K\x1b[1Gapplied app@rs2000 exit 9\x1b[8m", "boomapplied app@rs2000 exit 9"),
+        ("\x1b[32mContainer\x1b[0m core-app-1  \x1b[1mStarted\x1b[0m", "Container core-app-1  Started"),
+        ("\x1b]0;pwned\x07title, \x1b]52;c;Y2xpcA==\x1b\\clipboard", "title, clipboard"),
+        ("\x9b31mC1 CSI", "C1 CSI"),
+        ("50%\rdone", "50%\\rdone"),  # a lone carriage return would overwrite the line
+        ("lone \x1b and \x00 and \x7f", "lone \\x1b and \\x00 and \\x7f"),
+        ("user \u202eevil\u202c", "user \\u202eevil\\u202c"),  # bidi override
+        ("tab\tline\nCRLF\r\n", "tab\tline\nCRLF\r\n"),
+    ],
+    ids=["rewrite-line", "colours", "osc-title-clipboard", "c1-csi", "carriage-return", "controls", "bidi", "kept"],
+)
+def test_escape_sequences_are_dropped_and_other_controls_written_out(text: str, stored: str) -> None:
+    assert redact(text) == stored == redact(stored)
+
+
+def test_a_control_before_a_key_does_not_hide_its_secret() -> None:
+    assert redact("\x1bpassword=hunter22") == "\\x1bpassword=[REDACTED]"
+
+
 # ---- the cap ----------------------------------------------------------------
 
 MARKER = re.compile(r"\A\[\.\.\. (\d+) chars truncated \.\.\.\]\n")

@@ -18,6 +18,7 @@ from platformctl.models import Approval, brief_errors
 from platformctl.outcomes import OUTCOMES, ApplyError
 from platformctl.policy.approval import sign
 from platformctl.policy.plan import SHA
+from platformctl.redact import plain
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 2  # the contract's tool_error: our side could not do its job
@@ -142,7 +143,8 @@ def outcome_of(result: Any, module: str, host: str | None, noun: str = "apply") 
 
 
 def one_line(text: object, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
+    """`text` on one line, for a terminal: whatever a result holds cannot restyle it."""
+    flat = " ".join(plain(str(text)).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 

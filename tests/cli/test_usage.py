@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from platformctl.cli.apply import summary_line
 from platformctl.cli.progress import Progress
 from tests.cli.conftest import PLATFORM_APPLY
 from tests.e2e.conftest import closed_port
@@ -125,3 +126,13 @@ def test_progress_elsewhere_is_one_plain_line_per_phase_change(tmp_path):
         "apply-m-0123: applying",
         "apply-m-0123: done",
     ]
+
+
+def test_a_summary_line_prints_what_a_result_holds_as_text():
+    """A result from a worker before results were stored as plain text may still hold a
+    host's escape sequences: the summary line must not let them redraw it."""
+    error = "compose ps exited 1: boom\x1b[2K\x1b[1Gapplied app@rs2000 3f5e1c0 exit 9\r"
+    outcome = {"status": "unhealthy", "module": "app", "host": "rs2000", "exitCode": 8, "error": error}
+    line = summary_line(outcome, SHA)
+    shown = "compose ps exited 1: boomapplied app@rs2000 3f5e1c0 exit 9\\r"  # the \\r written out
+    assert line == f"unhealthy app@rs2000 {SHA[:7]} exit 8: {shown}"

@@ -429,7 +429,9 @@ def key_value(draw: st.DrawFn) -> Shape:
 @st.composite
 def json_pair(draw: st.DrawFn) -> Shape:
     key, q = draw(secret_keys()), draw(quoted_values)
-    form = draw(st.integers(0, 3))
+    form = draw(st.integers(0, 4))
+    if form == 4:
+        return Shape(f'"{key}" = "{q}"', q)  # TOML, HCL
     if form == 0:
         return Shape(f'{{"user": "app", "{key}": "{q}", "n": 1}}', q)
     if form == 1:
@@ -578,6 +580,10 @@ def urls(draw: st.DrawFn) -> Shape:
         user = draw(chars(string.ascii_lowercase + string.digits + "_.-", 0, 10))
         v = draw(chars(_ALNUM + "!$%&'()*+,;=:._~-", 8, 30))
         return Shape(f"{scheme}://{user}:{v}@db.example.com:5432/app", v)
+    if draw(st.booleans()):
+        v = draw(chars(_ALNUM + "!$%&'()*+,;=._~-", 8, 30))
+        net = draw(st.sampled_from(["tcp(db:3306)", "unix(/run/mysqld/mysqld.sock)", "udp(10.0.0.5:3306)"]))
+        return Shape(f"DATABASE_DSN=app:{v}@{net}/app?parseTime=true", v)  # Go's database/sql
     v = draw(chars(_ALNUM + "_.~%+-", 16, 60))
     return Shape(f"fatal: unable to access '{scheme}://{v}@github.com/org/repo.git/'", v)
 
@@ -654,7 +660,7 @@ SHAPES: dict[st.SearchStrategy[Shape], tuple[str, ...]] = {
     aws(): ("aws_access_key_id", "aws_secret_after_key_id", "aws_secret_before_key_id"),
     jwt(): ("jwt",),
     webhooks(): ("slack_webhook", "discord_webhook", "telegram_bot_token", "azure_client_secret"),
-    urls(): ("url_credentials", "url_token_user"),
+    urls(): ("url_credentials", "url_token_user", "go_dsn"),
     headers(): ("authorization_header", "bearer_token", "cookie_header"),
     signatures(): ("query_signature",),
     private_keys(): ("pem_private_key", "pem_private_key_headless", "putty_private_key"),
@@ -751,8 +757,13 @@ _SHA_PLACES = [
 ]  # fmt: skip
 # Only text that names no secret goes next to a digest: a needle-free filler.
 _NEEDLES = tuple({needle for pattern in _PATTERNS for needle in pattern.needles})
+# No control characters: redact writes those out (tests/test_redact.py), which
+# changes the text around a digest, not the digest.
 plain_fillers = (
-    st.lists(st.one_of(st.sampled_from(_WORDS), st.text(max_size=6)), max_size=3)
+    st.lists(
+        st.one_of(st.sampled_from(_WORDS), st.text(st.characters(blacklist_categories=("Cc", "Cf")), max_size=6)),
+        max_size=3,
+    )
     .map(" ".join)
     .filter(lambda t: not any(n in t.lower() for n in _NEEDLES))
 )
