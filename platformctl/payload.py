@@ -20,14 +20,24 @@ class UnreadablePayload(ValueError):
 
 
 def _depth(value: Any) -> int:
+    """How deep `value` nests. Raises UnreadablePayload on a string that is not
+    Unicode text: JSON lets "\\ud800" (half a surrogate pair) through, and such a
+    string cannot be encoded again, so the first step result or lock request
+    holding it would fail its workflow task, again and again."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
         deepest = max(deepest, depth)
         if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UnreadablePayload("payload holds a string that is not valid Unicode (a lone surrogate)") from None
     return deepest
 
 

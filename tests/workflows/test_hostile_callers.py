@@ -126,8 +126,12 @@ def raw_json(value: Any) -> RawValue:
         (apply_input(plan(changes=[change(summary="x" * 4000)] * 500)), "bytes, over the"),
         (apply_input(plan(changes=[change()] * 1001)), "changes"),
         (apply_input(plan(module="m" * 5000)), "plan.module"),
+        # JSON's "\ud800": half a surrogate pair, which no step result holding it could encode.
+        (apply_input(plan(module="honcho-redis\ud800")), "lone surrogate"),
+        (apply_input(extra={"\udfff": 1}), "lone surrogate"),
     ],
-    ids=["timeout-1e14", "timeout-over-30-days", "nested-300", "plan-2mb", "1001-changes", "5k-string"],
+    ids=["timeout-1e14", "timeout-over-30-days", "nested-300", "plan-2mb", "1001-changes", "5k-string",
+         "lone-surrogate", "lone-surrogate-key"],
 )
 async def test_input_past_a_bound_is_blocked_within_seconds(harness, request_, message):
     out = await harness.apply(raw_json(request_))
@@ -167,8 +171,8 @@ async def test_an_unknown_workflow_type_fails_at_once(harness):
 
 @pytest.mark.parametrize(
     "args",
-    [[approval(), approval()], [], [nested(300)], ["not an object"]],
-    ids=["two-arguments", "no-argument", "nested-300", "string"],
+    [[approval(), approval()], [], [nested(300)], ["not an object"], [{**approval(), "approved_by": "ci\ud800"}]],
+    ids=["two-arguments", "no-argument", "nested-300", "string", "lone-surrogate"],
 )
 async def test_any_approve_signal_shape_is_handled_without_a_wedge(harness, args):
     async with harness.worker():
@@ -324,6 +328,34 @@ async def test_two_modules_of_one_compose_project_take_turns(harness):
                   if e.HasField("child_workflow_execution_completed_event_attributes"))
     locked = [e for e in events if e.HasField("child_workflow_execution_started_event_attributes")][-1]
     assert timedelta(0) <= locked.event_time.ToDatetime() - closed.event_time.ToDatetime() < timedelta(seconds=2)
+
+
+async def test_junk_lock_messages_from_anyone_leave_the_lock_and_its_waiter_working(harness):
+    """Ids that are not text (a lone surrogate) in a lock_free to the waiter and an
+    enqueue to the lock: both are dropped, the waiter still gets its turn."""
+    gate = asyncio.Event()
+
+    async def slow_up(timeout_s: float):
+        await gate.wait()
+        return ok()
+
+    two_modules(harness.root, "a/core/x.yml", "b/core/y.yml")
+    harness.transport.script = {"compose_up": [slow_up, ok()]}
+    async with harness.worker():
+        a = await harness.start(plan_for("svc-a", "a"), workflow_id=f"a-{uuid.uuid4()}")
+        await wait_for_phase(a, "applying")
+        b = await harness.start(plan_for("svc-b", "b"), workflow_id=f"b-{uuid.uuid4()}")
+        await wait_for_phase(b, "waiting_for_lock")
+        junk = raw_json(["x\ud800"])
+        await b.signal("lock_free", junk)
+        lock = harness.client.get_workflow_handle((await b.query("status"))["lock"])
+        await lock.signal("enqueue", junk)
+        gate.set()
+        outs = [await harness.outcome(a), await harness.outcome(b)]
+    assert [o.status for o in outs] == ["applied", "applied"]
+    for handle in (a, b):
+        assert not [e for e in (await handle.fetch_history()).events
+                    if e.HasField("workflow_task_failed_event_attributes")]
 
 
 async def test_different_compose_projects_run_in_parallel(harness):
