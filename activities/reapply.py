@@ -19,7 +19,9 @@ class Reapply(StepActivities):
     @activity.defn(name="plan_reapply")
     @step
     async def plan_reapply(self, inp: PlanReapplyInput) -> list[ReapplyCandidate]:
-        modules = inp.modules if inp.modules is not None else await self._recorded_modules()
+        # Each module once: a second start of an apply still running would fail the
+        # re-apply, and its close would terminate that apply mid compose up.
+        modules = list(dict.fromkeys(inp.modules)) if inp.modules is not None else await self._recorded_modules()
         return [await self._candidate(m) for m in modules]
 
     async def _recorded_modules(self) -> list[str]:

@@ -25,6 +25,7 @@ from tests.platform_files import (
     write_platform,
 )
 from tests.workflows.conftest import FAST_HEALTH
+from tests.workflows.test_hostile_callers import raw_json
 
 CHANGED = " Container core-honcho-redis-1  Recreate\n Container core-honcho-redis-1  Started\n"
 UNCHANGED = " Container core-honcho-redis-1  Running\n"
@@ -254,6 +255,39 @@ async def test_a_cancelled_reapply_cancels_the_apply_waiting_on_the_lock_too(har
     assert ended[state["waiting"][0]] == WorkflowExecutionStatus.CANCELED
     assert WorkflowExecutionStatus.TERMINATED not in ended.values()
     assert len(harness.transport.commands("compose_up")) == 1
+
+
+async def test_a_module_named_twice_is_re_applied_once(harness):
+    project = f"p{uuid.uuid4().hex[:12]}"
+    a, b = (f"m-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    write_platform(harness.root, modules=[
+        module_doc(m, compose_service="honcho-redis", compose_file=f"{project}/compose.yaml", health=FAST_HEALTH)
+        for m in (a, b)
+    ])
+    async with harness.worker():
+        for m in (a, b):
+            assert (await harness.outcome(await harness.start(request_for(m)))).status == "applied"
+        harness.transport.calls.clear()
+        how, result = await reapply(harness, {"modules": [b, a, a, b]})
+    assert how == "completed"
+    assert [(e["module"], e["outcome"]) for e in result["results"]] == [(b, "applied"), (a, "applied")]
+    assert len(harness.transport.commands("compose_up")) == 2
+
+
+async def test_a_record_that_is_not_text_is_ignored_and_the_state_still_reads(harness, fresh_module):
+    async with harness.worker():
+        assert (await harness.outcome(await harness.start(request_for(fresh_module)))).status == "applied"
+        state = await module_state(harness, fresh_module)
+        assert state is not None and state.last_applied is not None
+        poisoned = state.last_applied.model_dump(mode="json") | {"approved_by": "ci\ud800"}
+        handle = harness.client.get_workflow_handle(module_state_id(harness.task_queue, fresh_module))
+        await handle.signal("record", raw_json({"module": fresh_module, "applied": poisoned}))
+        harness.transport.script = {"compose_up": [ok(stderr=UNCHANGED)]}
+        how, result = await reapply(harness, {"modules": [fresh_module]})
+        after = await module_state(harness, fresh_module)
+    assert (how, result["results"][0]["outcome"]) == ("completed", "applied")
+    assert after is not None and after.last_applied is not None
+    assert after.last_applied.approved_by == state.last_applied.approved_by
 
 
 @pytest.mark.parametrize("bad", [{"max_parallel": 0}, {"max_parallel": 1000}, {"modules": "all"}, "not an object"])
