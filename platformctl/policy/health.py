@@ -36,8 +36,8 @@ def _rows(stdout: str) -> list[dict[str, Any]]:
             rows = json.loads(text)
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise UnreadablePs(f"compose ps printed something that is not JSON: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:  # nesting past the parser's recursion limit
+        raise UnreadablePs(f"compose ps printed something that is not JSON: {str(e)[:200]}") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UnreadablePs("compose ps JSON is not a list of objects")
     return rows

@@ -41,8 +41,8 @@ def _rows(stdout: str) -> list[Any]:
         # An array (as v2.40 prints it), or one object per line, as `ps` prints since v2.21.
         whole = text.startswith("[") or text == "null"
         rows = json.loads(text) if whole else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise UnreadableImages(f"compose images printed something that is not JSON: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:  # nesting past the parser's recursion limit
+        raise UnreadableImages(f"compose images printed something that is not JSON: {str(e)[:200]}") from None
     if rows is None:
         return []
     if not isinstance(rows, list):

@@ -112,8 +112,9 @@ def test_empty_output_is_absent_and_waiting(stdout):
         json.dumps(row()) + "\n{truncated",
         "[" + json.dumps(row()),
         json.dumps(row(), indent=2),
+        "[" * 100_000,  # past the parser's recursion limit: a RecursionError, not a JSON error
     ],
-    ids=["error-text", "table-format", "truncated-line", "truncated-array", "pretty-object"],
+    ids=["error-text", "table-format", "truncated-line", "truncated-array", "pretty-object", "nested-100k"],
 )
 def test_non_json_raises_unreadable(stdout):
     with pytest.raises(UnreadablePs, match="not JSON"):

@@ -26,7 +26,7 @@ from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
 from platformctl.state import read_status
 from platformctl.transport import RemoteOutput
-from platformctl.transport.fake import FakeTransport, empty_images, failed, hang, images, ps
+from platformctl.transport.fake import FakeTransport, empty_images, failed, hang, images, ok, ps
 from tests.conftest import Harness
 from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, module_doc, plan, write_platform
 from tests.workflows.conftest import FAST_HEALTH
@@ -172,10 +172,15 @@ async def test_a_failed_compose_up_rolls_back_too(harness):
     assert out.result["rollback"]["image"]["outcome"] == "restored"
 
 
-async def test_a_listing_that_cannot_be_read_stops_the_apply_before_compose_up(harness):
-    harness.transport.script["compose_images"] = [images("honcho-redis", "sha256:abc")]  # not a full ID
+@pytest.mark.parametrize(
+    "listing, why",
+    [(images("honcho-redis", "sha256:abc"), "image ID that is not"), (ok("[" * 100_000), "not JSON")],
+    ids=["not-a-full-id", "nested-past-the-recursion-limit"],
+)
+async def test_a_listing_that_cannot_be_read_stops_the_apply_before_compose_up(harness, listing, why):
+    harness.transport.script["compose_images"] = [listing]
     out = await harness.apply(apply_input())
-    assert (out.status, out.result["exitCode"]) == ("remote_failed", 4)
+    assert (out.status, out.result["exitCode"]) == ("remote_failed", 4) and why in out.result["error"]
     assert "compose_up" not in kinds(harness.transport)
     assert out.result["rollback"] is None
 
