@@ -69,7 +69,9 @@ class ReapplyWorkflow:
             else:
                 lanes[c.lane or c.module].append(c)
 
-        running: set[asyncio.Future[None]] = set()  # each started apply, until it ends
+        # Each started apply, until it ends, in start order: a set's order differs from
+        # one process to the next, and a cancel must go out in the same order on replay.
+        running: dict[asyncio.Future[None], None] = {}
         stopping = False  # cancelled: start no more
 
         async def outcome(c: ReapplyCandidate, child: Child) -> None:
@@ -83,8 +85,8 @@ class ReapplyWorkflow:
                         break
                     child = await self._start(c)  # queues on the lock behind the one ahead
                     task = asyncio.ensure_future(outcome(c, child))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                    running[task] = None
+                    task.add_done_callback(lambda done: running.pop(done, None))
                     if stopping:
                         task.cancel()
                     if ahead is not None:
@@ -129,6 +131,9 @@ class ReapplyWorkflow:
             APPLY_WORKFLOW,
             ApplyInput(plan=last.plan, approval=last.approval.model_dump(mode="json")),
             id=f"reapply-{c.module}-{last.sha[:12]}-{workflow.info().run_id[:8]}",
+            # A re-apply that is terminated or times out asks its applies to stop, so one
+            # in compose up rolls back and records; the default would terminate it mid-run.
+            parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
             static_summary=f"re-apply {c.module}@{c.host} {last.sha[:7]} PR #{last.pr}",
             result_type=dict,
         )

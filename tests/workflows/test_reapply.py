@@ -12,7 +12,7 @@ from temporalio.service import RPCError
 
 from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
-from platformctl.transport.fake import failed, ok, ps
+from platformctl.transport.fake import failed, hang, ok, ps
 from tests.conftest import Harness
 from tests.platform_files import (
     OTHER_SHA,
@@ -25,6 +25,7 @@ from tests.platform_files import (
     write_platform,
 )
 from tests.workflows.conftest import FAST_HEALTH
+from tests.workflows.test_apply import audit_lines
 from tests.workflows.test_hostile_callers import raw_json
 
 CHANGED = " Container core-honcho-redis-1  Recreate\n Container core-honcho-redis-1  Started\n"
@@ -255,6 +256,36 @@ async def test_a_cancelled_reapply_cancels_the_apply_waiting_on_the_lock_too(har
     assert ended[state["waiting"][0]] == WorkflowExecutionStatus.CANCELED
     assert WorkflowExecutionStatus.TERMINATED not in ended.values()
     assert len(harness.transport.commands("compose_up")) == 1
+
+
+async def test_a_terminated_reapply_asks_its_apply_in_compose_up_to_stop_instead_of_terminating_it(
+    harness, fresh_module
+):
+    async with harness.worker():
+        assert (await harness.outcome(await harness.start(request_for(fresh_module)))).status == "applied"
+        harness.transport.script = {"compose_up": [hang]}
+        handle = await harness.client.start_workflow(
+            "ReapplyWorkflow", {"modules": [fresh_module]}, id=f"reapply-{uuid.uuid4()}", task_queue=harness.task_queue
+        )
+        for _ in range(200):
+            children = [e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+                        for e in (await handle.fetch_history()).events
+                        if e.HasField("child_workflow_execution_started_event_attributes")]
+            if children and (await harness.client.get_workflow_handle(children[0]).query("status"))["phase"] == (
+                "applying"
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the re-apply's apply never reached compose up")
+        await handle.terminate("an operator stops the re-apply")
+        apply = harness.client.get_workflow_handle(children[0])
+        with pytest.raises(WorkflowFailureError):
+            await apply.result()  # compose up stays held: only the cancel ends it
+        ended = (await apply.describe()).status
+    assert ended == WorkflowExecutionStatus.CANCELED
+    [line] = [a for a in audit_lines(harness) if a["workflow_id"] == apply.id]
+    assert line["status"] == "cancelled" and line["rollback"]["image"]["outcome"] == "restored"
 
 
 async def test_a_module_named_twice_is_re_applied_once(harness):
