@@ -1,7 +1,8 @@
 """Step 7 activity: record the outcome on the worker's disk, then report it.
 
-An applied outcome replaces the module's status file; every outcome, applied
-or not, appends one audit line. `platformctl.state` builds both records.
+An applied outcome replaces the module's status file, a failure before compose
+up updates its `status` and `last_failure` (the rollback step records the
+others); every outcome, applied or not, appends one audit line. `platformctl.state` builds both records.
 Once recorded, the outcome is one INFO line, a count and a duration in the
 metrics, and for failures a notification. It runs as a local activity, so a
 crash runs it again on the next worker: a run whose audit line for this
@@ -19,7 +20,7 @@ from platformctl.metrics import record_outcome
 from platformctl.models import PersistedState, PersistStateInput
 from platformctl.module_state import event_for, record_event
 from platformctl.notify import Notification, send
-from platformctl.outcomes import ToolError
+from platformctl.outcomes import SUCCESS, ToolError
 from platformctl.state import (
     AuditLine,
     StatusRecord,
@@ -27,6 +28,7 @@ from platformctl.state import (
     audit_has,
     display_path,
     now_iso,
+    read_status,
     status_path,
     write_status,
 )
@@ -75,7 +77,11 @@ class PersistState(StepActivities):
         state_dir = self.deps.settings.state_dir
         result = inp.result
         if result.status != "applied":
-            # Whatever the outcome and however garbled its module id: one audit line, no status file.
+            # A plan that validated (its host is known) names a real module; the rollback
+            # step has recorded a failure after compose up in the status file already.
+            if result.status not in SUCCESS and result.host is not None and result.rollback is None:
+                self._record_failure(inp, line.at)
+            # Whatever the outcome and however garbled its module id: one audit line.
             return append_audit(state_dir, line)
 
         status_path(state_dir, result.module)  # a bad module id is refused before anything is written
@@ -96,6 +102,19 @@ class PersistState(StepActivities):
                 f"{live}: {_reason(e)}; the host runs {inp.source_sha} and the status file says so, "
                 "but audit.jsonl has no line for it"
             ) from None
+
+    def _record_failure(self, inp: PersistStateInput, at: str) -> None:
+        """The status file's `status` and `last_failure`, its last good apply kept. Read and
+        written with no await between: another outcome of the module on this worker cannot
+        slip in. Best effort: the outcome stands, and its audit line records it."""
+        state_dir = self.deps.settings.state_dir
+        try:
+            previous = read_status(state_dir, inp.result.module)
+            write_status(state_dir, StatusRecord.after_failure(previous, inp, None, at))
+        except Exception as e:
+            activity.logger.warning(
+                "status file of %s not updated for %s: %s", _plain(inp.result.module), inp.result.status, _reason(e)
+            )
 
     def _persisted(self, inp: PersistStateInput) -> PersistedState:
         if inp.result.status != "applied":

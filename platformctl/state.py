@@ -65,7 +65,7 @@ class _Record(BaseModel):
 
 
 class FailureRecord(_Record):
-    """The last failed apply of a module (after compose up started)."""
+    """The last failed apply of a module (`rollback` is None when it ended before compose up)."""
 
     at: str
     status: str
@@ -135,12 +135,17 @@ class StatusRecord(_Record):
 
     @classmethod
     def after_failure(
-        cls, previous: StatusRecord | None, inp: RollbackInput, rollback: RollbackRecord, at: str
+        cls,
+        previous: StatusRecord | None,
+        inp: RollbackInput | PersistStateInput,
+        rollback: RollbackRecord | None,
+        at: str,
     ) -> StatusRecord:
-        """The previous record's last good apply, with this failure as `status` and `last_failure`."""
+        """The previous record's last good apply, with this failure as `status` and `last_failure`
+        (`rollback`: what the rollback step did, None for a failure before compose up)."""
         result = inp.result
         if result.module is None:
-            raise PolicyViolation("a failed outcome to roll back names no module")
+            raise PolicyViolation("a failed outcome names no module")
         good = previous or cls(module=result.module, status=result.status)
         return cls(
             module=result.module,

@@ -1,4 +1,5 @@
-"""persist_state: the applied path writes the status file and an audit line; every other outcome an audit line."""
+"""persist_state: the applied path writes the status file and an audit line; every other outcome an audit line,
+and a failure before compose up the status file's latest outcome."""
 
 from __future__ import annotations
 
@@ -75,6 +76,44 @@ async def test_other_outcomes_write_one_audit_line_and_no_status_file(tmp_path, 
     assert line["rollback"] == {
         "reason": "unhealthy", "last_good_sha": SHA, "state_artifact": None, "action": "record", "image": None
     }
+
+
+@pytest.mark.parametrize("status", ["rejected", "cancelled", "approval_expired", "blocked", "tool_error"])
+async def test_a_failure_before_compose_up_is_the_status_files_latest_outcome(settings, status):
+    await run(activity(settings), persist_input())
+    inp = persist_input(result(status), workflow_id="apply-2", run_id="run-2", approved_by=None, rejected_by="carol")
+    out = await run(activity(settings), inp)
+    assert out.state_artifact is None
+    state = read_status(settings.state_dir, "honcho-redis")
+    assert (state.status, state.workflow_id, state.last_apply_sha) == (status, "apply-1", SHA)  # the last good apply
+    failure = state.last_failure
+    assert (failure.status, failure.workflow_id, failure.run_id, failure.rollback) == (status, "apply-2", "run-2", None)
+    assert failure.error == f"{status}: pull access denied"
+    assert [line["status"] for line in audit(settings)] == ["applied", status]
+
+
+@pytest.mark.parametrize(
+    "res",
+    [
+        result("blocked", host=None),  # its plan never validated: the module may not exist
+        result("dry_run", exitCode=0, error=None),
+        result("no_changes", exitCode=0, error=None),
+    ],
+    ids=["blocked-before-validation", "dry_run", "no_changes"],
+)
+async def test_outcomes_that_change_nothing_or_name_no_known_module_leave_the_status_file(tmp_path, settings, res):
+    await run(activity(settings), persist_input(res))
+    assert files_under(tmp_path) == {".platform/state/audit.jsonl"}
+
+
+async def test_a_status_file_that_cannot_be_read_still_lets_a_failure_be_audited(settings, caplog):
+    path = settings.state_dir / "modules" / "honcho-redis.status.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    await run(activity(settings), persist_input(result("rejected")))
+    assert [line["status"] for line in audit(settings)] == ["rejected"]
+    assert path.read_text() == "{not json"
+    assert any("status file of honcho-redis not updated for rejected" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("module", ["../../escaped", "modules/../../escaped", "Redis"])

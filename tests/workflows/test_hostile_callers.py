@@ -263,13 +263,21 @@ async def test_a_cancel_during_compose_up_kills_it_then_rolls_back_and_records(h
 
 async def test_a_cancel_while_awaiting_approval_is_recorded(harness):
     async with harness.worker():
-        handle = await harness.start(apply_input(approval_=None))
+        applied = await harness.outcome(await harness.start(apply_input()))
+        handle = await harness.start(apply_input(approval_=None), workflow_id=f"cancelled-{uuid.uuid4()}")
         await wait_for_phase(handle, "awaiting_approval")
+        harness.transport.calls.clear()
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
             await handle.result()
-    assert [a["status"] for a in audit_lines(harness)] == ["cancelled"]
+    assert [a["status"] for a in audit_lines(harness)] == ["applied", "cancelled"]
     assert harness.transport.calls == []
+    # In the status file like any other outcome (CONTRACT.md), the last good apply kept.
+    state = read_status(harness.settings.state_dir, "honcho-redis")
+    assert (state.status, state.workflow_id) == ("cancelled", applied.handle.id)
+    failure = state.last_failure
+    assert (failure.status, failure.workflow_id, failure.rollback) == ("cancelled", handle.id, None)
+    assert failure.error == "cancel requested before compose up started"
 
 
 # ---- 8. one compose project at a time, handed over at once ------------------------
