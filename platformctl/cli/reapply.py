@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
@@ -18,27 +20,56 @@ from temporalio.client import (
     WorkflowFailureError,
 )
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
-from platformctl.cli.common import EXIT_OK, EXIT_UNREACHABLE, connect_client, print_json
+from platformctl.cli.common import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    connect_client,
+    one_line,
+    print_json,
+)
 from platformctl.config import Settings
 
 EXIT_FAILED = 4  # some module failed: like remote_failed
 
 
+def _within(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], else a usage error (exit 64)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+# ReapplyInput's bound: a value past it would start a re-apply that fails at once.
+MAX_PARALLEL = _within(1, 64)
+MINUTES = _within(1, 10**6)
+
+
 def add_parser(commands: Any) -> None:
     p = commands.add_parser("reapply", help="re-apply modules' last approved state now")
     p.add_argument("modules", nargs="*", help="modules (default: every module with recorded state)")
-    p.add_argument("--max-parallel", type=int, default=4)
+    p.add_argument("--max-parallel", type=MAX_PARALLEL, default=4, help="compose projects at once, 1-64 (default 4)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_reapply)
     s = commands.add_parser(
         "schedule", help="create the Schedule that re-applies periodically (overlap skip, pause on failure)"
     )
     when = s.add_mutually_exclusive_group(required=True)
-    when.add_argument("--every", type=int, metavar="MINUTES", help="interval in minutes")
+    when.add_argument("--every", type=MINUTES, metavar="MINUTES", help="interval in minutes")
     when.add_argument("--cron", metavar="EXPR", help="cron expression, e.g. '0 * * * *'")
     s.add_argument("--id", default="platform-reapply", help="schedule id (default: platform-reapply)")
-    s.add_argument("--max-parallel", type=int, default=4)
+    s.add_argument("--max-parallel", type=MAX_PARALLEL, default=4, help="compose projects at once, 1-64 (default 4)")
     s.add_argument("modules", nargs="*")
     s.set_defaults(run=run_schedule)
 
@@ -76,19 +107,30 @@ async def run_schedule(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect_client(settings)
     spec = (
         ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(minutes=args.every))])
-        if args.every
+        if args.every is not None
         else ScheduleSpec(cron_expressions=[args.cron])
     )
-    await client.create_schedule(
-        args.id,
-        Schedule(
-            action=ScheduleActionStartWorkflow(
-                "ReapplyWorkflow", _request(args), id=f"{args.id}-run", task_queue=settings.task_queue
+    try:
+        await client.create_schedule(
+            args.id,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    "ReapplyWorkflow", _request(args), id=f"{args.id}-run", task_queue=settings.task_queue
+                ),
+                spec=spec,
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, pause_on_failure=True),
+                state=ScheduleState(note="re-applies the last approved state of each module"),
             ),
-            spec=spec,
-            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, pause_on_failure=True),
-            state=ScheduleState(note="re-applies the last approved state of each module"),
-        ),
-    )
+        )
+    except ScheduleAlreadyRunningError:
+        raise CliError(
+            EXIT_USAGE,
+            f"schedule {args.id} exists already: delete it first (temporal schedule delete --schedule-id {args.id}) "
+            "or give another --id",
+        ) from None
+    except RPCError as e:
+        if e.status != RPCStatusCode.INVALID_ARGUMENT:
+            raise
+        raise CliError(EXIT_USAGE, f"Temporal refused the schedule: {one_line(e.message)}") from None
     print(f"schedule {args.id} created: ReapplyWorkflow on {settings.task_queue}, overlap skip, pause on failure")
     return EXIT_OK

@@ -39,4 +39,9 @@ async def test_status_then_reapply_then_schedule(platform, sshd_host, host_name,
     desc = await platform.client.get_schedule_handle(sched_id).describe()
     assert desc.schedule.policy.pause_on_failure is True
     assert desc.schedule.policy.overlap.name == "SKIP"
+    # Made again, or with a cron Temporal refuses: a usage error that says why, no traceback.
+    twice = await cli.run("schedule", "--every", "60", "--id", sched_id, module)
+    assert twice.code == 64 and f"schedule {sched_id} exists already" in twice.err, twice
+    bad_cron = await cli.run("schedule", "--cron", "garbage", "--id", f"{sched_id}-cron", module)
+    assert bad_cron.code == 64 and "Temporal refused the schedule" in bad_cron.err, bad_cron
     await platform.client.get_schedule_handle(sched_id).delete()

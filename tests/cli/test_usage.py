@@ -60,7 +60,12 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
         ["sign", "--module", "m", "--sha", SHA, "--pr", "1"],  # no PLATFORM_APPROVAL_KEY_FILE to sign with
         ["status", "m1", "m2"],
         ["reapply", "--max-parallel", "many"],
+        ["reapply", "--max-parallel", "0"],  # ReapplyInput takes 1-64: it would fail at once
+        ["reapply", "--max-parallel", "65"],
         ["schedule", "m1"],  # neither --every nor --cron
+        ["schedule", "--every", "0"],
+        ["schedule", "--every", "-5"],
+        ["schedule", "--every", "60", "--max-parallel", "0"],
         ["statuz"],  # not a command of this tool
     ]
     for args in cases:
