@@ -45,7 +45,7 @@ from platformctl.module_state import module_state_id
 
 ROLLBACK_WORKFLOW = "RollbackWorkflow"
 EXIT_ROLLED_BACK = 9  # the host changed, like `applied`
-EXIT_NOTHING_TO_ROLL_BACK = 4  # no earlier apply recorded to sign for
+EXIT_NOTHING_TO_ROLL_BACK = 3  # no earlier apply recorded to sign for: `blocked`, as the workflow ends it
 QUERY_TIMEOUT = timedelta(seconds=5)
 SHORT_IMAGE_ID = len("sha256:") + 12  # docker's short form, after the algorithm
 
