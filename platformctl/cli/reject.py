@@ -11,7 +11,7 @@ from typing import Any
 
 from temporalio.service import RPCError, RPCStatusCode
 
-from platformctl.cli.common import EXIT_OK, EXIT_UNREACHABLE, CliError, connect_client, one_line
+from platformctl.cli.common import EXIT_OK, EXIT_REFUSED, CliError, connect_client, one_line
 from platformctl.config import Settings
 
 
@@ -34,8 +34,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         await client.get_workflow_handle(args.workflow_id).signal("reject", rejection)
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
+            # Like an approve of it: the server answered, the apply has ended or never was.
             raise CliError(
-                EXIT_UNREACHABLE, f"{args.workflow_id} is not a running workflow: {one_line(e.message)}"
+                EXIT_REFUSED, f"reject refused: {args.workflow_id} is not a running workflow ({one_line(e.message)})"
             ) from None
         raise
     print(f"rejected {args.workflow_id}")

@@ -135,6 +135,9 @@ async def test_a_rejected_apply_exits_5(platform, host_name, cli, tmp_path):
     assert done.code == 5, done
     assert done.out.startswith(f"rejected {module}@{host_name} 0123456 exit 5: ") and "not during the sale" in done.out
     assert [a.get("rejected_by") for a in platform.audit() if a.get("module") == module] == ["alice"]
+    # Rejected again once it has ended: refused (5) like an approve of it, not "unreachable" (2).
+    late = await cli.run("reject", wid(module), "--reason", "again")
+    assert late.code == 5 and "reject refused" in late.err and "is not a running workflow" in late.err, late
 
 
 async def test_signed_approvals_with_the_key_and_refused_without(platform, sshd_host, host_name, cli, tmp_path):
