@@ -23,16 +23,15 @@ SEARCH_ATTRIBUTES = tuple(
 
 
 def tls_from_env() -> TLSConfig | bool:
-    """TEMPORAL_TLS_CERT/KEY/CA are file paths; TEMPORAL_API_KEY alone implies TLS."""
+    """TEMPORAL_TLS_CERT/KEY/CA are file paths; any of them, TEMPORAL_TLS_SERVER_NAME
+    (the name to verify) or TEMPORAL_API_KEY alone turns TLS on."""
     paths = {n: os.environ.get(f"TEMPORAL_TLS_{n}") for n in ("CERT", "KEY", "CA")}
-    if not any(paths.values()):
+    domain = os.environ.get("TEMPORAL_TLS_SERVER_NAME") or None
+    if not any(paths.values()) and domain is None:
         return bool(os.environ.get("TEMPORAL_API_KEY"))
     data = {n: Path(p).read_bytes() if p else None for n, p in paths.items()}
     return TLSConfig(
-        client_cert=data["CERT"],
-        client_private_key=data["KEY"],
-        server_root_ca_cert=data["CA"],
-        domain=os.environ.get("TEMPORAL_TLS_SERVER_NAME") or None,
+        client_cert=data["CERT"], client_private_key=data["KEY"], server_root_ca_cert=data["CA"], domain=domain
     )
 
 
