@@ -2,7 +2,8 @@
 
 An applied outcome replaces the module's status file, a failure before compose
 up updates its `status` and `last_failure` (the rollback step records the
-others); every outcome, applied or not, appends one audit line. `platformctl.state` builds both records.
+others); every outcome, applied or not, appends one audit line.
+`platformctl.state` builds both records.
 Once recorded, the outcome is one INFO line, a count and a duration in the
 metrics, and for failures a notification. It runs as a local activity, so a
 crash runs it again on the next worker: a run whose audit line for this

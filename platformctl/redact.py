@@ -450,16 +450,25 @@ def _hide(match: re.Match[str]) -> str:
 # (window title, clipboard, hyperlinks), C1 introducers included.
 _ESCAPE_SEQUENCE = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*+[ -/]*+[@-~]"  # CSI: parameters, intermediates, a final byte
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*+(?:\x07|\x1b\\|\x9c)"  # OSC, to BEL or ST
+    # OSC, to BEL or ST; its text stops at the next introducer too, so a run of them
+    # (a megabyte of \x9d) is one scan, not one scan each.
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\x9d]*+(?:\x07|\x1b\\|\x9c)"
 )
 # What is left that a terminal or a reader would not show as itself: C0 and C1
 # controls but tab, newline and CRLF (a lone carriage return rewrites a line),
-# DEL, and the bidirectional overrides that reorder what is shown.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)")
+# DEL, and the bidirectional overrides that reorder what is shown. A table, not
+# a regex callback: a megabyte of them is written out in C.
+_WRITTEN_OUT = {
+    c: chr(c).encode("unicode_escape").decode("ascii")
+    for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0),
+              0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}  # fmt: skip
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 
 def _written_out(text: str) -> str:
-    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+    text = text.translate(_WRITTEN_OUT)
+    return _LONE_CR.sub(r"\\r", text) if "\r" in text else text
 
 
 def plain(text: str) -> str:

@@ -485,4 +485,10 @@ ADVERSARIAL: dict[str, tuple[str, str]] = {
     "cookie-headers": ("", "Cookie: "),
     "unclosed-quote-backslashes": ("", 'password="\\'),
     "spaces-after-equals": ("", "token=" + " " * 100),
+    # Terminal controls: introducers with no end (one scan each would be quadratic), and
+    # a megabyte of characters to write out.
+    "osc-c1-introducers": ("", "\x9d"),
+    "osc-introducers-with-text": ("", "\x1b]a"),
+    "csi-introducers": ("", "\x1b[0;"),
+    "nul-and-cr": ("", "\x00\r"),
 }
