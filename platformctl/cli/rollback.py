@@ -7,7 +7,7 @@ workflow id is `rollback-<module>-<12 hex>`, new each time, never attached to.
 With PLATFORM_APPROVAL_KEY_FILE set, the request is signed like an approval
 (approved_sha: the SHA rolled back to, approved_pr: null), so the CLI must
 name that SHA: without `--to-sha` it reads the module state's
-`previous_applied`, and exits 4 when there is none.
+`previous_applied`, and exits 3 (blocked) when there is none.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def add_parser(commands: Any) -> None:
         help="put a module back on the images of its successful apply before the last one",
         description="Start RollbackWorkflow for MODULE and wait for the result: exit 9 rolled back, "
         "0 already on those images or dry run, 3 blocked (e.g. no earlier apply recorded), "
-        "4 remote failure or unhealthy, 5 approval mismatch or cancelled. Signed when "
+        "4 remote failure or unhealthy, 5 approval mismatch, rejected or cancelled. Signed when "
         "PLATFORM_APPROVAL_KEY_FILE is set (then, without --to-sha, the SHA is read from the "
-        "module state; none recorded: exit 4).",
+        "module state; none recorded: exit 3).",
     )
     p.add_argument("module", metavar="MODULE", type=module_id, help="the module to roll back")
     p.add_argument("--by", required=True, metavar="NAME", type=non_blank, help="who decides (recorded)")
