@@ -4,6 +4,12 @@ Sending never fails an apply: a refused, slow (over 5 s) or unreachable
 endpoint costs one WARNING line. The URL may carry a token (webhook URLs
 usually do), so only its scheme and host are ever logged; redirects are not
 followed, so the body goes nowhere but the configured host.
+
+Posts run on SENDERS threads of their own, and a notification finding them all
+busy is dropped: urlopen's timeout bounds each read, not the request, so an
+endpoint answering a byte at a time keeps its thread past the deadline, and on
+the event loop's shared pool such threads starved the DNS lookups of SSH
+connects.
 """
 
 from __future__ import annotations
@@ -11,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +34,9 @@ log = logging.getLogger("platform.notify")
 
 TIMEOUT_S = 5.0
 ENV = "PLATFORM_NOTIFY_URL"
+SENDERS = 2
+_senders = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="notify")
+_free = threading.BoundedSemaphore(SENDERS)  # released by a post's thread when it ends
 
 
 class Notification(BaseModel):
@@ -51,6 +63,9 @@ def notify_url(env: Mapping[str, str] | None = None) -> str | None:
         raise ValueError(f"{ENV} has a port that is not a number") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{ENV} must be an http:// or https:// URL with a host, not a {parts.scheme or 'bare'} one")
+    if parts.username is not None or parts.password is not None:
+        # urllib sends no such credentials; its error for them quoted the password.
+        raise ValueError(f"{ENV} must not hold a user or password: put the token in its path or query")
     return url
 
 
@@ -64,6 +79,10 @@ def shown(url: str) -> str:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # a 3xx then fails as an HTTPError
+
+
+class _Busy(Exception):
+    pass
 
 
 def _post(url: str, body: bytes) -> None:
@@ -80,11 +99,20 @@ async def send(notification: Notification) -> bool:
         if url is None:
             return False
         body = notification.model_dump_json().encode()
-        # The thread is abandoned at the deadline; urlopen's own timeout ends it soon after.
-        await asyncio.wait_for(asyncio.to_thread(_post, url, body), TIMEOUT_S)
+        if not _free.acquire(blocking=False):
+            raise _Busy(f"the endpoint still holds {SENDERS} earlier notifications: this one is dropped")
+        post = _senders.submit(_post, url, body)
+        post.add_done_callback(lambda _: _free.release())
+        # At the deadline the post is left to its thread: `_free` counts it until it ends.
+        await asyncio.wait_for(asyncio.wrap_future(post), TIMEOUT_S)
         return True
     except Exception as e:
-        reason = f"no answer within {TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, TimeoutError):
+            reason = f"no answer within {TIMEOUT_S:g} s"
+        elif isinstance(e, (urllib.error.URLError, ValueError, _Busy)):
+            reason = f"{type(e).__name__}: {e}"
+        else:  # its text may quote the URL in a form not recognised below
+            reason = type(e).__name__
         if url:
             reason = reason.replace(url, shown(url))
         log.warning(

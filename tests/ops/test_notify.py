@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socketserver
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -104,3 +109,46 @@ def test_notify_is_registered(tmp_path):
     deps = StubDeps(settings=settings_for(tmp_path))
     names = [fn.__name__ for fn in build_activities(deps)]  # type: ignore[arg-type]
     assert "notify" in names
+
+
+def test_a_url_with_a_user_or_password_is_refused_without_logging_it(caplog):
+    url = "https://hook:S3cretHookPass@hooks.example.com/x"
+    with pytest.raises(ValueError, match="must not hold a user or password") as refused:
+        notify_url({"PLATFORM_NOTIFY_URL": url})
+    assert "S3cretHookPass" not in str(refused.value)
+
+
+@pytest.fixture
+def drip() -> Iterator[str]:
+    """An endpoint that answers one byte every 0.1 s for 3 s: no read ever times out."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(65536)
+            with contextlib.suppress(OSError):
+                for byte in b"HTTP/1.1 204 No Content\r\n"[:30]:
+                    self.request.sendall(bytes([byte]))
+                    time.sleep(0.1)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/{TOKEN}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_an_endpoint_that_drips_holds_only_the_senders_and_never_the_loops_pool(drip, monkeypatch, caplog):
+    """Posts it holds past their deadline stay on their own threads: the event loop's
+    pool still resolves names (asyncssh looks host names up there) at once."""
+    monkeypatch.setattr(notify, "TIMEOUT_S", 0.3)
+    monkeypatch.setenv("PLATFORM_NOTIFY_URL", drip)
+    sent = await asyncio.gather(*(send(note(workflow_id=f"apply-{i}")) for i in range(8)))
+    assert sent == [False] * 8
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    await asyncio.wait_for(loop.getaddrinfo("localhost", 22), 2)
+    assert time.monotonic() - started < 1
+    dropped = [r for r in caplog.records if "earlier notifications: this one is dropped" in r.getMessage()]
+    assert len(dropped) == 8 - notify.SENDERS
+    assert TOKEN not in logged(caplog)
