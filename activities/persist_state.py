@@ -132,7 +132,9 @@ class PersistState(StepActivities):
             _plain(result.module), _plain(result.host), result.status, result.exitCode,
             "?" if duration is None else f"{duration:.1f}s", inp.workflow_id, error,
         )
-        record_outcome(result.status, result.module, duration)
+        # A module label only once the plan validated (its host is known): any id a blocked
+        # input makes up would be a new series for as long as the worker runs.
+        record_outcome(result.status, result.module if result.host is not None else None, duration)
         if result.status in NOTIFIED:
             await send(
                 Notification(

@@ -116,6 +116,15 @@ async def test_a_status_file_that_cannot_be_read_still_lets_a_failure_be_audited
     assert any("status file of honcho-redis not updated for rejected" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(("res", "label"), [(result("blocked", host=None, module="made-up"), None),
+                                             (result("blocked"), "honcho-redis")], ids=["unvalidated", "validated"])
+async def test_outcome_metrics_name_a_module_only_once_its_plan_validated(settings, monkeypatch, res, label):
+    counted: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(persist_module, "record_outcome", lambda status, module, d: counted.append((status, module)))
+    await run(activity(settings), persist_input(res))
+    assert counted == [("blocked", label)]
+
+
 @pytest.mark.parametrize("module", ["../../escaped", "modules/../../escaped", "Redis"])
 async def test_an_applied_input_with_a_bad_module_id_writes_nothing(tmp_path, settings, module):
     failure = await failure_of(activity(settings), persist_input(result(module=module)))
