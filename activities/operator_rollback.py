@@ -59,6 +59,13 @@ class PlanRollback(StepActivities):
                 f"module {req.module!r}: asked to go back to {req.to_sha[:40]!r}, but the successful apply "
                 f"before the last one is {previous.sha}"
             )
+        recorded = (previous.host, previous.compose_service)
+        if None not in recorded and recorded != (target.host.name, target.compose_service):
+            # The module moved since: those images are another service's, maybe on another host.
+            raise PolicyViolation(
+                f"module {req.module!r}: the apply of {previous.sha[:12]} ran service {previous.compose_service!r} "
+                f"on {previous.host}; the module now names {target.compose_service!r} on {target.host.name}"
+            )
         if not previous.images:
             raise PolicyViolation(
                 f"module {req.module!r}: the apply of {previous.sha[:12]} recorded no images "

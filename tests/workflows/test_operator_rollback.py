@@ -115,6 +115,17 @@ async def test_nothing_to_go_back_to_is_blocked_before_anything_runs(harness):
     assert harness.transport.calls == []
 
 
+async def test_a_module_that_moved_to_another_service_is_not_rolled_back_to_its_old_images(harness):
+    async with harness.worker():
+        await two_applies(harness)
+        write_platform(harness.root, modules=[module_doc(compose_service="honcho-redis-2", health=FAST_HEALTH)])
+        harness.transport.calls.clear()
+        status, result, error_type = await rollback(harness, REQUEST)
+    assert (status, result["exitCode"], error_type) == ("blocked", 3, "PolicyViolation")
+    assert "ran service 'honcho-redis' on rs2000; the module now names 'honcho-redis-2'" in result["error"]
+    assert harness.transport.calls == []
+
+
 async def test_with_a_signing_key_only_a_signed_rollback_runs(harness, tmp_path):
     key = b"k" * 32
     (tmp_path / "approval.key").write_bytes(key)
