@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import socketserver
 import threading
 import time
@@ -122,8 +123,11 @@ def test_a_url_with_a_user_or_password_is_refused_without_logging_it(caplog):
 def drip() -> Iterator[str]:
     """An endpoint that answers one byte every 0.1 s for 3 s: no read ever times out."""
 
+    held: list[socket.socket] = []
+
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
+            held.append(self.request)
             self.request.recv(65536)
             with contextlib.suppress(OSError):
                 for byte in b"HTTP/1.1 204 No Content\r\n"[:30]:
@@ -136,6 +140,14 @@ def drip() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}/hooks/{TOKEN}"
     server.shutdown()
     server.server_close()
+    for conn in held:  # the posts it holds end at once
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
+    # Their threads are free again before the next test sends (else its notifications are dropped).
+    freed = [notify._free.acquire(timeout=5) for _ in range(notify.SENDERS)]
+    for _ in range(sum(freed)):
+        notify._free.release()
+    assert all(freed), "a post to the dripping endpoint still holds its sender"
 
 
 async def test_an_endpoint_that_drips_holds_only_the_senders_and_never_the_loops_pool(drip, monkeypatch, caplog):
