@@ -2,10 +2,11 @@
 
 `plan_rollback` reads the module's state in Temporal (the images of the
 successful apply before the last one), derives the target from the platform
-files, and checks the request's signature like an approval's when a signing
-key is configured. `record_rollback` appends the audit line and, when the
-host changed, marks the module as pinned by the rollback, so ReapplyWorkflow
-leaves it alone until the next approved apply.
+files, and, when a signing key is configured, checks the request's signature
+like an approval's and the seal of the record whose images it would pin.
+`record_rollback` appends the audit line and, when the host changed, marks the
+module as pinned by the rollback, so ReapplyWorkflow leaves it alone until the
+next approved apply.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from platformctl.module_state import module_state_id, record_event
 from platformctl.notify import Notification, send
 from platformctl.outcomes import PolicyViolation
 from platformctl.policy.approval import check_signature
+from platformctl.policy.record_seal import check_seal
 from platformctl.policy.snapshot import rollback_image
 from platformctl.state import AuditLine, append_audit, now_iso
 from platformctl.target import derive_target
@@ -80,7 +82,9 @@ class PlanRollback(StepActivities):
             approved_sha=previous.sha, approved_pr=None, approved_by=req.approved_by,
             expires_at=req.expires_at, signature=req.signature,
         )
-        check_signature(settings.approval_key(), req.module, approval, datetime.now(UTC))
+        key = settings.approval_key()
+        check_signature(key, req.module, approval, datetime.now(UTC))
+        check_seal(key, req.module, previous)
         # A rollback that fails is reported, never rolled back again.
         plan = validated(module, plan_digest="", has_changes=True, destructive=False, rollback="record")
         return RollbackPlan(plan=plan, target=target, to_sha=previous.sha, image_id=image_id, images=previous.images)

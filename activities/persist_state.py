@@ -69,7 +69,14 @@ class PersistState(StepActivities):
 
     async def _record_in_temporal(self, inp: PersistStateInput) -> None:
         """The module's state that re-apply, status and rollback read, the same for every worker."""
-        event = event_for(inp, now_iso())
+        try:
+            key = self.deps.settings.approval_key()
+        except ToolError as e:
+            # The host runs it already: record it unsealed (an operator's rollback will not
+            # pin its images) rather than fail an apply that succeeded.
+            activity.logger.warning("the state record is not sealed: %s", e)
+            key = None
+        event = event_for(inp, now_iso(), key)
         if event is not None:
             await record_event(self.deps.client, self.deps.settings.task_queue, event)
 

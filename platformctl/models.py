@@ -370,6 +370,7 @@ class AppliedRecord(_Model):
     at: str
     images: list[ContainerImage] = []  # what the service runs since: the module's last good images
     images_before: list[ContainerImage] = []
+    seal: str | None = Field(default=None, max_length=64)  # policy/record_seal.py; None without a signing key
 
 
 class FailedRecord(_Model):

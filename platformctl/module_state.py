@@ -7,6 +7,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 
 from platformctl.config import MODULE_ID
 from platformctl.models import AppliedRecord, FailedRecord, ModuleEvent, ModuleState, PersistStateInput
+from platformctl.policy.record_seal import seal
 
 RECORD = "record"
 
@@ -30,9 +31,10 @@ async def record_event(client: Client, task_queue: str, event: ModuleEvent) -> N
     )
 
 
-def event_for(inp: PersistStateInput, at: str) -> ModuleEvent | None:
-    """What an outcome tells the module's state: a success, a failure that touched
-    the host, or nothing (refused before compose up, so the host is as it was)."""
+def event_for(inp: PersistStateInput, at: str, key: bytes | None) -> ModuleEvent | None:
+    """What an outcome tells the module's state: a success (sealed with the signing
+    key, when there is one), a failure that touched the host, or nothing (refused
+    before compose up, so the host is as it was)."""
     result = inp.result
     if result.module is None or not MODULE_ID.fullmatch(result.module):
         return None
@@ -51,6 +53,8 @@ def event_for(inp: PersistStateInput, at: str) -> ModuleEvent | None:
             images=result.images.images if result.images else [],
             images_before=result.snapshot.images if result.snapshot else [],
         )
+        if key is not None:
+            applied.seal = seal(key, result.module, applied)
         return ModuleEvent(module=result.module, applied=applied)
     if result.remote is not None or result.rollback is not None:
         failed = FailedRecord(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +14,7 @@ from activities import persist_state as persist_module
 from activities.persist_state import PersistState
 from platformctl import state as state_module
 from platformctl.models import Approval, PersistedState, Plan, RollbackRecord
+from platformctl.policy.record_seal import seal
 from platformctl.state import read_status
 from tests.activities.state_helpers import (
     COMMAND,
@@ -236,3 +238,22 @@ async def test_a_line_written_by_a_concurrent_run_after_the_first_look_is_not_wr
     await run_on_new_worker(settings, inp)
     assert [line["status"] for line in audit(settings)] == ["remote_failed"]
     assert len(reports.logged()) == 1 and reports.notified == ["remote_failed"]
+
+
+@pytest.mark.parametrize("key", [b"k" * 32, b"short"], ids=["key", "unusable-key"])
+async def test_a_success_is_sealed_with_the_signing_key_and_recorded_unsealed_when_it_cannot_be_read(
+    tmp_path, key, caplog
+):
+    (tmp_path / "approval.key").write_bytes(key)
+    settings = replace(settings_for(tmp_path), approval_key_file=tmp_path / "approval.key")
+    act = PersistState(StubDeps(settings))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        await run(act.persist_state, told(result()))
+    [(_, kwargs)] = act.deps.client.started  # type: ignore[attr-defined]
+    [event] = kwargs["start_signal_args"]
+    if len(key) >= 16:
+        assert event.applied.seal == seal(key, "honcho-redis", event.applied)
+    else:
+        # The host runs it: the apply stays applied; only an operator's rollback to it is refused.
+        assert event.applied.seal is None and "the state record is not sealed" in caplog.text
+        assert read_status(settings.state_dir, "honcho-redis").status == "applied"

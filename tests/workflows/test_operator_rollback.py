@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.common import RawValue
 
 from platformctl.commands import image_pin
-from platformctl.models import Approval, ModuleState, ReapplyCandidate
+from platformctl.models import Approval, ModuleEvent, ModuleState, ReapplyCandidate
 from platformctl.module_state import module_state_id
 from platformctl.policy.approval import sign
 from platformctl.policy.reapply import skip_reason
@@ -142,6 +142,36 @@ async def test_with_a_signing_key_only_a_signed_rollback_runs(harness, tmp_path)
     assert unsigned[0] == forged[0] == "approval_mismatch" and unsigned[1]["exitCode"] == 5
     assert "not signed" in unsigned[1]["error"] and "does not match" in forged[1]["error"]
     assert (status, result["exitCode"]) == ("rolled_back", 9)
+
+
+async def test_with_a_signing_key_images_from_a_record_no_worker_sealed_are_never_pinned(harness, tmp_path):
+    # Anyone who can reach the namespace can signal the module's state, and a request's
+    # signature (readable in old histories) covers the SHA, not the images.
+    key = b"k" * 32
+    (tmp_path / "approval.key").write_bytes(key)
+    harness.approval_key_file = tmp_path / "approval.key"
+    fields = {"approved_sha": SHA, "approved_pr": None, "approved_by": "alice"}
+    good = {**REQUEST, "to_sha": SHA, "signature": sign(key, "honcho-redis", Approval.model_validate(fields))}
+    evil = "sha256:" + "e" * 64
+    async with harness.worker():
+        await two_applies(harness, key)
+        state = await module_state(harness)
+        genuine = state.previous_applied
+        assert genuine is not None and genuine.seal is not None
+        state_handle = harness.client.get_workflow_handle(module_state_id(harness.task_queue, "honcho-redis"))
+        outcomes = []
+        for forged_seal in (None, genuine.seal, sign(b"r" * 32, "honcho-redis", Approval.model_validate(fields))):
+            evil_images = [i.model_copy(update={"image_id": evil}) for i in genuine.images]
+            forged = genuine.model_copy(update={"images": evil_images, "seal": forged_seal})
+            # Forged as the apply before the last: the last one is recorded again after it.
+            for record in (forged, state.last_applied):
+                await state_handle.signal("record", ModuleEvent(module="honcho-redis", applied=record))
+            assert (await module_state(harness)).previous_applied == forged
+            outcomes.append(await rollback(harness, good))
+        assert "compose_rollback" not in [c.kind for _, c in harness.transport.calls]
+    assert [(status, error_type) for status, _, error_type in outcomes] == [("blocked", "PolicyViolation")] * 3
+    assert "carries no seal" in outcomes[0][1]["error"]
+    assert all("not sealed with this worker's signing key" in r["error"] for _, r, _ in outcomes[1:])
 
 
 @pytest.mark.parametrize(
