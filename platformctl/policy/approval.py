@@ -44,7 +44,10 @@ def _expiry(approval: Approval) -> datetime | None:
         raise ApprovalMismatch(f"approval expires_at is not an ISO-8601 time: {approval.expires_at[:64]!r}") from None
     if at.utcoffset() is None:
         raise ApprovalMismatch("approval expires_at must carry a time zone (UTC, e.g. 2026-11-27T12:00:00Z)")
-    return at.astimezone(UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is past the last datetime in UTC
+        raise ApprovalMismatch(f"approval expires_at is out of range: {approval.expires_at[:64]!r}") from None
 
 
 def check_signature(key: bytes | None, module: str, approval: Approval, now: datetime) -> None:
@@ -56,7 +59,8 @@ def check_signature(key: bytes | None, module: str, approval: Approval, now: dat
         return
     if not approval.signature:
         raise ApprovalMismatch("approval is not signed, and this worker accepts only signed approvals")
-    if not hmac.compare_digest(approval.signature.lower(), sign(key, module, approval)):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a mismatch).
+    if not hmac.compare_digest(approval.signature.lower().encode(), sign(key, module, approval).encode()):
         raise ApprovalMismatch("approval signature does not match: not signed with this worker's key, or altered")
 
 

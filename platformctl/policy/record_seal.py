@@ -49,7 +49,7 @@ def check_seal(key: bytes | None, module: str, record: AppliedRecord) -> None:
             f"{what} carries no seal (recorded by an older worker, or while the signing key could not be read): "
             "with a signing key its images are not trusted; apply the SHA again to roll back to it"
         )
-    if not hmac.compare_digest(record.seal.lower(), seal(key, module, record)):
+    if not hmac.compare_digest(record.seal.lower().encode(), seal(key, module, record).encode()):
         raise PolicyViolation(
             f"{what} is not sealed with this worker's signing key (the key was rotated since, or the record "
             "was not written by a worker): its images are not trusted"

@@ -64,3 +64,8 @@ def test_another_modules_record_or_another_key_is_refused():
     with pytest.raises(PolicyViolation, match="not sealed"):
         check_seal(KEY, "honcho-redis", sealed(record(), key=b"r" * 32))
 
+
+def test_a_seal_that_is_not_hex_is_refused_not_raised():
+    with pytest.raises(PolicyViolation, match="not sealed"):
+        check_seal(KEY, "honcho-redis", record(seal="é" * 64))
+

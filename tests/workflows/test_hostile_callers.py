@@ -428,8 +428,14 @@ async def test_a_signed_approval_applies(harness, key):
         (lambda key: signed(b"another key, not the worker's"), "signature does not match"),
         (lambda key: signed(key, expires_at="2020-01-01T00:00:00Z"), "expired"),
         (lambda key: signed(key, expires_at="2030-01-01T00:00:00"), "time zone"),
+        # Both raised past the check (TypeError, OverflowError): tool_error after retries, exit 2.
+        (lambda key: {**signed(key), "signature": "é" * 64}, "signature does not match"),
+        (lambda key: signed(key, expires_at="9999-12-31T23:59:59-23:59"), "out of range"),
     ],
-    ids=["unsigned", "altered-pr", "altered-destructive", "other-key", "expired", "naive-expiry"],
+    ids=[
+        "unsigned", "altered-pr", "altered-destructive", "other-key", "expired", "naive-expiry", "non-ascii",
+        "expiry-past-year-9999",
+    ],
 )
 async def test_an_unsigned_altered_or_expired_approval_is_a_mismatch(harness, key, make, message):
     out = await harness.apply(apply_input(approval_=make(key)))
