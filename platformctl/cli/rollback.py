@@ -7,7 +7,9 @@ workflow id is `rollback-<module>-<12 hex>`, new each time, never attached to.
 With PLATFORM_APPROVAL_KEY_FILE set, the request is signed like an approval
 (approved_sha: the SHA rolled back to, approved_pr: null), so the CLI must
 name that SHA: without `--to-sha` it reads the module state's
-`previous_applied`, and exits 3 (blocked) when there is none.
+`previous_applied` (and says which SHA it signs), and exits 3 (blocked) when
+there is none. A signed request expires in an hour unless `--expires-at`
+says otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -48,6 +50,7 @@ EXIT_ROLLED_BACK = 9  # the host changed, like `applied`
 EXIT_NOTHING_TO_ROLL_BACK = 3  # no earlier apply recorded to sign for: `blocked`, as the workflow ends it
 QUERY_TIMEOUT = timedelta(seconds=5)
 SHORT_IMAGE_ID = len("sha256:") + 12  # docker's short form, after the algorithm
+SIGNED_FOR = timedelta(hours=1)  # a signed request's default expiry: past the longest wait for the lock
 
 
 def add_parser(commands: Any) -> None:
@@ -67,7 +70,10 @@ def add_parser(commands: Any) -> None:
         "--to-sha", metavar="SHA", type=full_sha,
         help="the applied SHA whose images to go back to (default: the successful apply before the last one)",
     )
-    p.add_argument("--expires-at", metavar="T", type=iso_time, help="ISO-8601 time the request ends (signed)")
+    p.add_argument(
+        "--expires-at", metavar="T", type=iso_time,
+        help="ISO-8601 time the request ends (signed; with a signing key, default: in one hour)",
+    )
     p.add_argument("--no-wait", action="store_true", help="exit 0 once the rollback started; print its workflow id")
     p.add_argument("--json", action="store_true", help="print the rollback's result JSON instead of one line")
     p.set_defaults(run=run)
@@ -80,6 +86,14 @@ def workflow_id(module: str) -> str:
 def static_summary(module: str, host: str | None, to_sha: str | None, by: str) -> str:
     where = f"{module}@{host}" if host else module
     return f"rollback {where} to {to_sha[:7] if to_sha else 'previous'} by {by}"
+
+
+def request_expiry(given: str | None, key: bytes | None, now: datetime) -> str | None:
+    """--expires-at, or with a key SIGNED_FOR from now: a rollback is decided now, and its
+    signature stays readable in history, so it must not be good for a replay next month."""
+    if given is not None or key is None:
+        return given
+    return (now + SIGNED_FOR).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def rollback_input(
@@ -135,9 +149,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     host = module_host(settings, module)
 
     client = await connect_client(settings)
+    expires_at = request_expiry(args.expires_at, key, datetime.now(UTC))
     if key is not None and to_sha is None:
         to_sha = await previous_sha(client, settings, module)
-    request = rollback_input(module, to_sha, args.by, args.reason, args.expires_at, key)
+        # Anyone with namespace access can write the module state: show what is about to be signed.
+        print(f"signing a rollback of {module} to {to_sha}, the module state's apply before the last one, "
+              f"valid until {expires_at}", file=sys.stderr)
+    request = rollback_input(module, to_sha, args.by, args.reason, expires_at, key)
     wid = workflow_id(module)
     handle = await client.start_workflow(
         ROLLBACK_WORKFLOW,

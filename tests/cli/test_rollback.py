@@ -8,11 +8,12 @@ import asyncio
 import json
 import subprocess
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from platformctl.cli.rollback import request_expiry
 from platformctl.models import Approval
 from platformctl.policy.approval import check_signature
 from tests.cli.conftest import PLATFORM_APPLY, new_module, write_json
@@ -44,6 +45,13 @@ def run(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.Comp
     return subprocess.run(
         [str(PLATFORM_APPLY), *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
+
+
+def test_a_signed_request_expires_in_an_hour_unless_told_otherwise():
+    now = datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
+    assert request_expiry(None, KEY, now) == "2026-11-28T13:00:30Z"
+    assert request_expiry(EXPIRES, KEY, now) == EXPIRES
+    assert request_expiry(None, None, now) is None  # unsigned: nothing to replay
 
 
 @pytest.fixture
@@ -222,21 +230,24 @@ async def test_a_signed_rollback_reads_the_sha_from_the_module_state_and_the_wor
     assert " exit 5: " in unsigned.out and "not signed" in unsigned.out, unsigned
     assert sshd_host.calls().count(rollback_argv(sshd_host, module)) == 0
 
-    ran = await cli.run(
-        "rollback", module, "--by", "alice", "--reason", "bad release", "--expires-at", EXPIRES, **signed
-    )
+    ran = await cli.run("rollback", module, "--by", "alice", "--reason", "bad release", **signed)
 
     assert ran.code == 9, ran
+    assert f"signing a rollback of {module} to {SHA}, the module state's apply before the last one" in ran.err
     assert ran.out == f"rolled_back {module}@{host_name} to 0123456 (image {FIRST[:19]}…) exit 9\n", ran
     assert sshd_host.calls().count(rollback_argv(sshd_host, module)) == 1
     wids = await rollbacks_of(platform, module)
     [wid] = [w for w in wids if (await start_input(platform, w))["signature"] is not None]
     request = await start_input(platform, wid)
+    expires = request.pop("expires_at")
     assert {k: v for k, v in request.items() if k != "signature"} == {
-        "module": module, "to_sha": SHA, "approved_by": "alice", "reason": "bad release", "expires_at": EXPIRES,
+        "module": module, "to_sha": SHA, "approved_by": "alice", "reason": "bad release",
     }
+    # Signed for an hour by default: the signature stays readable in the history.
+    left = datetime.fromisoformat(expires) - datetime.now(UTC)
+    assert timedelta(minutes=55) < left <= timedelta(hours=1), expires
     approval = Approval(
-        approved_sha=SHA, approved_pr=None, approved_by="alice", expires_at=EXPIRES, signature=request["signature"]
+        approved_sha=SHA, approved_pr=None, approved_by="alice", expires_at=expires, signature=request["signature"]
     )
     check_signature(KEY, module, approval, datetime.now(UTC))  # raises when it does not match
     described = await platform.client.get_workflow_handle(wid).describe()
