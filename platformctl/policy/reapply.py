@@ -20,6 +20,10 @@ def skip_reason(c: ReapplyCandidate) -> str | None:
     """Why this module is not re-applied, or None when it may be."""
     if c.state is None or c.state.last_applied is None:
         return "no successful apply recorded"
+    recorded = c.state.last_applied.plan.module
+    if recorded != c.module:
+        # Only a forged record says so; its plan would go to that module's host, unchecked here.
+        return f"the recorded apply is a plan for module {recorded[:100]!r}, not this one"
     pin = c.state.pinned
     if pin is not None:
         return (

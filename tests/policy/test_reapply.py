@@ -25,15 +25,26 @@ def test_without_snapshots_compose_output_decides():
     assert drifted({"snapshot": snapshot(OLD), "images": None, "remote": {"stderr": " Container core-x-1  Started\n"}})
 
 
-def test_a_module_pinned_by_an_operators_rollback_is_skipped():
+def candidate_for(plan_module: str) -> ReapplyCandidate:
     applied = AppliedRecord(
-        sha=SHA, pr=165, approved_by="ci", plan=Plan.model_validate(plan()),
+        sha=SHA, pr=165, approved_by="ci", plan=Plan.model_validate(plan(module=plan_module)),
         approval=approval(), plan_digest=None, workflow_id="apply-x", host="rs2000",
         compose_service="x", at="2026-11-27T00:00:00+00:00",
     )
     state = ModuleState(module="x", last_applied=applied)
-    candidate = ReapplyCandidate(module="x", state=state, host="rs2000", verify_checkout=True)
-    assert skip_reason(candidate) is None
+    return ReapplyCandidate(module="x", state=state, host="rs2000", verify_checkout=True)
+
+
+def test_a_module_pinned_by_an_operators_rollback_is_skipped():
+    candidate = candidate_for("x")
+    state = candidate.state
+    assert state is not None and skip_reason(candidate) is None
     pin = PinRecord(sha=SHA, images=[], by="alice", reason="bad release", workflow_id="rollback-x-1", at="now")
     pinned = candidate.model_copy(update={"state": state.model_copy(update={"pinned": pin})})
     assert "pinned by the rollback rollback-x-1 (alice: bad release)" in (skip_reason(pinned) or "")
+
+
+def test_a_recorded_plan_for_another_module_is_skipped():
+    # Only a forged record holds one: its apply would go to that module's host, which may not verify its checkout.
+    reason = skip_reason(candidate_for("honcho-redis"))
+    assert reason == "the recorded apply is a plan for module 'honcho-redis', not this one"
