@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,6 +33,7 @@ from platformctl.config import Settings
 from platformctl.logs import setup_logging
 from platformctl.metrics import runtime_from_env
 from platformctl.notify import notify_url, shown
+from platformctl.outcomes import ToolError
 from platformctl.transport.ssh import SshTransport
 from workflows.registry import ALL_WORKFLOWS
 
@@ -58,6 +60,8 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise SystemExit(f"TEMPORAL_ADDRESS must be host:port, not {address!r}")
     return host or "localhost", int(port)
 
 
@@ -152,9 +156,42 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
                      f"(is port {port} or its Web UI port {port + 1000} in use?)")
 
 
+def preflight(settings: Settings) -> None:
+    """What no apply can do without, refused at start in one line: otherwise a missing
+    platform root reads as `unknown module` on every apply, and an unwritable state dir
+    loses the audit lines."""
+    if not settings.platform_root.is_dir():
+        raise SystemExit(f"PLATFORM_ROOT {settings.platform_root} is not a directory")
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=settings.state_dir):
+            pass
+    except OSError as e:
+        why = e.strerror or e
+        raise SystemExit(f"cannot write the state dir {settings.state_dir} (PLATFORM_STATE_DIR): {why}") from None
+    key_file = settings.approval_key_file
+    if key_file is None:
+        return
+    try:
+        settings.approval_key()
+    except ToolError as e:
+        raise SystemExit(f"{e} ({key_file})") from None
+    mode = key_file.stat().st_mode
+    if mode & 0o007:
+        # Warned, not refused: docker and Kubernetes mount secrets 0444 and 0644 by default.
+        log.warning("PLATFORM_APPROVAL_KEY_FILE %s is open to every user (mode %o): anyone on this machine can "
+                    "sign approvals; chmod 600 it", key_file, mode & 0o777)
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime | None = None) -> None:
-    client = await connect(settings, runtime)
-    await register_search_attributes(client, settings.namespace)
+    try:
+        client = await connect(settings, runtime)
+        await register_search_attributes(client, settings.namespace)
+    except Exception as e:  # refused, TLS files, unknown namespace: one line, not a traceback
+        why = " ".join(str(e).split())[:300] or type(e).__name__
+        raise SystemExit(
+            f"cannot use Temporal at {settings.temporal_address} (namespace {settings.namespace}): {why}"
+        ) from None
     transport = SshTransport()
     worker = Worker(
         client,
@@ -179,7 +216,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime |
         log.warning("approvals are NOT authenticated: anyone who can reach namespace %s can approve an apply "
                     "(set PLATFORM_APPROVAL_KEY_FILE to accept only approvals signed by CI)", settings.namespace)
     else:
-        settings.approval_key()  # a missing or unusable key stops the worker here, not an apply later
         log.info("approvals must be signed with the key in %s", settings.approval_key_file)
     mode = "EXECUTING remote commands" if settings.execute_remote else "dry run (set PLATFORMCTL_PHASE=05 to execute)"
     log.info("worker polling %s on %s/%s; platform root %s; state %s; %s",
@@ -200,6 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(os.environ.get("PLATFORM_LOG_FORMAT"))
     settings = Settings.from_env()
+    preflight(settings)
     runtime = runtime_from_env(os.environ)
     if runtime is not None:
         log.info("metrics at http://%s/metrics", os.environ["PLATFORM_METRICS_ADDRESS"])

@@ -6,6 +6,7 @@ served by the SDK runtime that the worker's client is connected with.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 
 from temporalio import activity
@@ -28,9 +29,15 @@ def runtime_from_env(env: Mapping[str, str]) -> Runtime | None:
     if not sep or not host or not port.isdigit():
         raise SystemExit(f"PLATFORM_METRICS_ADDRESS must be host:port (e.g. 127.0.0.1:9464), not {address!r}")
     try:
+        # The SDK binds only an IP address: a name such as localhost is looked up here.
+        ip = str(socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0][4][0])
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot serve metrics at PLATFORM_METRICS_ADDRESS={address}: {e}") from None
+    bind = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    try:
         return Runtime(
             telemetry=TelemetryConfig(
-                metrics=PrometheusConfig(bind_address=address, histogram_bucket_overrides={DURATION: DURATION_BUCKETS})
+                metrics=PrometheusConfig(bind_address=bind, histogram_bucket_overrides={DURATION: DURATION_BUCKETS})
             )
         )
     except Exception as e:

@@ -335,3 +335,47 @@ async def test_json_logs_outcome_lines_refusals_and_metrics(platform):
     assert any('status="dry_run"' in line and f'module="{MODULE}"' in line and line.endswith(" 1")
                for line in counted), counted
     assert any('status="blocked"' in line and line.endswith(" 1") for line in counted), counted
+
+
+
+def _worker_once(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """worker.py run with a platform root, a state dir and a server address nothing listens on,
+    plus `env`; it should exit (nothing it could poll)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PLATFORM_", "PLATFORMCTL_"))}
+    base = {"PLATFORM_ROOT": str(tmp_path), "PLATFORM_STATE_DIR": str(tmp_path / "state"),
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}"}
+    return subprocess.run([sys.executable, "worker.py", *args], cwd=REPO, env={**clean, **base, **env},
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize(
+    "env, args, line",
+    [
+        ({"PLATFORM_ROOT": "{tmp}/missing"}, [], "PLATFORM_ROOT {tmp}/missing is not a directory"),
+        ({"PLATFORM_STATE_DIR": "{tmp}/afile/state"}, [],
+         "cannot write the state dir {tmp}/afile/state (PLATFORM_STATE_DIR): Not a directory"),
+        ({"PLATFORM_APPROVAL_KEY_FILE": "{tmp}/none.key"}, [],
+         "cannot read PLATFORM_APPROVAL_KEY_FILE: No such file or directory ({tmp}/none.key)"),
+        ({"TEMPORAL_ADDRESS": "127.0.0.1:1"}, [], "cannot use Temporal at 127.0.0.1:1 (namespace default): "),
+        ({"TEMPORAL_ADDRESS": "localhost:abc"}, ["--dev"], "TEMPORAL_ADDRESS must be host:port, not 'localhost:abc'"),
+    ],
+    ids=["no-root", "state-under-a-file", "no-key", "no-server", "dev-bad-address"],
+)
+def test_a_worker_that_cannot_work_says_why_in_one_line_and_exits(tmp_path, env, args, line):
+    # Before: a missing root made every apply `unknown module`, an unwritable state dir lost
+    # the audit lines, and the rest were Python tracebacks.
+    (tmp_path / "afile").write_text("")
+    proc = _worker_once(tmp_path, *args, **{k: v.format(tmp=tmp_path) for k, v in env.items()})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc
+    assert proc.stderr.strip().splitlines()[-1].startswith(line.format(tmp=tmp_path)), proc.stderr
+
+
+def test_a_key_file_every_user_can_read_is_warned_about(tmp_path):
+    key = tmp_path / "approval.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    loose = _worker_once(tmp_path, PLATFORM_APPROVAL_KEY_FILE=str(key))
+    key.chmod(0o600)
+    tight = _worker_once(tmp_path, PLATFORM_APPROVAL_KEY_FILE=str(key))
+    assert f"PLATFORM_APPROVAL_KEY_FILE {key} is open to every user (mode 644)" in loose.stderr, loose.stderr
+    assert "open to every user" not in tight.stderr and "cannot use Temporal" in tight.stderr, tight.stderr

@@ -143,6 +143,15 @@ async def test_outcomes_are_counted_in_prometheus_metrics(ts_env, tmp_path):
     assert "temporal_activity_execution_latency" in text  # the SDK's own metrics, same endpoint
 
 
+def test_a_metrics_address_may_name_its_host():
+    # The SDK binds only an IP address: `localhost:9464` was refused as invalid syntax.
+    port = free_port()
+    runtime = runtime_from_env({"PLATFORM_METRICS_ADDRESS": f"localhost:{port}"})
+    assert runtime is not None  # kept: the endpoint goes with it
+    with urllib.request.urlopen(f"http://localhost:{port}/metrics", timeout=5) as response:
+        assert response.status == 200
+
+
 def test_no_metrics_address_no_runtime():
     assert runtime_from_env({}) is None
     with pytest.raises(SystemExit, match="host:port"):
