@@ -27,6 +27,7 @@ from platformctl.cli.common import (
     one_line,
     outcome_of,
     print_json,
+    require_worker,
     signing_key,
     usage_error,
     with_signature,
@@ -151,6 +152,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     host = module_host(settings, module)
 
     client = await connect_client(settings)
+    await require_worker(client, settings)
     handle = await client.start_workflow(
         APPLY_WORKFLOW,
         request,

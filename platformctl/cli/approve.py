@@ -7,10 +7,11 @@ does not match the plan, so a wrong SHA is known in the same call (exit 5).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -18,11 +19,13 @@ from platformctl.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
+    RPC_TIMEOUT,
     CliError,
     approval_object,
     connect_client,
     iso_time,
     one_line,
+    require_worker,
     signing_key,
     with_signature,
 )
@@ -31,6 +34,7 @@ from platformctl.client import SEARCH_ATTRIBUTES
 from platformctl.config import Settings
 
 PLATFORM_MODULE = SEARCH_ATTRIBUTES[0]
+UPDATE_TIMEOUT_S = 60.0  # a worker that polls answers within seconds, however long the apply waits
 
 
 def add_parser(commands: Any) -> None:
@@ -54,6 +58,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     key = signing_key(settings)
     client = await connect_client(settings)
     handle = client.get_workflow_handle(args.workflow_id)
+    await require_worker(client, settings, await running_task_queue(handle))
     if key is not None:
         approval = with_signature(key, await module_of(handle), approval)
     refused = await send_approval(handle, approval)
@@ -66,7 +71,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 async def send_approval(handle: WorkflowHandle[Any, Any], approval: dict[str, Any]) -> int | None:
     """Send `approval` through the Update; None when accepted, else the exit code (reason on stderr)."""
     try:
-        await handle.execute_update("approve", approval)
+        await asyncio.wait_for(handle.execute_update("approve", approval), UPDATE_TIMEOUT_S)
+    except TimeoutError:
+        raise CliError(
+            EXIT_UNREACHABLE,
+            f"{handle.id} did not answer the approval within {UPDATE_TIMEOUT_S:g} s (is its worker stuck?); "
+            "the server keeps it, so a worker may still take it",
+        ) from None
     except WorkflowUpdateFailedError as e:
         cause = e.cause
         reason = cause.message if isinstance(cause, FailureError) else str(cause)
@@ -81,6 +92,20 @@ async def send_approval(handle: WorkflowHandle[Any, Any], approval: dict[str, An
             return EXIT_REFUSED
         raise
     return None
+
+
+async def running_task_queue(handle: WorkflowHandle[Any, Any]) -> str:
+    """The task queue of a running workflow; exit 5 when there is none by that id."""
+    try:
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(EXIT_REFUSED, f"approval refused: {handle.id} is not a running apply") from None
+        raise CliError(EXIT_UNREACHABLE, f"cannot read {handle.id}: {one_line(e.message)}") from None
+    if described.status != WorkflowExecutionStatus.RUNNING:
+        status = described.status.name.lower() if described.status else "closed"
+        raise CliError(EXIT_REFUSED, f"approval refused: {handle.id} is not a running apply (it is {status})")
+    return described.task_queue
 
 
 async def module_of(handle: WorkflowHandle[Any, Any]) -> str:

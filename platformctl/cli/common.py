@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError
 
 from platformctl.client import connect
 from platformctl.config import MODULE_ID, Settings
@@ -25,6 +29,7 @@ EXIT_UNREACHABLE = 2  # the contract's tool_error: our side could not do its job
 EXIT_REFUSED = 5  # a refused approval, like approval_mismatch
 EXIT_USAGE = 64  # BSD sysexits' EX_USAGE
 CONNECT_TIMEOUT_S = 5.0
+RPC_TIMEOUT = timedelta(seconds=5)
 
 
 class CliError(Exception):
@@ -52,6 +57,27 @@ async def connect_client(settings: Settings) -> Client:
         EXIT_UNREACHABLE,
         f"cannot reach Temporal at {settings.temporal_address} (namespace {settings.namespace}): {why}",
     )
+
+
+async def require_worker(client: Client, settings: Settings, task_queue: str | None = None) -> None:
+    """Exit 2, having sent nothing, when no worker has polled the task queue lately (the
+    server forgets a poller minutes after its last poll): a workflow started there, say
+    on a mistyped PLATFORM_TASK_QUEUE, would wait in silence with its id taken."""
+    queue = task_queue or settings.task_queue
+    request = DescribeTaskQueueRequest(
+        namespace=settings.namespace, task_queue=TaskQueue(name=queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    try:
+        response = await client.workflow_service.describe_task_queue(request, timeout=RPC_TIMEOUT)
+    except RPCError as e:
+        raise CliError(EXIT_UNREACHABLE, f"cannot read task queue {queue!r}: {one_line(e.message)}") from None
+    if not response.pollers:
+        raise CliError(
+            EXIT_UNREACHABLE,
+            f"no worker polls task queue {queue!r} in namespace {settings.namespace} (none in the last minutes): "
+            "start one, or check PLATFORM_TASK_QUEUE; nothing was sent",
+        )
 
 
 def iso_time(value: str) -> str:

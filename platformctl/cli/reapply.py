@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,6 +31,7 @@ from platformctl.cli.common import (
     connect_client,
     one_line,
     print_json,
+    require_worker,
 )
 from platformctl.config import Settings
 
@@ -80,6 +82,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
 
 async def run_reapply(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect_client(settings)
+    await require_worker(client, settings)
     handle = await client.start_workflow(
         "ReapplyWorkflow", _request(args), id=f"reapply-{uuid.uuid4().hex[:12]}", task_queue=settings.task_queue,
         static_summary=f"re-apply {' '.join(args.modules) or 'all modules'}",
@@ -90,7 +93,7 @@ async def run_reapply(args: argparse.Namespace, settings: Settings) -> int:
     except WorkflowFailureError as e:
         cause = e.cause
         if not (isinstance(cause, ApplicationError) and cause.type == "ReapplyFailed" and cause.details):
-            print(f"re-apply {handle.id} ended without results: {cause}")
+            print(f"re-apply {handle.id} ended without results: {one_line(cause)}", file=sys.stderr)
             return EXIT_UNREACHABLE
         result, code = cause.details[0], EXIT_FAILED
     if args.json:

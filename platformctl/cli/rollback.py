@@ -37,6 +37,7 @@ from platformctl.cli.common import (
     one_line,
     outcome_of,
     print_json,
+    require_worker,
     signing_key,
     with_signature,
 )
@@ -149,6 +150,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     host = module_host(settings, module)
 
     client = await connect_client(settings)
+    await require_worker(client, settings)
     expires_at = request_expiry(args.expires_at, key, datetime.now(UTC))
     if key is not None and to_sha is None:
         to_sha = await previous_sha(client, settings, module)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+from temporalio.service import RPCError, RPCStatusCode
+
 from platformctl.models import Approval
 from platformctl.policy.approval import sign
 from tests.cli.conftest import new_module, write_json
@@ -191,3 +194,35 @@ async def test_approve_signs_through_the_update_when_the_key_is_set(platform, ho
     assert accepted.code == 0, accepted
     done = await asyncio.wait_for(waiting.finish(), 60)
     assert done.code == 0 and done.out.startswith(f"dry_run {module}@{host_name} "), done
+
+
+async def test_with_no_worker_on_the_task_queue_apply_and_approve_exit_2_and_send_nothing(
+    platform, host_name, cli, tmp_path
+):
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module)]))
+
+    # A mistyped queue used to wait in silence, and its apply kept the id the right run then attached to.
+    typo = await cli.run("apply", str(plan_file), *approve_flags(), PLATFORM_TASK_QUEUE="platform-aply")
+    assert typo.code == 2, typo
+    assert "no worker polls task queue 'platform-aply'" in typo.err and "nothing was sent" in typo.err, typo
+    with pytest.raises(RPCError) as gone:
+        await platform.client.get_workflow_handle(wid(module)).describe()
+    assert gone.value.status == RPCStatusCode.NOT_FOUND
+
+    # An apply waiting on a queue no worker polls: its approve used to wait forever.
+    stranded = await platform.client.start_workflow(
+        "ApplyWorkflow", json.loads(plan_file.read_text()), id=f"apply-stranded-{module}", task_queue="nobody-polls"
+    )
+    approve = await cli.run("approve", stranded.id, "--sha", SHA, "--pr", PR)
+    assert approve.code == 2 and "no worker polls task queue 'nobody-polls'" in approve.err, approve
+    await stranded.terminate()
+
+    # Approving an id no apply runs under is refused (5), with a signing key too (it was 2).
+    key_file = tmp_path / "approval.key"
+    key_file.write_text("a-test-approval-key-of-32-bytes!\n")
+    keyed = {"PLATFORM_APPROVAL_KEY_FILE": str(key_file)}
+    missing = await cli.run("approve", wid(module), "--sha", SHA, "--pr", PR, **keyed)
+    assert missing.code == 5 and "is not a running apply" in missing.err, missing
