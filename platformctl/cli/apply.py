@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
@@ -21,6 +22,7 @@ from platformctl.cli.approve import send_approval
 from platformctl.cli.common import (
     EXIT_OK,
     EXIT_UNREACHABLE,
+    CliError,
     approval_object,
     connect_client,
     iso_time,
@@ -34,7 +36,9 @@ from platformctl.cli.common import (
 )
 from platformctl.cli.progress import Progress, status_of, watch
 from platformctl.config import Settings, load_module
+from platformctl.models import MAX_INPUT_BYTES, MAX_INPUT_DEPTH
 from platformctl.outcomes import OUTCOMES
+from platformctl.payload import UnreadablePayload, decode_json
 
 APPLY_WORKFLOW = "ApplyWorkflow"
 MAX_DETAIL_CHANGES = 20
@@ -63,14 +67,36 @@ def workflow_id(module: str, sha: str) -> str:
     return f"apply-{module}-{sha[:12]}"
 
 
+def blocked(message: str) -> CliError:
+    """Input the worker would end `blocked`: exit 3 before anything is started."""
+    return CliError(OUTCOMES["blocked"].exit_code, f"{message}: blocked, nothing was started")
+
+
 def read_request(path: str) -> dict[str, Any]:
     """The apply input: PLAN.json as a whole input, or as the plan alone."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise usage_error(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        elif not Path(path).is_file():  # a FIFO or device would block the read, or never end it
+            raise usage_error(f"cannot read {path}: {'not a regular file' if Path(path).exists() else 'no such file'}")
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_INPUT_BYTES + 1)
+    except OSError as e:
+        raise usage_error(f"cannot read {path}: {e.strerror or e}") from None
+    # Past a bound the worker would end the apply blocked: said here, with nothing started
+    # (a file over the server's 4 MB message limit read as an unreachable server).
+    if len(raw) > MAX_INPUT_BYTES:
+        raise blocked(f"{path} is over the {MAX_INPUT_BYTES}-byte bound of an apply's input")
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+        decode_json(Payload(metadata={"encoding": b"json/plain"}, data=raw))  # the worker's own bounds
+    except UnreadablePayload as e:
+        raise blocked(f"{path}: {e}") from None
+    except RecursionError:
+        raise blocked(f"{path} nests deeper than {MAX_INPUT_DEPTH} levels") from None
+    except UnicodeDecodeError as e:
+        raise usage_error(f"cannot read {path}: {e}") from None
     except ValueError as e:
         raise usage_error(f"{path} is not JSON: {e}") from None
     if isinstance(data, dict) and isinstance(data.get("plan"), dict):

@@ -91,6 +91,17 @@ def iso_time(value: str) -> str:
     return value
 
 
+def pr_number(value: str) -> int:
+    """argparse type of a PR number the worker accepts: a positive integer."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"not a pull request number: {value!r}")
+    return number
+
+
 def module_id(value: str) -> str:
     """argparse type of a MODULE argument: a module id (platformctl.config.MODULE_ID)."""
     if not MODULE_ID.fullmatch(value):

@@ -10,7 +10,17 @@ import argparse
 import json
 from typing import Any
 
-from platformctl.cli.common import EXIT_OK, approval_object, iso_time, signing_key, usage_error, with_signature
+from platformctl.cli.common import (
+    EXIT_OK,
+    approval_object,
+    full_sha,
+    iso_time,
+    module_id,
+    pr_number,
+    signing_key,
+    usage_error,
+    with_signature,
+)
 from platformctl.config import Settings
 
 
@@ -20,9 +30,10 @@ def add_parser(commands: Any) -> None:
         help="print a signed approval (key: PLATFORM_APPROVAL_KEY_FILE)",
         description="Print the approval JSON, with its `signature`, for MODULE at SHA and PR N.",
     )
-    p.add_argument("--module", required=True, metavar="M")
-    p.add_argument("--sha", required=True)
-    p.add_argument("--pr", required=True, type=int, metavar="N")
+    # A signature the worker could never accept (bad module id, short SHA, PR <= 0) is a usage error.
+    p.add_argument("--module", required=True, metavar="M", type=module_id)
+    p.add_argument("--sha", required=True, type=full_sha)
+    p.add_argument("--pr", required=True, type=pr_number, metavar="N")
     p.add_argument("--by", metavar="NAME")
     p.add_argument("--allow-destructive", action="store_true")
     p.add_argument("--expires-at", metavar="T", type=iso_time)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -35,8 +36,15 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
     no_plan = tmp_path / "no-plan.json"
     no_plan.write_text(json.dumps({"changes": []}))
     p = str(plan_file)
+    fifo = tmp_path / "plan.fifo"
+    os.mkfifo(fifo)  # opened for reading, it would block until someone writes
     cases = [
         [],
+        ["apply", str(fifo)],
+        ["apply", str(tmp_path)],
+        ["sign", "--module", "Bad Module", "--sha", SHA, "--pr", "1"],
+        ["sign", "--module", "m", "--sha", "abc", "--pr", "1"],
+        ["sign", "--module", "m", "--sha", SHA, "--pr", "-1"],
         ["frobnicate"],
         ["apply"],
         ["apply", p, "--approve-pr", "x"],
@@ -73,6 +81,24 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
         assert done.returncode == 64, (args, done.returncode, done.stdout, done.stderr)
         assert done.stderr.strip(), args
         assert "Traceback" not in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (json.dumps(plan(changes=[{"summary": "x" * 4000}] * 80)), "-byte bound of an apply's input"),
+        (json.dumps({"plan": plan(), "approval": {"x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}}), "nests deeper than"),
+        ("[" * 100_000 + "]" * 100_000, "nests deeper than"),  # past the JSON parser's own recursion limit
+    ],
+    ids=["over-256-KiB", "too-deep", "past-the-parsers-limit"],
+)
+def test_input_past_a_bound_exits_3_before_anything_is_contacted(tmp_path, unreachable_env, text, message):
+    # Were an unreachable server (2: past the server's 4 MB message limit) or a traceback (1).
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(text)
+    done = run("apply", str(plan_file), env=unreachable_env)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done
+    assert message in done.stderr and "blocked, nothing was started" in done.stderr, done.stderr
 
 
 def test_an_unreachable_server_exits_2_with_one_line(tmp_path, unreachable_env):
