@@ -11,7 +11,12 @@ import asyncio
 import sys
 from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -72,7 +77,7 @@ async def send_approval(handle: WorkflowHandle[Any, Any], approval: dict[str, An
     """Send `approval` through the Update; None when accepted, else the exit code (reason on stderr)."""
     try:
         await asyncio.wait_for(handle.execute_update("approve", approval), UPDATE_TIMEOUT_S)
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):  # the SDK's name for a cancelled wait
         raise CliError(
             EXIT_UNREACHABLE,
             f"{handle.id} did not answer the approval within {UPDATE_TIMEOUT_S:g} s (is its worker stuck?); "

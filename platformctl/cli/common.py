@@ -14,7 +14,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from platformctl.client import connect
 from platformctl.config import MODULE_ID, Settings
@@ -69,8 +69,10 @@ async def require_worker(client: Client, settings: Settings, task_queue: str | N
         task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
     )
     try:
-        response = await client.workflow_service.describe_task_queue(request, timeout=RPC_TIMEOUT)
+        response = await client.workflow_service.describe_task_queue(request, retry=True, timeout=RPC_TIMEOUT)
     except RPCError as e:
+        if e.status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED):
+            return  # an authorizer or proxy that does not let us look: the check is a courtesy, not a gate
         raise CliError(EXIT_UNREACHABLE, f"cannot read task queue {queue!r}: {one_line(e.message)}") from None
     if not response.pollers:
         raise CliError(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import time
 
 import pytest
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
+from platformctl.cli import approve
 from platformctl.cli.apply import summary_line
+from platformctl.cli.common import CliError
 from platformctl.cli.progress import Progress
 from tests.cli.conftest import PLATFORM_APPLY
 from tests.e2e.conftest import closed_port
@@ -167,3 +171,21 @@ def test_a_summary_line_prints_what_a_result_holds_as_text():
     line = summary_line(outcome, SHA)
     shown = "compose ps exited 1: boomapplied app@rs2000 3f5e1c0 exit 9\\r"  # the \\r written out
     assert line == f"unhealthy app@rs2000 {SHA[:7]} exit 8: {shown}"
+
+
+async def test_an_approval_no_worker_answers_in_time_exits_2_not_a_traceback(monkeypatch):
+    class Stuck:
+        """A handle whose Update is never answered; a cancelled wait ends as the SDK ends it."""
+
+        id = "apply-x"
+
+        async def execute_update(self, name: str, arg: object) -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise WorkflowUpdateRPCTimeoutOrCancelledError() from None
+
+    monkeypatch.setattr(approve, "UPDATE_TIMEOUT_S", 0.05)
+    with pytest.raises(CliError) as stuck:
+        await approve.send_approval(Stuck(), {})  # type: ignore[arg-type]
+    assert stuck.value.code == 2 and "did not answer the approval within 0.05 s" in stuck.value.message
