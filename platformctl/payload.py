@@ -55,6 +55,11 @@ def decode_json(payload: Payload) -> Any:
         raise UnreadablePayload(f"payload nests deeper than {MAX_INPUT_DEPTH} levels") from None
     except ValueError as e:
         raise UnreadablePayload(f"payload is not valid JSON: {str(e)[:200]}") from None
+    check_shape(value)
+    return value
+
+
+def check_shape(value: Any) -> None:
+    """Raise UnreadablePayload when `value` nests past the bound or holds text that is not Unicode."""
     if _depth(value) > MAX_INPUT_DEPTH:
         raise UnreadablePayload(f"payload nests deeper than {MAX_INPUT_DEPTH} levels")
-    return value

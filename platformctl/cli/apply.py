@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
 
 from platformctl.cli.approve import send_approval
 from platformctl.cli.common import (
@@ -38,7 +37,7 @@ from platformctl.cli.progress import Progress, status_of, watch
 from platformctl.config import Settings, load_module
 from platformctl.models import MAX_INPUT_BYTES, MAX_INPUT_DEPTH
 from platformctl.outcomes import OUTCOMES
-from platformctl.payload import UnreadablePayload, decode_json
+from platformctl.payload import UnreadablePayload, check_shape
 
 APPLY_WORKFLOW = "ApplyWorkflow"
 MAX_DETAIL_CHANGES = 20
@@ -67,6 +66,9 @@ def workflow_id(module: str, sha: str) -> str:
     return f"apply-{module}-{sha[:12]}"
 
 
+READ_CAP = 4 << 20  # the server's message limit: a larger file could not be sent at all
+
+
 def blocked(message: str) -> CliError:
     """Input the worker would end `blocked`: exit 3 before anything is started."""
     return CliError(OUTCOMES["blocked"].exit_code, f"{message}: blocked, nothing was started")
@@ -76,23 +78,16 @@ def read_request(path: str) -> dict[str, Any]:
     """The apply input: PLAN.json as a whole input, or as the plan alone."""
     try:
         if path == "-":
-            raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-        elif not Path(path).is_file():  # a FIFO or device would block the read, or never end it
-            raise usage_error(f"cannot read {path}: {'not a regular file' if Path(path).exists() else 'no such file'}")
+            raw = sys.stdin.buffer.read(READ_CAP + 1)
         else:
             with open(path, "rb") as f:
-                raw = f.read(MAX_INPUT_BYTES + 1)
+                raw = f.read(READ_CAP + 1)
     except OSError as e:
         raise usage_error(f"cannot read {path}: {e.strerror or e}") from None
-    # Past a bound the worker would end the apply blocked: said here, with nothing started
-    # (a file over the server's 4 MB message limit read as an unreachable server).
-    if len(raw) > MAX_INPUT_BYTES:
-        raise blocked(f"{path} is over the {MAX_INPUT_BYTES}-byte bound of an apply's input")
+    if len(raw) > READ_CAP:
+        raise blocked(f"{path} is over {READ_CAP} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
-        decode_json(Payload(metadata={"encoding": b"json/plain"}, data=raw))  # the worker's own bounds
-    except UnreadablePayload as e:
-        raise blocked(f"{path}: {e}") from None
     except RecursionError:
         raise blocked(f"{path} nests deeper than {MAX_INPUT_DEPTH} levels") from None
     except UnicodeDecodeError as e:
@@ -122,6 +117,18 @@ def flag_approval(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.approve_sha is None or args.approve_pr is None:
         raise usage_error("--approve-sha and --approve-pr go together")
     return approval_object(args.approve_sha, args.approve_pr, args.approved_by, args.allow_destructive, args.expires_at)
+
+
+def check_bounds(path: str, request: dict[str, Any]) -> None:
+    """The worker's own bounds, on the payload this client would send (compact JSON, however
+    the file is laid out): past one it would end the apply blocked."""
+    try:
+        check_shape(request)
+        size = len(pydantic_data_converter.payload_converter.to_payloads([request])[0].data)
+    except UnreadablePayload as e:
+        raise blocked(f"{path}: {e}") from None
+    if size > MAX_INPUT_BYTES:
+        raise blocked(f"{path} makes an input of {size} bytes, over the {MAX_INPUT_BYTES}-byte bound")
 
 
 def module_host(settings: Settings, module: str) -> str | None:
@@ -174,6 +181,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     key = signing_key(settings)
     if key is not None and request.get("approval") is not None:
         request["approval"] = with_signature(key, module, request["approval"])
+    check_bounds(args.plan_file, request)
     wid = workflow_id(module, sha)
     host = module_host(settings, module)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 
@@ -17,7 +16,7 @@ from platformctl.cli.common import CliError
 from platformctl.cli.progress import Progress
 from tests.cli.conftest import PLATFORM_APPLY
 from tests.e2e.conftest import closed_port
-from tests.platform_files import SHA, plan
+from tests.platform_files import SHA, change, plan
 
 
 def run(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -40,11 +39,8 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
     no_plan = tmp_path / "no-plan.json"
     no_plan.write_text(json.dumps({"changes": []}))
     p = str(plan_file)
-    fifo = tmp_path / "plan.fifo"
-    os.mkfifo(fifo)  # opened for reading, it would block until someone writes
     cases = [
         [],
-        ["apply", str(fifo)],
         ["apply", str(tmp_path)],
         ["sign", "--module", "Bad Module", "--sha", SHA, "--pr", "1"],
         ["sign", "--module", "m", "--sha", "abc", "--pr", "1"],
@@ -90,11 +86,12 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
 @pytest.mark.parametrize(
     "text, message",
     [
-        (json.dumps(plan(changes=[{"summary": "x" * 4000}] * 80)), "-byte bound of an apply's input"),
+        (json.dumps(plan(changes=[{"summary": "x" * 4000}] * 80)), "over the 262144-byte bound"),
+        (" " * (4 << 20) + json.dumps(plan()), "is over 4194304 bytes"),  # past the server's message limit
         (json.dumps({"plan": plan(), "approval": {"x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}}), "nests deeper than"),
         ("[" * 100_000 + "]" * 100_000, "nests deeper than"),  # past the JSON parser's own recursion limit
     ],
-    ids=["over-256-KiB", "too-deep", "past-the-parsers-limit"],
+    ids=["over-256-KiB", "over-4-MiB", "too-deep", "past-the-parsers-limit"],
 )
 def test_input_past_a_bound_exits_3_before_anything_is_contacted(tmp_path, unreachable_env, text, message):
     # Were an unreachable server (2: past the server's 4 MB message limit) or a traceback (1).
@@ -103,6 +100,18 @@ def test_input_past_a_bound_exits_3_before_anything_is_contacted(tmp_path, unrea
     done = run("apply", str(plan_file), env=unreachable_env)
     assert done.returncode == 3 and "Traceback" not in done.stderr, done
     assert message in done.stderr and "blocked, nothing was started" in done.stderr, done.stderr
+
+
+def test_the_bound_is_on_what_is_sent_not_on_how_the_file_is_laid_out(tmp_path, unreachable_env):
+    # 270 KB as written, 112 KB sent: past its checks, the command goes on to the server.
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan(changes=[{**change("honcho-redis"), "summary": "x" * 300}] * 300), indent=40))
+    assert plan_file.stat().st_size > 256 * 1024
+    done = subprocess.run(
+        ["bash", "-c", f'"{PLATFORM_APPLY}" apply <(cat "{plan_file}")'], env=unreachable_env,
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2 and "cannot reach Temporal" in done.stderr, done  # a pipe is read too
 
 
 def test_an_unreachable_server_exits_2_with_one_line(tmp_path, unreachable_env):
