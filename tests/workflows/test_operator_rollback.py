@@ -126,13 +126,20 @@ async def test_a_module_that_moved_to_another_service_is_not_rolled_back_to_its_
     assert harness.transport.calls == []
 
 
-async def test_with_a_signing_key_only_a_signed_rollback_runs(harness, tmp_path):
-    key = b"k" * 32
-    (tmp_path / "approval.key").write_bytes(key)
+KEY = b"k" * 32
+# Signed like an approval of the SHA whose images come back, with no PR.
+SIGNED_FIELDS = {"approved_sha": SHA, "approved_pr": None, "approved_by": "alice"}
+
+
+def with_key(harness, tmp_path) -> dict:
+    """The worker takes only signed requests: a good one for SHA."""
+    (tmp_path / "approval.key").write_bytes(KEY)
     harness.approval_key_file = tmp_path / "approval.key"
-    # Signed like an approval of the SHA whose images come back, with no PR.
-    fields = {"approved_sha": SHA, "approved_pr": None, "approved_by": "alice"}
-    good = {**REQUEST, "to_sha": SHA, "signature": sign(key, "honcho-redis", Approval.model_validate(fields))}
+    return {**REQUEST, "to_sha": SHA, "signature": sign(KEY, "honcho-redis", Approval.model_validate(SIGNED_FIELDS))}
+
+
+async def test_with_a_signing_key_only_a_signed_rollback_runs(harness, tmp_path):
+    good, key = with_key(harness, tmp_path), KEY
     async with harness.worker():
         await two_applies(harness, key)
         unsigned = await rollback(harness, REQUEST)
@@ -147,11 +154,7 @@ async def test_with_a_signing_key_only_a_signed_rollback_runs(harness, tmp_path)
 async def test_with_a_signing_key_images_from_a_record_no_worker_sealed_are_never_pinned(harness, tmp_path):
     # Anyone who can reach the namespace can signal the module's state, and a request's
     # signature (readable in old histories) covers the SHA, not the images.
-    key = b"k" * 32
-    (tmp_path / "approval.key").write_bytes(key)
-    harness.approval_key_file = tmp_path / "approval.key"
-    fields = {"approved_sha": SHA, "approved_pr": None, "approved_by": "alice"}
-    good = {**REQUEST, "to_sha": SHA, "signature": sign(key, "honcho-redis", Approval.model_validate(fields))}
+    good, key = with_key(harness, tmp_path), KEY
     evil = "sha256:" + "e" * 64
     async with harness.worker():
         await two_applies(harness, key)
@@ -160,7 +163,8 @@ async def test_with_a_signing_key_images_from_a_record_no_worker_sealed_are_neve
         assert genuine is not None and genuine.seal is not None
         state_handle = harness.client.get_workflow_handle(module_state_id(harness.task_queue, "honcho-redis"))
         outcomes = []
-        for forged_seal in (None, genuine.seal, sign(b"r" * 32, "honcho-redis", Approval.model_validate(fields))):
+        other_key = sign(b"r" * 32, "honcho-redis", Approval.model_validate(SIGNED_FIELDS))
+        for forged_seal in (None, genuine.seal, other_key):
             evil_images = [i.model_copy(update={"image_id": evil}) for i in genuine.images]
             forged = genuine.model_copy(update={"images": evil_images, "seal": forged_seal})
             # Forged as the apply before the last: the last one is recorded again after it.
