@@ -163,8 +163,8 @@ async def test_with_a_signing_key_images_from_a_record_no_worker_sealed_are_neve
         assert genuine is not None and genuine.seal is not None
         state_handle = harness.client.get_workflow_handle(module_state_id(harness.task_queue, "honcho-redis"))
         outcomes = []
-        other_key = sign(b"r" * 32, "honcho-redis", Approval.model_validate(SIGNED_FIELDS))
-        for forged_seal in (None, genuine.seal, other_key):
+        another_keys = sign(b"r" * 32, "honcho-redis", Approval.model_validate(SIGNED_FIELDS))
+        for forged_seal in (None, genuine.seal, another_keys):
             evil_images = [i.model_copy(update={"image_id": evil}) for i in genuine.images]
             forged = genuine.model_copy(update={"images": evil_images, "seal": forged_seal})
             # Forged as the apply before the last: the last one is recorded again after it.
