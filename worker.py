@@ -238,7 +238,7 @@ def main() -> None:
     settings = Settings.from_env()
     preflight(settings)
     runtime = runtime_from_env(os.environ)
-    if runtime is not None:
+    if os.environ.get("PLATFORM_METRICS_ADDRESS"):
         log.info("metrics at http://%s/metrics", os.environ["PLATFORM_METRICS_ADDRESS"])
     try:
         url = notify_url()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity, workflow
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
@@ -50,3 +51,12 @@ def setup_logging(fmt: str | None) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def core_logging() -> LoggingConfig:
+    """The SDK core's own warnings (it is Rust, and writes them to stderr itself by default)
+    through this process's handlers, so that a JSON log stays one JSON object per line."""
+    return LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )

@@ -1,7 +1,8 @@
 """Prometheus metrics: the SDK's own (workers, pollers, activities) plus apply outcomes.
 
 `PLATFORM_METRICS_ADDRESS` (host:port) turns them on; `/metrics` there is
-served by the SDK runtime that the worker's client is connected with.
+served by the SDK runtime that the worker's client is connected with (which
+also sends the SDK core's log lines to Python logging: platformctl/logs.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from temporalio import activity
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from platformctl.config import MODULE_ID
+from platformctl.logs import core_logging
 
 OUTCOMES = "platform_apply_outcomes_total"
 DURATION = "platform_apply_duration_seconds"
@@ -20,11 +22,18 @@ DURATION = "platform_apply_duration_seconds"
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
 
 
-def runtime_from_env(env: Mapping[str, str]) -> Runtime | None:
-    """A runtime serving Prometheus metrics at PLATFORM_METRICS_ADDRESS; None when it is unset."""
+def runtime_from_env(env: Mapping[str, str]) -> Runtime:
+    """The worker's SDK runtime: the core's log lines through Python logging, and Prometheus
+    metrics at PLATFORM_METRICS_ADDRESS when it is set."""
     address = env.get("PLATFORM_METRICS_ADDRESS")
-    if not address:
-        return None
+    metrics = _prometheus(address) if address else None
+    try:
+        return Runtime(telemetry=TelemetryConfig(logging=core_logging(), metrics=metrics))
+    except Exception as e:
+        raise SystemExit(f"cannot serve metrics at PLATFORM_METRICS_ADDRESS={address}: {e}") from None
+
+
+def _prometheus(address: str) -> PrometheusConfig:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise SystemExit(f"PLATFORM_METRICS_ADDRESS must be host:port (e.g. 127.0.0.1:9464), not {address!r}")
@@ -34,14 +43,7 @@ def runtime_from_env(env: Mapping[str, str]) -> Runtime | None:
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot serve metrics at PLATFORM_METRICS_ADDRESS={address}: {e}") from None
     bind = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    try:
-        return Runtime(
-            telemetry=TelemetryConfig(
-                metrics=PrometheusConfig(bind_address=bind, histogram_bucket_overrides={DURATION: DURATION_BUCKETS})
-            )
-        )
-    except Exception as e:
-        raise SystemExit(f"cannot serve metrics at PLATFORM_METRICS_ADDRESS={address}: {e}") from None
+    return PrometheusConfig(bind_address=bind, histogram_bucket_overrides={DURATION: DURATION_BUCKETS})
 
 
 def record_outcome(status: str, module: str | None, duration_s: float | None) -> None:

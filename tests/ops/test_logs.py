@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import uuid
 
 import pytest
 from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
 
 from platformctl.logs import JsonFormatter, setup_logging
+from platformctl.metrics import runtime_from_env
 
 
 @pytest.fixture
@@ -61,3 +66,27 @@ def test_json_keeps_an_exception_on_its_line():
 def test_an_unknown_format_stops_the_worker(restore_logging):
     with pytest.raises(SystemExit, match="PLATFORM_LOG_FORMAT"):
         setup_logging("yaml")
+
+
+@workflow.defn(name="FailingTaskWorkflow", sandboxed=False)
+class FailingTask:
+    @workflow.run
+    async def run(self) -> None:
+        raise RuntimeError("not a workflow failure: the task fails, and the SDK core says so")
+
+
+async def test_the_sdk_cores_own_warnings_go_through_our_handlers(dev_env, caplog):
+    # By default the core (Rust) writes them to stderr itself: plain text in a JSON log.
+    runtime = runtime_from_env({})
+    client = await Client.connect(dev_env.client.service_client.config.target_host, runtime=runtime)
+    queue = f"core-logs-{uuid.uuid4()}"
+    with caplog.at_level(logging.WARNING):
+        async with Worker(client, task_queue=queue, workflows=[FailingTask]):
+            handle = await client.start_workflow("FailingTaskWorkflow", id=queue, task_queue=queue)
+            for _ in range(100):
+                if any(r.name.startswith("temporalio.core") for r in caplog.records):
+                    break
+                await asyncio.sleep(0.1)
+            await handle.terminate()
+    core = [r for r in caplog.records if r.name.startswith("temporalio.core")]
+    assert core and "Failing workflow task" in core[0].getMessage(), [r.name for r in caplog.records]

@@ -152,7 +152,6 @@ def test_a_metrics_address_may_name_its_host():
         assert response.status == 200
 
 
-def test_no_metrics_address_no_runtime():
-    assert runtime_from_env({}) is None
+def test_a_metrics_address_that_is_not_host_port_stops_the_worker():
     with pytest.raises(SystemExit, match="host:port"):
         runtime_from_env({"PLATFORM_METRICS_ADDRESS": "9464"})
