@@ -44,6 +44,10 @@ OPEN_ANSWER_S = 2.0  # a live sshd confirms a channel open in milliseconds, busy
 KILL_GRACE_S = 2.0  # how long to wait for the host to confirm a killed channel closed
 READ_CHUNK = 64 * 1024
 OPEN_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)  # a refused channel open is retried after each
+# AES-GCM ahead of asyncssh's defaults (chacha20-poly1305 first), which follow: with
+# AES-NI it costs the worker a third less CPU per pooled command (0.98 against 1.43 ms,
+# five interleaved rounds of 100), and every OpenSSH since 6.2 offers it.
+CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 
 
 @dataclass
@@ -213,6 +217,7 @@ async def _connect(host: HostConfig) -> asyncssh.SSHClientConnection:
             gss_auth=False,
             host_based_auth=False,
             preferred_auth="publickey",
+            encryption_algs=CIPHERS,
             config=[],  # ignore ~/.ssh/config: hosts.yaml is the whole truth
             connect_timeout=host.connect_timeout_seconds,
             keepalive_interval=KEEPALIVE_INTERVAL_S,

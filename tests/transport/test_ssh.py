@@ -296,6 +296,15 @@ async def test_one_connection_serves_concurrent_and_sequential_commands(sshd_hos
     assert sshd_host.connection_count() == 1
 
 
+async def test_the_connection_negotiates_aes_gcm(sshd_host, transport):
+    # OpenSSH's sshd offers chacha20-poly1305 first; the client's order decides, and
+    # AES-GCM is the one that costs the worker less CPU per command.
+    await transport.run(sshd_host.host_config(), compose_ps(sshd_host.compose_path, "redis"), timeout_s=10)
+    [pooled] = transport._pool.values()
+    assert pooled.conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+    assert pooled.conn.get_extra_info("recv_cipher") == "aes128-gcm@openssh.com"
+
+
 async def test_channels_are_bounded_below_max_sessions(sshd_host, transport):
     # 12 one-second commands at once: OpenSSH refuses an 11th channel, so all of
     # them succeeding in two waves shows the per-connection bound (8) at work.
