@@ -6,8 +6,8 @@ writes `histories/<set>/<name>.json`: an apply awaiting approval, one waiting
 for the lock, one in the middle of its health check (each cut where it
 stands, so a worker upgrade must pick it up from there), and finished ones
 (applied, unhealthy with its rollback; recorded first, as the time-skipping
-server stalls after the in-flight ones), and a finished re-apply (on a real
-dev server). `test_replay.py` replays every set.
+server stalls after the in-flight ones), a finished re-apply, and an operator
+rollback finished and one in its health check (on a real dev server). `test_replay.py` replays every set.
 The files at the top of `histories/` are the first set, recorded before the
 project lock, phase statuses and notifications.
 """
@@ -24,8 +24,9 @@ import pytest
 
 from platformctl.transport.fake import ps
 from tests.conftest import Harness
-from tests.platform_files import apply_input, approval, module_doc, plan, write_platform
+from tests.platform_files import SHA, apply_input, approval, module_doc, plan, write_platform
 from tests.workflows.conftest import FAST_HEALTH
+from tests.workflows.test_operator_rollback import REQUEST, rollback, two_applies
 
 HISTORIES = Path(__file__).parent / "histories"
 SET = os.environ.get("RECORD_HISTORIES", "")
@@ -108,3 +109,27 @@ async def test_record_reapply_history(dev_harness):
         )
         await handle.result()
     await _save(handle, "reapply")
+
+
+async def test_record_operator_rollback_histories(dev_harness):
+    write_platform(dev_harness.root, modules=[module_doc(health=FAST_HEALTH)])
+    async with dev_harness.worker():
+        await two_applies(dev_harness)
+        wid = f"recorded-operator-rollback-{uuid.uuid4()}"
+        status, _, _ = await rollback(dev_harness, REQUEST, wid)
+        assert status == "rolled_back"
+        await _save(dev_harness.client.get_workflow_handle(wid), "operator_rolled_back")
+
+        # The module is on the older images now: back on the newer ones, so there is
+        # something to roll back to, then one that stays in its health check.
+        dev_harness.transport.head = SHA
+        await two_applies(dev_harness)
+        dev_harness.transport.script["compose_ps"] = [ps("honcho-redis", "running", "starting")]
+        handle = await dev_harness.client.start_workflow(
+            "RollbackWorkflow", REQUEST, id=f"recorded-rollback-mid-health-{uuid.uuid4()}",
+            task_queue=dev_harness.task_queue,
+        )
+        await _phase(handle, "health_check")
+        await asyncio.sleep(0.5)  # at least one compose ps observed
+        await _save(handle, "operator_rollback_mid_health_check")
+        await handle.terminate("recorded")
