@@ -87,7 +87,9 @@ class PlanRollback(StepActivities):
         check_seal(key, req.module, previous)
         # A rollback that fails is reported, never rolled back again.
         plan = validated(module, plan_digest="", has_changes=True, destructive=False, rollback="record")
-        return RollbackPlan(plan=plan, target=target, to_sha=previous.sha, image_id=image_id, images=previous.images)
+        return RollbackPlan(
+            plan=plan, target=target, to_sha=previous.sha, image_id=image_id, images=previous.images, approval=approval
+        )
 
     async def _state(self, module: str) -> ModuleState | None:
         handle = self.deps.client.get_workflow_handle(module_state_id(self.deps.settings.task_queue, module))

@@ -15,6 +15,8 @@ and nothing is done again.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from temporalio import activity
 
 from activities.base import Deps, StepActivities, ran, step
@@ -23,6 +25,7 @@ from platformctl import commands
 from platformctl.models import ComposeUpResult, RollbackImagesInput, RollbackInput, RollbackRecord
 from platformctl.notify import Notification, send
 from platformctl.outcomes import PolicyViolation
+from platformctl.policy.approval import check_signature
 from platformctl.redact import redact
 from platformctl.state import StatusRecord, display_path, now_iso, read_status, status_path, write_status
 from platformctl.target import check_unchanged
@@ -45,6 +48,10 @@ class RollbackImages(StepActivities):
         if not (target.execute and settings.execute_remote):
             raise PolicyViolation("an image rollback needs PLATFORMCTL_PHASE=05, like compose up")
         check_unchanged(settings, inp.module, target)
+        if inp.approval is not None:
+            # An operator's request, signed when a key is set: still unexpired, and signed
+            # with the key as it is now, when the host changes (the lock wait may be long).
+            check_signature(settings.approval_key(), inp.module, inp.approval, datetime.now(UTC))
         activity.logger.warning("rolling back on %s: %s (image %s)", target.host.name, command.render(), inp.image_id)
         out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
         return ran(command, out)

@@ -309,6 +309,9 @@ class RollbackImagesInput(_Model):
     module: str
     image_id: ImageId
     timeout_seconds: int
+    # An operator's request as plan_rollback checked it, checked again right before the
+    # pin (an apply's own rollback has none: it undoes what was approved).
+    approval: Approval | None = None
 
 
 class PersistStateInput(_Model):
@@ -480,6 +483,7 @@ class RollbackPlan(_Model):
     to_sha: str
     image_id: str
     images: list[ContainerImage]
+    approval: Approval | None = None  # the request, as the approval of to_sha it was checked as
 
 
 class RollbackOutcome(_Model):

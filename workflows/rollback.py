@@ -135,7 +135,7 @@ class OperatorRollback:
             RollbackImages.compose_rollback,
             RollbackImagesInput(
                 target=target, module=plan.plan.module, image_id=plan.image_id,
-                timeout_seconds=plan.plan.up_timeout_seconds,
+                timeout_seconds=plan.plan.up_timeout_seconds, approval=plan.approval,
             ),
             remote=True,
             start_to_close_timeout=timedelta(seconds=plan.plan.up_timeout_seconds + 60),

@@ -7,10 +7,12 @@ module's health window is short).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.common import RawValue
 
 from platformctl.commands import image_pin
@@ -18,7 +20,8 @@ from platformctl.models import Approval, ModuleEvent, ModuleState, ReapplyCandid
 from platformctl.module_state import module_state_id
 from platformctl.policy.approval import sign
 from platformctl.policy.reapply import skip_reason
-from platformctl.transport.fake import empty_images, failed, images
+from platformctl.transport.base import RemoteOutput
+from platformctl.transport.fake import empty_images, failed, images, ok
 from tests.conftest import Harness
 from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, module_doc, plan, write_platform
 from tests.workflows.conftest import FAST_HEALTH
@@ -56,6 +59,10 @@ async def rollback(harness, request, workflow_id: str | None = None) -> tuple[st
     handle = await harness.client.start_workflow(
         "RollbackWorkflow", request, id=workflow_id or f"rollback-{uuid.uuid4()}", task_queue=harness.task_queue
     )
+    return await rollback_result(handle)
+
+
+async def rollback_result(handle: WorkflowHandle) -> tuple[str, dict, str | None]:
     try:
         result = await handle.result()
     except WorkflowFailureError as e:
@@ -176,6 +183,47 @@ async def test_with_a_signing_key_images_from_a_record_no_worker_sealed_are_neve
     assert [(status, error_type) for status, _, error_type in outcomes] == [("blocked", "PolicyViolation")] * 3
     assert "carries no seal" in outcomes[0][1]["error"]
     assert all("not sealed with this worker's signing key" in r["error"] for _, r, _ in outcomes[1:])
+
+
+@pytest.mark.parametrize("change", ["expired", "key_rotated"])
+async def test_a_request_is_checked_again_right_before_the_pin(harness, tmp_path, change):
+    # Planned while valid, then held up by the project lock: by the time the host would
+    # change, the request has expired, or the worker's key is another one.
+    key = KEY if change == "key_rotated" else None
+    request = with_key(harness, tmp_path) if key else dict(REQUEST)
+    if change == "expired":
+        expires = datetime.now(UTC) + timedelta(seconds=3)
+        request["expires_at"] = expires.isoformat().replace("+00:00", "Z")
+    holding, released = asyncio.Event(), asyncio.Event()
+
+    async def held_up(timeout_s: float) -> RemoteOutput:
+        holding.set()
+        await released.wait()
+        return ok()
+
+    async with harness.worker():
+        await two_applies(harness, key)
+        harness.transport.script["compose_up"] = [held_up]
+        holder = await harness.start(apply_input(plan(sha=OTHER_SHA), signed(key, approval(sha=OTHER_SHA))))
+        await asyncio.wait_for(holding.wait(), 30)
+        handle = await harness.client.start_workflow(
+            "RollbackWorkflow", request, id=f"rollback-{uuid.uuid4()}", task_queue=harness.task_queue
+        )
+        while (phase := (await handle.query("status"))["phase"]) != "waiting_for_lock":
+            assert phase != "done", await rollback_result(handle)
+            await asyncio.sleep(0.05)
+        if change == "expired":
+            await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.1)
+        else:
+            (tmp_path / "approval.key").write_bytes(b"n" * 32)
+        released.set()
+        assert (await harness.outcome(holder)).status == "applied"
+        status, result, error_type = await rollback_result(handle)
+        state = await module_state(harness)
+    assert (status, result["exitCode"], error_type) == ("approval_mismatch", 5, "ApprovalMismatch")
+    assert ("expired" if change == "expired" else "does not match") in result["error"]
+    assert "compose_rollback" not in [c.kind for _, c in harness.transport.calls]
+    assert state.pinned is None
 
 
 @pytest.mark.parametrize(
