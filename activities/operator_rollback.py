@@ -21,7 +21,6 @@ from activities.base import StepActivities, step
 from activities.validate_plan import validated
 from platformctl.config import load_module
 from platformctl.models import (
-    Approval,
     ImageSnapshot,
     ModuleEvent,
     ModuleState,
@@ -78,18 +77,12 @@ class PlanRollback(StepActivities):
         except ValueError as e:
             raise PolicyViolation(f"module {req.module!r}: {e}") from None
         # Signed like an approval of the SHA whose images come back, with no PR.
-        approval = Approval(
-            approved_sha=previous.sha, approved_pr=None, approved_by=req.approved_by,
-            expires_at=req.expires_at, signature=req.signature,
-        )
         key = settings.approval_key()
-        check_signature(key, req.module, approval, datetime.now(UTC))
+        check_signature(key, req.module, req.approval_of(previous.sha), datetime.now(UTC))
         check_seal(key, req.module, previous)
         # A rollback that fails is reported, never rolled back again.
         plan = validated(module, plan_digest="", has_changes=True, destructive=False, rollback="record")
-        return RollbackPlan(
-            plan=plan, target=target, to_sha=previous.sha, image_id=image_id, images=previous.images, approval=approval
-        )
+        return RollbackPlan(plan=plan, target=target, to_sha=previous.sha, image_id=image_id, images=previous.images)
 
     async def _state(self, module: str) -> ModuleState | None:
         handle = self.deps.client.get_workflow_handle(module_state_id(self.deps.settings.task_queue, module))

@@ -48,9 +48,10 @@ class RollbackImages(StepActivities):
         if not (target.execute and settings.execute_remote):
             raise PolicyViolation("an image rollback needs PLATFORMCTL_PHASE=05, like compose up")
         check_unchanged(settings, inp.module, target)
-        if inp.approval is not None:
+        if inp.approval is not None and activity.info().attempt == 1:
             # An operator's request, signed when a key is set: still unexpired, and signed
             # with the key as it is now, when the host changes (the lock wait may be long).
+            # A later attempt finishes what the first decided: that one may have pinned already.
             check_signature(settings.approval_key(), inp.module, inp.approval, datetime.now(UTC))
         activity.logger.warning("rolling back on %s: %s (image %s)", target.host.name, command.render(), inp.image_id)
         out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)

@@ -309,7 +309,7 @@ class RollbackImagesInput(_Model):
     module: str
     image_id: ImageId
     timeout_seconds: int
-    # An operator's request as plan_rollback checked it, checked again right before the
+    # An operator's request (RollbackRequest.approval_of), checked again right before the
     # pin (an apply's own rollback has none: it undoes what was approved).
     approval: Approval | None = None
 
@@ -470,6 +470,13 @@ class RollbackRequest(_Model):
     expires_at: BoundedStr | None = None
     signature: BoundedStr | None = None
 
+    def approval_of(self, sha: str) -> Approval:
+        """What the signature signs: an approval of `sha` (that apply's) with no PR."""
+        return Approval(
+            approved_sha=sha, approved_pr=None, approved_by=self.approved_by,
+            expires_at=self.expires_at, signature=self.signature,
+        )
+
 
 class PlanRollbackInput(_Model):
     request: RollbackRequest
@@ -483,7 +490,6 @@ class RollbackPlan(_Model):
     to_sha: str
     image_id: str
     images: list[ContainerImage]
-    approval: Approval | None = None  # the request, as the approval of to_sha it was checked as
 
 
 class RollbackOutcome(_Model):

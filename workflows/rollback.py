@@ -126,6 +126,7 @@ class OperatorRollback:
         from workflows.apply import REMOTE_RETRY, _Stop
 
         wf, target = self.wf, plan.target
+        assert self.request is not None
         wf._enter(
             "rolling_back",
             f"Putting `{target.compose_service}` on {target.host.name} back on image {plan.image_id} "
@@ -135,7 +136,8 @@ class OperatorRollback:
             RollbackImages.compose_rollback,
             RollbackImagesInput(
                 target=target, module=plan.plan.module, image_id=plan.image_id,
-                timeout_seconds=plan.plan.up_timeout_seconds, approval=plan.approval,
+                timeout_seconds=plan.plan.up_timeout_seconds,
+                approval=self.request.approval_of(plan.to_sha),
             ),
             remote=True,
             start_to_close_timeout=timedelta(seconds=plan.plan.up_timeout_seconds + 60),

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities import operator_rollback
 from activities import rollback as rollback_module
 from activities.operator_rollback import RecordRollback
 from activities.persist_state import PersistState
-from activities.rollback import Rollback
-from platformctl.models import RecordRollbackInput, RollbackOutcome
+from activities.rollback import Rollback, RollbackImages
+from activities.single_flight import SingleFlight
+from platformctl.models import RecordRollbackInput, RollbackImagesInput, RollbackOutcome, RollbackRequest
 from platformctl.state import read_status
+from platformctl.target import derive_target
+from platformctl.transport.fake import FakeTransport
 from tests.activities.state_helpers import (
     COMMAND,
     DIGEST,
@@ -26,7 +32,9 @@ from tests.activities.state_helpers import (
     result,
     rollback_input,
     run,
+    settings_for,
 )
+from tests.platform_files import write_platform
 
 
 def status_file(settings):
@@ -147,3 +155,30 @@ async def test_an_operator_rollback_recorded_again_by_a_rerun_is_said_once(setti
     assert [json.loads(line)["status"] for line in lines] == ["unhealthy"]
     assert len([r for r in caplog.records if r.getMessage().startswith("rollback honcho-redis")]) == 1
     assert sent == ["rollback_failed"]
+
+
+def pin_attempt(n: int) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, attempt=n, activity_type="compose_rollback", workflow_id="rollback-1", workflow_run_id="run-1",
+    )
+    return env
+
+
+async def test_an_operator_request_is_checked_by_the_pins_first_attempt_only(tmp_path):
+    write_platform(tmp_path)
+    settings = settings_for(tmp_path)
+    transport = FakeTransport()
+    pin = RollbackImages(StubDeps(settings, transport), SingleFlight()).compose_rollback  # type: ignore[arg-type]
+    expired = RollbackRequest(module="honcho-redis", approved_by="alice", reason="bad release",
+                              expires_at="2026-01-01T00:00:00Z").approval_of(SHA)
+    inp = RollbackImagesInput(target=derive_target(settings, "honcho-redis"), module="honcho-redis",
+                              image_id="sha256:" + "a" * 64, timeout_seconds=30, approval=expired)
+
+    with pytest.raises(ApplicationError) as caught:
+        await pin_attempt(1).run(pin, inp)
+    assert (caught.value.type, transport.calls) == ("ApprovalMismatch", [])
+    # The first attempt decided; a later one may find the pin half done by it (its worker
+    # died) and finishes it instead of leaving the service there as approval_mismatch.
+    out = await pin_attempt(2).run(pin, inp)
+    assert out.executed and [c.kind for _, c in transport.calls] == ["compose_rollback"]

@@ -191,9 +191,6 @@ async def test_a_request_is_checked_again_right_before_the_pin(harness, tmp_path
     # change, the request has expired, or the worker's key is another one.
     key = KEY if change == "key_rotated" else None
     request = with_key(harness, tmp_path) if key else dict(REQUEST)
-    if change == "expired":
-        expires = datetime.now(UTC) + timedelta(seconds=3)
-        request["expires_at"] = expires.isoformat().replace("+00:00", "Z")
     holding, released = asyncio.Event(), asyncio.Event()
 
     async def held_up(timeout_s: float) -> RemoteOutput:
@@ -206,6 +203,9 @@ async def test_a_request_is_checked_again_right_before_the_pin(harness, tmp_path
         harness.transport.script["compose_up"] = [held_up]
         holder = await harness.start(apply_input(plan(sha=OTHER_SHA), signed(key, approval(sha=OTHER_SHA))))
         await asyncio.wait_for(holding.wait(), 30)
+        if change == "expired":
+            expires = datetime.now(UTC) + timedelta(seconds=3)
+            request["expires_at"] = expires.isoformat().replace("+00:00", "Z")
         handle = await harness.client.start_workflow(
             "RollbackWorkflow", request, id=f"rollback-{uuid.uuid4()}", task_queue=harness.task_queue
         )
