@@ -27,6 +27,7 @@ from pathlib import Path
 from temporalio.runtime import Runtime
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+import platformctl.dependency_warnings  # noqa: F401  (first of ours: before asyncssh loads)
 from activities import Deps, build_activities
 from platformctl.client import connect, register_search_attributes
 from platformctl.config import Settings

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from temporalio.service import RPCError
 
+import platformctl.dependency_warnings  # noqa: F401  (first of ours: before asyncssh loads)
 from platformctl.cli import apply, approve, doctor, locks, reapply, reject, rollback, sign, status
 from platformctl.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, CliError, one_line
 from platformctl.config import Settings
