@@ -236,7 +236,10 @@ def main() -> None:
                         help="start the embedded Temporal dev server first if nothing listens at TEMPORAL_ADDRESS")
     args = parser.parse_args()
     setup_logging(os.environ.get("PLATFORM_LOG_FORMAT"))
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     preflight(settings)
     runtime = runtime_from_env(os.environ)
     if os.environ.get("PLATFORM_METRICS_ADDRESS"):

@@ -33,4 +33,4 @@ class CheckHostAllowlist(StepActivities):
                 )
         if not Path(host.client_key).expanduser().is_file():
             raise ToolError(f"host {inp.host!r}: client_key {host.client_key!r} is not a readable file on this worker")
-        return make_target(host, inp.guarded.compose_path, inp.compose_service, self.deps.settings.execute_remote)
+        return make_target(host, inp.guarded.compose_path, inp.compose_service, self.deps.settings)

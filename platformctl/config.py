@@ -25,6 +25,9 @@ from platformctl.policy.hosts import is_inline_pin
 
 MODULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 OPEN_PHASE = "05"
+# Above the worker's 2 s heartbeat throttle with room to spare; at most 10 minutes
+# before a lost worker's remote step is retried elsewhere.
+HEARTBEAT_TIMEOUT_BOUNDS = (5, 600)
 # A module file that parses but asks for more than the contract's bounds is
 # refused as policy (blocked); one that does not parse is our own tool_error.
 _BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "value_error"})
@@ -42,6 +45,7 @@ class Settings:
     state_dir: Path
     phase: str
     approval_key_file: Path | None = None  # PLATFORM_APPROVAL_KEY_FILE: only signed approvals count
+    heartbeat_timeout_seconds: int = 30  # PLATFORM_HEARTBEAT_TIMEOUT_SECONDS
 
     @property
     def execute_remote(self) -> bool:
@@ -62,6 +66,9 @@ class Settings:
             approval_key_file=(
                 Path(env["PLATFORM_APPROVAL_KEY_FILE"]) if env.get("PLATFORM_APPROVAL_KEY_FILE") else None
             ),
+            heartbeat_timeout_seconds=_bounded_seconds(
+                env, "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS", 30, HEARTBEAT_TIMEOUT_BOUNDS
+            ),
         )
 
     def approval_key(self) -> bytes | None:
@@ -75,6 +82,17 @@ class Settings:
         if len(key) < 16:
             raise ToolError("PLATFORM_APPROVAL_KEY_FILE holds fewer than 16 bytes: not a usable signing key")
         return key
+
+
+def _bounded_seconds(env: dict[str, str], name: str, default: int, bounds: tuple[int, int]) -> int:
+    """A whole number of seconds from `env`, or a ValueError that names the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    low, high = bounds
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"{name} must be a whole number of seconds from {low} to {high}, not {raw[:40]!r}")
+    return int(raw)
 
 
 class _Runtime(BaseModel):

@@ -265,6 +265,9 @@ class Target(_Model):
     # Compose's project name (the compose file's folder): runs of one project never overlap.
     # Empty only in targets of applies started before it was added.
     project: str = ""
+    # How long the server waits for a remote step's heartbeat before it retries the step
+    # (the worker's PLATFORM_HEARTBEAT_TIMEOUT_SECONDS, read once so replays agree).
+    heartbeat_timeout_seconds: int = 30
 
 
 class VerifyCheckoutInput(_Model):

@@ -29,14 +29,15 @@ def compose_project(compose_path: str) -> str:
     return _NOT_IN_PROJECT_NAME.sub("", folder.lower()).lstrip("_-") or folder
 
 
-def make_target(host: HostConfig, compose_path: str, service: str, execute: bool) -> Target:
+def make_target(host: HostConfig, compose_path: str, service: str, settings: Settings) -> Target:
     return Target(
         host=host,
         compose_path=compose_path,
         compose_service=service,
         command=commands.compose_up(compose_path, service).render(),
-        execute=execute,
+        execute=settings.execute_remote,
         project=compose_project(compose_path),
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
     )
 
 
@@ -45,7 +46,7 @@ def derive_target(settings: Settings, module_id: str) -> Target:
     module = load_module(root, module_id)
     host = check_host(module.host, load_hosts(root))
     path = guard_compose_path(module.spec.runtime.compose_file, host.remote_root, load_sacred_paths(root))
-    return make_target(host, path, module.compose_service, settings.execute_remote)
+    return make_target(host, path, module.compose_service, settings)
 
 
 def check_unchanged(settings: Settings, module_id: str, target: Target) -> None:

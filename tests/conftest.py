@@ -136,6 +136,7 @@ class Harness:
     transport: FakeTransport = field(default_factory=lambda: FakeTransport(head=SHA))
     phase: str = "05"
     approval_key_file: Path | None = None
+    heartbeat_timeout_seconds: int = 30
     task_queue: str = field(default_factory=lambda: f"tq-{uuid.uuid4()}")
 
     @property
@@ -148,6 +149,7 @@ class Harness:
             state_dir=self.root / ".platform" / "state",
             phase=self.phase,
             approval_key_file=self.approval_key_file,
+            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
         )
 
     @contextlib.asynccontextmanager

@@ -441,7 +441,7 @@ class ApplyWorkflow:
                 remote=True,
                 # The transport kills the command at timeout_s; this only catches a lost worker.
                 start_to_close_timeout=timedelta(seconds=timeout_s + 60),
-                heartbeat_timeout=timedelta(seconds=30),
+                heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
                 retry_policy=REMOTE_RETRY,
                 # A cancel returns only once the command is gone on the host, so the
                 # rollback never overlaps it.
@@ -722,7 +722,7 @@ class ApplyWorkflow:
                 ),
                 remote=True,
                 start_to_close_timeout=timedelta(seconds=plan.up_timeout_seconds + 60),
-                heartbeat_timeout=timedelta(seconds=30),
+                heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
                 retry_policy=REMOTE_RETRY,
             )
         except _Stop as e:

@@ -141,7 +141,7 @@ class OperatorRollback:
             ),
             remote=True,
             start_to_close_timeout=timedelta(seconds=plan.plan.up_timeout_seconds + 60),
-            heartbeat_timeout=timedelta(seconds=30),
+            heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
             retry_policy=REMOTE_RETRY,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )

@@ -48,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]] = args.run
     try:
-        return asyncio.run(command(args, Settings.from_env()))
+        settings = Settings.from_env()
+    except ValueError as e:  # a setting the worker would refuse too
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(command(args, settings))
     except CliError as e:
         print(f"{PROG}: {e.message}", file=sys.stderr)
         return e.code

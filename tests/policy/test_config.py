@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from platformctl import config
-from platformctl.config import DEFAULT_SACRED_PATHS, _read_yaml, load_hosts, load_module, load_sacred_paths
+from platformctl.config import DEFAULT_SACRED_PATHS, Settings, _read_yaml, load_hosts, load_module, load_sacred_paths
 from platformctl.outcomes import PolicyViolation, ToolError
 from tests.platform_files import host_doc, module_doc, write_platform
 
@@ -273,3 +273,12 @@ def test_relative_key_and_known_hosts_paths_are_read_beside_hosts_yaml(tmp_path)
     )
     assert (hosts["absolute"].client_key, hosts["absolute"].known_hosts) == ("/etc/k", "~/.ssh/known_hosts")
     assert (hosts["inline"].client_key, hosts["inline"].known_hosts) == ("~/.ssh/k", pin)
+
+
+def test_the_heartbeat_timeout_is_a_bounded_worker_setting(tmp_path):
+    env = {"PLATFORM_ROOT": str(tmp_path)}
+    assert Settings.from_env(env).heartbeat_timeout_seconds == 30
+    assert Settings.from_env({**env, "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS": "5"}).heartbeat_timeout_seconds == 5
+    for bad in ("4", "601", "30s", "-5", "1e3"):
+        with pytest.raises(ValueError, match=f"PLATFORM_HEARTBEAT_TIMEOUT_SECONDS must be .* not '{bad}'"):
+            Settings.from_env({**env, "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS": bad})

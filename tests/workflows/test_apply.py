@@ -162,6 +162,20 @@ async def test_unhealthy_service_fails_after_its_timeout_and_rolls_back(harness)
     assert time.monotonic() - started < 30
 
 
+async def test_remote_steps_get_the_workers_heartbeat_timeout(harness):
+    harness.heartbeat_timeout_seconds = 7
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "unhealthy")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "unhealthy", out.result  # after compose up and the rollback's pin
+    scheduled = {
+        e.activity_task_scheduled_event_attributes.activity_type.name:
+            e.activity_task_scheduled_event_attributes.heartbeat_timeout.ToSeconds()
+        for e in (await out.handle.fetch_history()).events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    assert scheduled["compose_up"] == scheduled["compose_rollback"] == 7, scheduled
+
+
 async def test_exited_container_fails_without_waiting_out_the_timeout(harness):
     harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", ""), ps("honcho-redis", "exited", "")]}
     out = await harness.apply(apply_input())
