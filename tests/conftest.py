@@ -29,7 +29,8 @@ from platformctl.module_state import module_state_id
 from platformctl.transport.fake import FakeTransport
 from tests.platform_files import SHA, write_platform
 
-# Real OpenSSH sshd hosts with the stand-in docker (see tests/sshd.py).
+# The session's dev servers (tests/servers.py) and real OpenSSH sshd hosts with the stand-in docker (tests/sshd.py).
+from tests.servers import dev_env, dev_server  # noqa: F401
 from tests.sshd import sshd_host, sshd_host2, sshd_server, sshd_server2  # noqa: F401
 from worker import HEARTBEAT_THROTTLE
 from workflows.registry import ALL_WORKFLOWS

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sshd import descendants
+from tests.sshd import accounts_lock, descendants
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER_CLIENT = "/usr/bin/docker"  # docker.io's client, matching dockerd 20.10 (API 1.41)
@@ -260,8 +260,9 @@ def _net_links() -> set[str]:
 
 
 def _ensure_group(name: str) -> None:
-    if subprocess.run(["getent", "group", name], capture_output=True).returncode != 0:
-        subprocess.run(["groupadd", "--system", name], check=True)
+    with accounts_lock():
+        if subprocess.run(["getent", "group", name], capture_output=True).returncode != 0:
+            subprocess.run(["groupadd", "--system", name], check=True)
 
 
 def _build_images(engine: DockerEngine) -> None:

@@ -23,6 +23,8 @@ DOCKER_CONFIG, and `docker` on the sessions' PATH (and so on the gate's
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -33,6 +35,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -241,15 +244,25 @@ def _kill(pid: int) -> None:
         pass
 
 
+@contextlib.contextmanager
+def accounts_lock() -> Iterator[None]:
+    """One account change at a time across the test processes (xdist workers):
+    useradd and usermod fail, rather than wait, while another holds /etc/passwd."""
+    with open("/tmp/platform-tests-accounts.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _ensure_user(user: str) -> pwd.struct_passwd:
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        # A home directory keeps sshd from printing "Could not chdir" into every session.
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True)
-        entry = pwd.getpwnam(user)
-    # Without PAM a locked password field ("!") refuses even key logins; "*" is unlocked but unusable.
-    subprocess.run(["usermod", "-p", "*", user], check=True)
+    with accounts_lock():
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            # A home directory keeps sshd from printing "Could not chdir" into every session.
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True)
+            entry = pwd.getpwnam(user)
+        # Without PAM a locked password field ("!") refuses even key logins; "*" is unlocked but unusable.
+        subprocess.run(["usermod", "-p", "*", user], check=True)
     return entry
 
 
@@ -327,7 +340,8 @@ def _check_stand_ins(entry: pwd.struct_passwd, path: str, bin_dir: Path, names: 
 
 def _join_engine(user: str, engine: DockerEngine, path: str, bin_dir: Path) -> None:
     """Let `user` reach the engine as the sessions will, or fail loudly."""
-    subprocess.run(["usermod", "-a", "-G", engine.socket_group, user], check=True)
+    with accounts_lock():
+        subprocess.run(["usermod", "-a", "-G", engine.socket_group, user], check=True)
     entry = pwd.getpwnam(user)
     found = subprocess.run(
         ["sh", "-c", "command -v docker && docker version --format '{{.Server.Version}}' && docker compose version"],

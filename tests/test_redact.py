@@ -561,21 +561,22 @@ def _repeated(head: str, unit: str, size: int) -> str:
 
 
 def _best_seconds(text: str) -> float:
-    """The fastest of three runs: a timing, not a measure of the machine's load."""
+    """The fastest of three runs, in this thread's CPU time: a timing of the work, not of
+    the other test processes sharing the cores."""
     times = []
     for _ in range(3):
-        started = time.perf_counter()
+        started = time.thread_time()
         redact_and_cap(text)
-        times.append(time.perf_counter() - started)
+        times.append(time.thread_time() - started)
     return min(times)
 
 
 @pytest.mark.parametrize(("head", "unit"), _SLOW_SHAPES.values(), ids=_SLOW_SHAPES.keys())
 def test_a_megabyte_is_redacted_well_under_a_second(head: str, unit: str) -> None:
     text = _repeated(head, unit, _MEGABYTE)
-    started = time.perf_counter()
+    started = time.thread_time()
     redact_and_cap(text)
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 def test_64_kib_of_compose_output_is_redacted_in_under_50_ms() -> None:

@@ -12,25 +12,36 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowHandle
 
 from tests.chaos.dev_server import RestartableDevServer, sqlite_dev_server  # noqa: F401
-from tests.e2e.conftest import E2E, activity_attempts, compose_up_argv, ssh_host_entry, write_hosts, write_module
+from tests.e2e.conftest import (
+    E2E,
+    HEARTBEAT_TIMEOUT_S,
+    activity_attempts,
+    compose_up_argv,
+    ssh_host_entry,
+    write_hosts,
+    write_module,
+)
 from tests.e2e.test_hostile_callers import wait_phase
 from tests.platform_files import apply_input, approval, change, plan
 from tests.sshd import SshHost, start_sshd, unavailable_reason
 
-# compose up is scheduled with a 30 s heartbeat timeout (workflows/apply.py).
-# A shorter outage is the same scenario as a longer one once it outlasts the
-# worker's retries of the result report: the server still times the attempt
-# out 30 s after the last heartbeat it saw, and retries it.
-OUTAGE_S = 20
+# compose up is scheduled with the worker's heartbeat timeout (HEARTBEAT_TIMEOUT_S
+# here). A shorter outage is the same scenario as a longer one once it outlasts
+# the worker's retries of the result report: the server still times the attempt
+# out a heartbeat timeout after the last heartbeat it saw, and retries it.
+OUTAGE_S = HEARTBEAT_TIMEOUT_S - 3
 SHORT_OUTAGE_S = 3
-LONG_OUTAGE_S = 33
+LONG_OUTAGE_S = HEARTBEAT_TIMEOUT_S + 3
 
 # The stand-in docker behind a wrapper: `up` (also the rollback's) logs its start,
 # runs the stand-in, takes `up_seconds=N` from the service's behaviour file, logs its end.
@@ -130,6 +141,12 @@ async def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> N
         await asyncio.sleep(0.05)
 
 
+async def pending_attempt(handle: WorkflowHandle, activity_type: str) -> int:
+    """The attempt the server has scheduled or started of a pending activity (0: none pending)."""
+    pending = (await handle.describe()).raw_description.pending_activities
+    return max((p.attempt for p in pending if p.activity_type.name == activity_type), default=0)
+
+
 async def outage(server: RestartableDevServer, seconds: float) -> None:
     server.kill9()
     await asyncio.sleep(seconds)
@@ -144,8 +161,8 @@ async def test_a_server_outage_during_compose_up_runs_it_once(chaos, slow_host, 
     await until(lambda: len(up_spans(slow_host)) == 1, 30, "compose up started")
     await asyncio.sleep(1)
 
-    # up ends while the server is gone: its result report is lost, and 30 s after
-    # the last heartbeat it saw, the restarted server retries compose up.
+    # up ends while the server is gone: its result report is lost, and a heartbeat
+    # timeout after the last heartbeat it saw, the restarted server retries compose up.
     await outage(sqlite_dev_server, OUTAGE_S)
     out = await chaos.outcome(handle, timeout_s=90)
 
@@ -163,14 +180,24 @@ async def test_a_server_outage_longer_than_the_heartbeat_timeout_reuses_the_runn
     chaos, slow_host, sqlite_dev_server  # noqa: F811
 ):
     write_module(chaos.root, "c-long", "h1", "svc-long")
-    slow_host.set_behaviour("svc-long", f"succeed up_seconds={LONG_OUTAGE_S + 10}")
+    slow_host.set_behaviour("svc-long", f"succeed up_seconds={LONG_OUTAGE_S + 15}")
     worker = await chaos.start_worker()
     handle = await chaos.start(request("c-long", "svc-long"))
     await until(lambda: len(up_spans(slow_host)) == 1, 30, "compose up started")
 
     # Back after the heartbeat timeout: the server times attempt 1 out at once and
-    # starts attempt 2 while attempt 1's up still runs on the worker.
-    await outage(sqlite_dev_server, LONG_OUTAGE_S)
+    # starts attempt 2 while attempt 1's up still runs on the worker. The worker is
+    # frozen until then, or a heartbeat it retried through the outage may reach the
+    # restarted server before its timer does (as on a loaded machine).
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        await outage(sqlite_dev_server, LONG_OUTAGE_S)
+        deadline = time.monotonic() + 30
+        while await pending_attempt(handle, "compose_up") < 2:
+            assert time.monotonic() < deadline, "the restarted server never timed attempt 1 out"
+            await asyncio.sleep(0.2)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
     out = await chaos.outcome(handle, timeout_s=90)
 
     assert out.status == "applied", out.result

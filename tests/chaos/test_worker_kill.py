@@ -1,10 +1,11 @@
 """`kill -9` of the real worker at every step boundary of an apply, then a new worker.
 
 One campaign runs every case at once, so the file costs one recovery wait
-(Temporal notices a dead worker only at a timeout: 30 s for a heartbeating
-remote step) instead of one per step. A step that reads a platform file or the
-audit log blocks its worker's event loop while held, so each of those gets its
-own lane (platform root, task queue, worker); the other cases share one.
+(Temporal notices a dead worker only at a timeout: the heartbeat timeout, for
+a remote step; HEARTBEAT_TIMEOUT_S in tests/e2e/conftest.py) instead of one per
+step. A step that reads a platform file or the audit log blocks its worker's
+event loop while held, so each of those gets its own lane (platform root, task
+queue, worker); the other cases share one.
 
 How each case holds its worker at the step (never by ActivityTaskScheduled
 events: the quick local checks may run as local activities):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,31 @@ from typing import Any
 
 import pytest
 
+from platformctl.cli.main import main
+
 # The real Temporal dev server and worker of the end-to-end suite.
-from tests.e2e.conftest import E2E, VENV_BIN, dev_server, e2e, ssh_host_entry, write_hosts  # noqa: F401
+from tests.e2e.conftest import E2E, VENV_BIN, e2e, ssh_host_entry, write_hosts  # noqa: F401
 
 PLATFORM_APPLY = VENV_BIN / "platform-apply"
 CLI_TIMEOUT_S = 120
+
+
+def run_in_process(*args: str) -> int:
+    """main(argv) in this process, as the console script runs it (capsys holds its output):
+    usage checks answer without the second a subprocess spends importing."""
+    try:
+        return main(list(args))
+    except SystemExit as e:  # argparse's own exits (usage errors, --help)
+        return e.code if isinstance(e.code, int) else 1
+
+
+def in_process_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """This process's environment as a subprocess given `env` would see it, for run_in_process."""
+    for name in os.environ:
+        if name.startswith(("TEMPORAL_", "PLATFORM_", "PLATFORMCTL_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from platformctl.cli.rollback import request_expiry
 from platformctl.models import Approval
 from platformctl.policy.approval import check_signature
-from tests.cli.conftest import PLATFORM_APPLY, new_module, write_json
+from tests.cli.conftest import PLATFORM_APPLY, in_process_env, new_module, run_in_process, write_json
 from tests.cli.test_apply import approve_flags
 from tests.e2e.conftest import closed_port, compose_up_argv, write_module
 from tests.platform_files import OTHER_SHA, SHA, change, plan
@@ -55,17 +55,19 @@ def test_a_signed_request_expires_in_an_hour_unless_told_otherwise():
 
 
 @pytest.fixture
-def unreachable_env(tmp_path) -> dict[str, str]:
+def unreachable_env(tmp_path, monkeypatch) -> dict[str, str]:
     # Nothing listens there: a command that got past its usage check would exit 2, not 64.
     key_file = tmp_path / "approval.key"
     key_file.write_bytes(KEY)
-    return {
+    env = {
         "PATH": "/usr/bin:/bin", "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}", "PLATFORM_ROOT": str(tmp_path),
         "PLATFORM_APPROVAL_KEY_FILE": str(key_file),
     }
+    in_process_env(monkeypatch, env)
+    return env
 
 
-def test_usage_errors_exit_64_without_contacting_the_server(unreachable_env):
+def test_usage_errors_exit_64_without_contacting_the_server(unreachable_env, capsys):
     ok = ["--by", "alice", "--reason", "bad release"]
     cases = [
         ["rollback"],
@@ -86,10 +88,11 @@ def test_usage_errors_exit_64_without_contacting_the_server(unreachable_env):
         ["rollback", "m1", *ok, "--no-such-flag"],
     ]
     for args in cases:
-        done = run(*args, env=unreachable_env)
-        assert done.returncode == 64, (args, done.returncode, done.stdout, done.stderr)
-        assert done.stdout == "" and done.stderr.strip(), args
-        assert "Traceback" not in done.stderr and "cannot reach Temporal" not in done.stderr, (args, done.stderr)
+        code = run_in_process(*args)
+        out, err = capsys.readouterr()
+        assert code == 64, (args, code, out, err)
+        assert out == "" and err.strip(), args
+        assert "Traceback" not in err and "cannot reach Temporal" not in err, (args, err)
 
 
 def test_an_unreachable_server_exits_2_with_one_line(unreachable_env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
@@ -13,8 +14,9 @@ from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from platformctl.cli import approve
 from platformctl.cli.apply import summary_line
 from platformctl.cli.common import CliError
+from platformctl.cli.main import build_parser
 from platformctl.cli.progress import Progress
-from tests.cli.conftest import PLATFORM_APPLY
+from tests.cli.conftest import PLATFORM_APPLY, in_process_env, run_in_process
 from tests.e2e.conftest import closed_port
 from tests.platform_files import SHA, change, plan
 
@@ -25,13 +27,33 @@ def run(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.Comp
     )
 
 
+def command_names() -> list[str]:
+    (commands,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(commands.choices)
+
+
 @pytest.fixture
-def unreachable_env(tmp_path) -> dict[str, str]:
+def unreachable_env(tmp_path, monkeypatch) -> dict[str, str]:
     # Nothing listens there: a command that got past its usage check would exit 2, not 64.
-    return {"PATH": "/usr/bin:/bin", "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}", "PLATFORM_ROOT": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}", "PLATFORM_ROOT": str(tmp_path)}
+    in_process_env(monkeypatch, env)
+    return env
 
 
-def test_usage_errors_exit_64(tmp_path, unreachable_env):
+def test_help_prints_to_stdout_and_nothing_to_stderr(unreachable_env, capsys):
+    # As operators run it: no dependency's warnings either (dependency_warnings.py).
+    done = run("--help", env=unreachable_env)
+    assert (done.returncode, done.stderr) == (0, ""), done
+    assert done.stdout.startswith("usage: platform-apply"), done.stdout
+    commands = command_names()
+    assert {"apply", "approve", "reject", "rollback", "status", "reapply", "locks", "doctor", "sign"} <= set(commands)
+    for command in commands:
+        assert run_in_process(command, "--help") == 0, command
+        out, err = capsys.readouterr()
+        assert out.startswith(f"usage: platform-apply {command}") and err == "", (command, out, err)
+
+
+def test_usage_errors_exit_64(tmp_path, unreachable_env, capsys):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan()))
     not_json = tmp_path / "not.json"
@@ -77,10 +99,10 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
         ["statuz"],  # not a command of this tool
     ]
     for args in cases:
-        done = run(*args, env=unreachable_env)
-        assert done.returncode == 64, (args, done.returncode, done.stdout, done.stderr)
-        assert done.stderr.strip(), args
-        assert "Traceback" not in done.stderr, (args, done.stderr)
+        code = run_in_process(*args)
+        err = capsys.readouterr().err
+        assert code == 64, (args, code, err)
+        assert err.strip() and "Traceback" not in err, (args, err)
 
 
 @pytest.mark.parametrize(
@@ -93,13 +115,16 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env):
     ],
     ids=["over-256-KiB", "over-4-MiB", "too-deep", "past-the-parsers-limit"],
 )
-def test_input_past_a_bound_exits_3_before_anything_is_contacted(tmp_path, unreachable_env, text, message):
+def test_input_past_a_bound_exits_3_before_anything_is_contacted(
+    tmp_path, unreachable_env, capsys, text, message
+):
     # Were an unreachable server (2: past the server's 4 MB message limit) or a traceback (1).
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(text)
-    done = run("apply", str(plan_file), env=unreachable_env)
-    assert done.returncode == 3 and "Traceback" not in done.stderr, done
-    assert message in done.stderr and "blocked, nothing was started" in done.stderr, done.stderr
+    code = run_in_process("apply", str(plan_file))
+    err = capsys.readouterr().err
+    assert code == 3 and "Traceback" not in err, err
+    assert message in err and "blocked, nothing was started" in err, err
 
 
 def test_the_bound_is_on_what_is_sent_not_on_how_the_file_is_laid_out(tmp_path, unreachable_env):

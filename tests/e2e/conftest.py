@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -26,66 +27,28 @@ from typing import Any
 import pytest
 import yaml
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Outcome
 from tests.docker_engine import DockerEngine, compose_file_text, serve_engine
+from tests.servers import NAMESPACE, DevServer
 from tests.sshd import SshHost, known_hosts_pattern, make_keypair, serve
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-TEMPORAL_CLI = VENV_BIN / "temporal"
-NAMESPACE = "default"
 POLLING_LINE = "worker polling"
+PYTHON_WARNING = re.compile(r"^\S+:\d+: \w*Warning: ", re.MULTILINE)  # warnings.showwarning's format
 WORKER_START_TIMEOUT_S = 30
 GRACEFUL_EXIT_S = 25
 PLATFORM_ATTRIBUTES = ("PlatformModule", "PlatformHost", "PlatformStatus")
+# The server gives up on a lost worker's compose up this soon (30 s by default).
+HEARTBEAT_TIMEOUT_S = 8
 # Health windows short enough for real time.
 FAST_HEALTH = {"stable_seconds": 2, "timeout_seconds": 8, "poll_seconds": 1}
 
 
 # ---- the Temporal dev server ---------------------------------------------
-
-
-@dataclass
-class DevServer:
-    env: WorkflowEnvironment
-    address: str
-    initial_custom_attributes: dict[str, int]
-
-    @property
-    def client(self) -> Client:
-        return self.env.client
-
-    async def custom_attributes(self) -> dict[str, int]:
-        listed = await self.client.operator_service.list_search_attributes(
-            ListSearchAttributesRequest(namespace=NAMESPACE)
-        )
-        return dict(listed.custom_attributes)
-
-
-@pytest.fixture(scope="session")
-async def dev_server():
-    env = await WorkflowEnvironment.start_local(
-        namespace=NAMESPACE,
-        dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=pydantic_data_converter,
-        ui=False,
-        dev_server_extra_args=[
-            "--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000",
-            "--dynamic-config-value", "history.transferProcessorMaxPollHostRPS=10000",
-        ],
-    )
-    try:
-        server = DevServer(env, env.client.service_client.config.target_host, {})
-        server.initial_custom_attributes = await server.custom_attributes()
-        yield server
-    finally:
-        await env.shutdown()
 
 
 # ---- the worker process ---------------------------------------------------
@@ -168,6 +131,7 @@ class E2E:
             PLATFORM_TASK_QUEUE=self.task_queue,
             PLATFORM_ROOT=str(self.root),
             PLATFORM_STATE_DIR=str(self.state_dir),
+            PLATFORM_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_TIMEOUT_S),
             PYTHONUNBUFFERED="1",
         )
         if phase is not None:
@@ -191,6 +155,8 @@ class E2E:
         worker = WorkerProcess(proc, log_path, env)
         self.workers.append(worker)
         await worker.wait_polling()
+        # An operator's terminal shows our lines only: no Python warning from a dependency.
+        assert not PYTHON_WARNING.search(worker.log()), worker.log()
         return worker
 
     def all_logs(self) -> str:

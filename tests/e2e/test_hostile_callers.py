@@ -20,8 +20,9 @@ from temporalio.worker import Worker
 
 from platformctl.models import Approval
 from platformctl.policy.approval import sign
-from tests.e2e.conftest import NAMESPACE, TEMPORAL_CLI, compose_up_argv, ssh_host_entry, write_hosts, write_module
+from tests.e2e.conftest import compose_up_argv, ssh_host_entry, write_hosts, write_module
 from tests.platform_files import SHA, apply_input, approval, change, plan
+from tests.servers import NAMESPACE, TEMPORAL_CLI
 from tests.sshd import eventually, process_running
 
 QUICK_HEALTH = {"stable_seconds": 0, "timeout_seconds": 10, "poll_seconds": 1}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 from tests.docker_engine import APP_V1, APP_V2, DockerEngine
 from tests.e2e.conftest import ENGINE_HEALTH, ENGINE_HOST, engine_service, write_engine_module
@@ -126,7 +127,7 @@ async def test_changing_the_image_to_an_unhealthy_one_ends_unhealthy(
     assert container_image_id(docker_engine, row["ID"]) == v1
     assert docker_engine.docker("exec", row["ID"], "cat", "/version").stdout == "1\n"
     # The compose file on the host was not touched: it still names v2.
-    assert APP_V2 in open(compose).read()
+    assert APP_V2 in Path(compose).read_text()
 
     status = json.loads(e2e.status_file("rt-bad").read_text())
     assert status["status"] == "unhealthy" and status["last_failure"]["workflow_id"] == wid

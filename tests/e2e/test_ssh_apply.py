@@ -20,7 +20,6 @@ from temporalio.common import SearchAttributeKey
 from tests.e2e.conftest import (
     FAST_HEALTH,
     activity_attempts,
-    closed_port,
     compose_ps_argv,
     compose_up_argv,
     connection_attempts,
@@ -260,8 +259,10 @@ async def test_secrets_in_remote_output_never_reach_history_or_logs(ssh_e2e, ssh
 # ---- trust and reachability --------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["wrong_host_key", "wrong_client_key", "closed_port"])
-async def test_unreachable_or_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tmp_path, fault):
+# A closed port: tests/transport/test_ssh.py::test_closed_port_fails_fast (a retryable
+# ConnectFailed at once) and tests/workflows/test_apply.py::test_unreachable_host_is_retried_then_remote_failed.
+@pytest.mark.parametrize("fault", ["wrong_host_key", "wrong_client_key"])
+async def test_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tmp_path, fault):
     e2e = ssh_e2e
     entry = ssh_host_entry(sshd_host)
     if fault == "wrong_host_key":
@@ -271,9 +272,6 @@ async def test_unreachable_or_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tm
         make_keypair(tmp_path / "stranger_key", "not-authorized")
         entry["client_key"] = str(tmp_path / "stranger_key")
         expected = "refused the client key"
-    else:
-        entry["port"] = closed_port(sshd_host.address)
-        expected = "cannot connect"
     write_hosts(e2e.root, {"h1": entry})
     write_module(e2e.root, "e2e-trust", "h1", "svc-trust")
     await e2e.start_worker()
@@ -289,77 +287,20 @@ async def test_unreachable_or_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tm
     assert sshd_host.calls() == []
     assert sshd_host.connection_count() == 0
     assert await activity_attempts(out.handle, "compose_up") == []
-    first_attempts = await activity_attempts(out.handle, "verify_checkout")
-    if fault == "closed_port":
-        assert connection_attempts(sshd_host) == attempts_before
-    else:
-        # A wrong key is final: one connection for each of the two reads made side by
-        # side (the checkout, the images), one attempt each, no retry.
-        assert connection_attempts(sshd_host) - attempts_before == 2
-        assert first_attempts == [1], first_attempts
-        assert await activity_attempts(out.handle, "compose_images") == [1]
-        assert out.seconds < 10, f"took {out.seconds:.1f} s: was it retried?"
+    # A wrong key is final: one connection for each of the two reads made side by
+    # side (the checkout, the images), one attempt each, no retry.
+    assert connection_attempts(sshd_host) - attempts_before == 2
+    assert await activity_attempts(out.handle, "verify_checkout") == [1]
+    assert await activity_attempts(out.handle, "compose_images") == [1]
+    assert out.seconds < 10, f"took {out.seconds:.1f} s: was it retried?"
 
 
 # ---- the worker dies or stops mid-apply --------------------------------------
 
 
-async def test_kill_9_during_compose_up_then_a_new_worker_finishes(ssh_e2e, sshd_host):
-    """Temporal re-dispatches compose up after its 30 s heartbeat timeout;
-    compose up -d converges, so running it again is safe."""
-    e2e = ssh_e2e
-    write_module(e2e.root, "e2e-kill", "h1", "svc-kill")
-    sshd_host.set_behaviour("svc-kill", "slow")  # compose up takes ~1 s, then succeeds
-    first = await e2e.start_worker()
-    started = time.monotonic()
-    handle = await e2e.start(request("e2e-kill", "svc-kill"))
-    up = compose_up_argv(sshd_host, "svc-kill")
-
-    assert await eventually(lambda: up in sshd_host.calls(), 20), "compose up never started"
-    first.kill9()  # while the stand-in still sleeps in compose up
-    await e2e.start_worker()
-    out = await e2e.outcome(handle, timeout_s=120)
-    elapsed = time.monotonic() - started
-
-    assert out.status == "applied", out.result
-    assert out.result["exitCode"] == 9
-    # The first attempt was lost with the worker; the second one completed.
-    assert await activity_attempts(handle, "compose_up") == [2]
-    calls = sshd_host.calls()
-    assert calls.count(up) == 2
-    reads = (compose_ps_argv(sshd_host, "svc-kill"), git_head_argv(sshd_host), images_argv(sshd_host, "svc-kill"))
-    assert all(c in reads for c in calls if c != up)
-    assert sshd_host.connection_count() == 2  # one per worker
-    assert json.loads(e2e.status_file("e2e-kill").read_text())["status"] == "applied"
-    print(f"kill -9 recovery: applied {elapsed:.1f} s after start")
-    assert elapsed < 90
-
-
-async def test_kill_9_during_the_rollback_then_a_new_worker_finishes_it(ssh_e2e, sshd_host):
-    """A worker lost while it puts the service back: the next one runs the rollback
-    again (the pin converges like up -d) and the apply ends with what it did."""
-    e2e = ssh_e2e
-    write_module(e2e.root, "e2e-kill-rb", "h1", "svc-kill-rb", up_timeout_seconds=5,
-                 health={"stable_seconds": 1, "timeout_seconds": 3, "poll_seconds": 1})
-    # The rollback hangs each time: killed with the first worker, then at its 5 s timeout.
-    sshd_host.set_behaviour("svc-kill-rb", "unhealthy rollback=hang")
-    first = await e2e.start_worker()
-    handle = await e2e.start(request("e2e-kill-rb", "svc-kill-rb"))
-    rollback = rollback_argv(sshd_host, "svc-kill-rb")
-
-    assert await eventually(lambda: rollback in sshd_host.calls(), 30), "the rollback never started"
-    first.kill9()
-    await e2e.start_worker()
-    out = await e2e.outcome(handle, timeout_s=120)
-
-    assert (out.status, out.result["exitCode"]) == ("unhealthy", 4)
-    image = out.result["rollback"]["image"]
-    assert image["outcome"] == "failed" and "still running after its timeout" in image["error"]
-    assert await activity_attempts(handle, "compose_rollback") == [2]
-    assert sshd_host.calls().count(rollback) == 2
-    status = json.loads(e2e.status_file("e2e-kill-rb").read_text())
-    assert status["last_failure"]["rollback"]["image"]["outcome"] == "failed"
-    assert [a["status"] for a in e2e.audit()] == ["unhealthy"]
+# kill -9 mid compose up and mid rollback, then a new worker: the `up` and
+# `rollback` cases of tests/chaos/test_worker_kill.py (attempt 2 finishes, one
+# audit line, the status file, no overlapping compose runs).
 
 
 async def test_sigterm_during_compose_up_lets_it_finish_and_a_new_worker_continues(ssh_e2e, sshd_host):

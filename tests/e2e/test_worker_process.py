@@ -26,10 +26,8 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 from tests.e2e.conftest import (
-    NAMESPACE,
     PLATFORM_ATTRIBUTES,
     REPO,
-    TEMPORAL_CLI,
     WorkerProcess,
     closed_port,
     connection_attempts,
@@ -39,6 +37,7 @@ from tests.e2e.conftest import (
     write_module,
 )
 from tests.platform_files import SHA, apply_input, change, plan
+from tests.servers import NAMESPACE, TEMPORAL_CLI
 
 MODULE = "e2e-dry"
 SERVICE = "dry-svc"

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.workflows.conftest import dev_env  # noqa: F401  (the real dev server, for test_logs.py)
-
 TOKEN = "hooktoken-5f2c9a7e"
 
 

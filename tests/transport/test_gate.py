@@ -37,6 +37,7 @@ from tests.sshd import (
     GATE_CODE,
     STAND_IN_BIN,
     SYSTEM_PATH,
+    accounts_lock,
     eventually,
     install_gate,
     process_running,
@@ -828,21 +829,23 @@ def root_alias_host():
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    try:
-        pwd.getpwnam(ROOT_ALIAS)  # left over from an interrupted run
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--non-unique", "--uid", "0", "--gid", "0", "--no-create-home",
-             "--home-dir", "/", "--shell", "/bin/sh", ROOT_ALIAS],
-            check=True,
-            capture_output=True,  # it warns that uid 0 is outside UID_MIN..UID_MAX
-        )
+    with accounts_lock():
+        try:
+            pwd.getpwnam(ROOT_ALIAS)  # left over from an interrupted run
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--non-unique", "--uid", "0", "--gid", "0", "--no-create-home",
+                 "--home-dir", "/", "--shell", "/bin/sh", ROOT_ALIAS],
+                check=True,
+                capture_output=True,  # it warns that uid 0 is outside UID_MIN..UID_MAX
+            )
     assert pwd.getpwnam(ROOT_ALIAS).pw_uid == 0
     try:
         yield from serve("127.0.0.1", user=ROOT_ALIAS, gate=True)
     finally:
-        # --force: userdel sees uid 0 in use by every root process.
-        subprocess.run(["userdel", "--force", ROOT_ALIAS], check=True, capture_output=True)
+        with accounts_lock():
+            # --force: userdel sees uid 0 in use by every root process.
+            subprocess.run(["userdel", "--force", ROOT_ALIAS], check=True, capture_output=True)
 
 
 async def test_a_uid_0_deploy_user_gets_nothing(root_alias_host):

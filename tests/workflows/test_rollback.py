@@ -208,7 +208,7 @@ async def test_a_cancel_whose_attempt_then_times_out_kills_compose_up_before_the
     # the attempt's compose up still runs on this worker, waiting to be taken over.
     monkeypatch.setattr(single_flight, "heartbeating", functools.partial(heartbeating, 3600.0))  # one, then none
     write_platform(tmp_path, modules=[module_doc(health=FAST_HEALTH)])
-    harness = Harness(client=dev_env.client, root=tmp_path)
+    harness = Harness(client=dev_env.client, root=tmp_path, heartbeat_timeout_seconds=5)
     harness.transport.script = {
         "compose_images": [images("honcho-redis", OLD), images("honcho-redis", NEW)],
         "compose_ps": [ps("honcho-redis")],
@@ -219,7 +219,7 @@ async def test_a_cancel_whose_attempt_then_times_out_kills_compose_up_before_the
         await until(lambda: harness.transport.running > 0)
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()  # once the 30 s heartbeat timeout has passed
+            await handle.result()  # once the 5 s heartbeat timeout has passed
     assert kinds(harness.transport).count("compose_rollback") == 1
     assert harness.transport.max_running == 1  # compose up was killed before the rollback's command ran
     assert harness.transport.running == 0
