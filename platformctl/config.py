@@ -27,7 +27,7 @@ MODULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 OPEN_PHASE = "05"
 # Above the worker's 2 s heartbeat throttle with room to spare; at most 10 minutes
 # before a lost worker's remote step is retried elsewhere.
-HEARTBEAT_TIMEOUT_BOUNDS = (5, 600)
+HEARTBEAT_TIMEOUT_S, HEARTBEAT_TIMEOUT_BOUNDS = 30, (5, 600)
 # A module file that parses but asks for more than the contract's bounds is
 # refused as policy (blocked); one that does not parse is our own tool_error.
 _BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "value_error"})
@@ -45,7 +45,7 @@ class Settings:
     state_dir: Path
     phase: str
     approval_key_file: Path | None = None  # PLATFORM_APPROVAL_KEY_FILE: only signed approvals count
-    heartbeat_timeout_seconds: int = 30  # PLATFORM_HEARTBEAT_TIMEOUT_SECONDS
+    heartbeat_timeout_seconds: int = HEARTBEAT_TIMEOUT_S  # PLATFORM_HEARTBEAT_TIMEOUT_SECONDS
 
     @property
     def execute_remote(self) -> bool:
@@ -67,7 +67,7 @@ class Settings:
                 Path(env["PLATFORM_APPROVAL_KEY_FILE"]) if env.get("PLATFORM_APPROVAL_KEY_FILE") else None
             ),
             heartbeat_timeout_seconds=_bounded_seconds(
-                env, "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS", 30, HEARTBEAT_TIMEOUT_BOUNDS
+                env, "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS", HEARTBEAT_TIMEOUT_S, HEARTBEAT_TIMEOUT_BOUNDS
             ),
         )
 

@@ -53,6 +53,12 @@ def test_help_prints_to_stdout_and_nothing_to_stderr(unreachable_env, capsys):
         assert out.startswith(f"usage: platform-apply {command}") and err == "", (command, out, err)
 
 
+def test_a_setting_the_worker_refuses_exits_64(unreachable_env, monkeypatch, capsys):
+    monkeypatch.setenv("PLATFORM_HEARTBEAT_TIMEOUT_SECONDS", "30s")
+    assert run_in_process("locks") == 64
+    assert "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS must be a whole number" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_64(tmp_path, unreachable_env, capsys):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan()))

@@ -357,8 +357,10 @@ def _worker_once(tmp_path: Path, *args: str, **env: str) -> subprocess.Completed
          "cannot read PLATFORM_APPROVAL_KEY_FILE: No such file or directory ({tmp}/none.key)"),
         ({"TEMPORAL_ADDRESS": "127.0.0.1:1"}, [], "cannot use Temporal at 127.0.0.1:1 (namespace default): "),
         ({"TEMPORAL_ADDRESS": "localhost:abc"}, ["--dev"], "TEMPORAL_ADDRESS must be host:port, not 'localhost:abc'"),
+        ({"PLATFORM_HEARTBEAT_TIMEOUT_SECONDS": "30s"}, [],
+         "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS must be a whole number of seconds from 5 to 600, not '30s'"),
     ],
-    ids=["no-root", "state-under-a-file", "no-key", "no-server", "dev-bad-address"],
+    ids=["no-root", "state-under-a-file", "no-key", "no-server", "dev-bad-address", "bad-heartbeat-timeout"],
 )
 def test_a_worker_that_cannot_work_says_why_in_one_line_and_exits(tmp_path, env, args, line):
     # Before: a missing root made every apply `unknown module`, an unwritable state dir lost
