@@ -481,17 +481,33 @@ def plain(text: str) -> str:
 def redact(text: str) -> str:
     """`text` as plain text, with every secret value replaced by REDACTED, labels kept.
 
-    Escape sequences go first: a colour code between a key and its value
-    (`\\x1b[36mpassword\\x1b[0m=x`, as console loggers and `jq -C` print) would
-    hide the pair. Other controls are written out last: `\\x1b` before a key
-    would read as part of it."""
-    text = _ESCAPE_SEQUENCE.sub("", text)
+    The patterns run before escape sequences are dropped and again after: a
+    colour code between a key and its value (`\\x1b[36mpassword\\x1b[0m=x`, as
+    console loggers and `jq -C` print) hides the pair until it is dropped, and
+    a sequence can end on a key's first letter (`\\x9b A`: `\\x9b Authorization:
+    Basic x` drops to `uthorization: Basic x`). Other controls are written out
+    last: `\\x1b` before a key would read as part of it."""
+    if _ESCAPE_SEQUENCE.search(text):
+        text = _ESCAPE_SEQUENCE.sub("", _LINE_WITH_ESCAPES.sub(_hide_values_in_line, text))
+    return _written_out(_hide_values(text))
+
+
+# Only the lines that hold an introducer get the first pass: a key and its value
+# share a line, and the rest of the text (most of a log) is scanned once.
+_LINE_WITH_ESCAPES = re.compile(r"^[^\n]*[\x1b\x9b\x9d][^\n]*", re.M)
+
+
+def _hide_values_in_line(match: re.Match[str]) -> str:
+    return _hide_values(match[0])
+
+
+def _hide_values(text: str) -> str:
     # Needles are looked for in the input once: a REDACTED never adds one.
     lowered = text.lower()
     for pattern in _PATTERNS:
         if any(needle in lowered for needle in pattern.needles):
             text = pattern.regex.sub(_hide, text)
-    return _written_out(text)
+    return text
 
 
 def redact_and_cap(text: str, limit: int = MAX_STORED) -> str:
