@@ -267,17 +267,18 @@ async def test_a_terminated_reapply_asks_its_apply_in_compose_up_to_stop_instead
         handle = await harness.client.start_workflow(
             "ReapplyWorkflow", {"modules": [fresh_module]}, id=f"reapply-{uuid.uuid4()}", task_queue=harness.task_queue
         )
+        # Compose up is running once the transport has it: the phase alone also reads
+        # `applying` while the images are listed, before compose up (a cancel there ends
+        # the apply with nothing to roll back).
         for _ in range(200):
-            children = [e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
-                        for e in (await handle.fetch_history()).events
-                        if e.HasField("child_workflow_execution_started_event_attributes")]
-            if children and (await harness.client.get_workflow_handle(children[0]).query("status"))["phase"] == (
-                "applying"
-            ):
+            if len(harness.transport.commands("compose_up")) == 2:
                 break
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the re-apply's apply never reached compose up")
+        children = [e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+                    for e in (await handle.fetch_history()).events
+                    if e.HasField("child_workflow_execution_started_event_attributes")]
         await handle.terminate("an operator stops the re-apply")
         apply = harness.client.get_workflow_handle(children[0])
         with pytest.raises(WorkflowFailureError):
