@@ -259,19 +259,24 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop, runtime)
 
+    code = 0
     try:
         asyncio.run(serve())
+    except SystemExit as e:  # a worker that cannot work: its one line, then the same exit
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else 1
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-    # The worker has shut down cleanly. Skip interpreter teardown: the SDK's
-    # Rust threads can still touch the GIL then and abort the process
-    # (temporalio/sdk-python#300), which would turn a clean stop into exit 134.
+    # Skip interpreter teardown, after a clean stop or not: the SDK's Rust threads
+    # can still touch the GIL then and abort the process (temporalio/sdk-python#300),
+    # which would turn exit 0 or 1 into 134.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":
