@@ -428,6 +428,12 @@ def test_a_control_before_a_key_does_not_hide_its_secret() -> None:
     assert redact("\x1bpassword=hunter22") == "\\x1bpassword=[REDACTED]"
 
 
+def test_an_escape_sequence_ending_on_a_keys_first_letter_does_not_hide_its_secret() -> None:
+    # The CSI's final byte is the A: dropped, it leaves `uthorization: Basic ...`.
+    out = redact("ok\n\x9b Authorization: Basic 0000000000000000 \n")
+    assert out == "ok\nuthorization: Basic [REDACTED] \n"
+
+
 # ---- the cap ----------------------------------------------------------------
 
 MARKER = re.compile(r"\A\[\.\.\. (\d+) chars truncated \.\.\.\]\n")
