@@ -181,10 +181,11 @@ def outcome_of(result: Any, module: str, host: str | None, noun: str = "apply") 
     return value
 
 
-def one_line(text: object, limit: int = 300) -> str:
-    """`text` on one line, for a terminal: whatever a result holds cannot restyle it."""
+def one_line(text: object, limit: int | None = 300) -> str:
+    """`text` on one line, for a terminal: whatever a result holds cannot restyle it,
+    or start a line of its own that reads like another (no limit: None)."""
     flat = " ".join(plain(str(text)).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def print_json(value: Any) -> None:

@@ -28,6 +28,7 @@ def add_parser(commands: Any) -> None:
 
 
 def lock_line(workflow_id: str, state: dict[str, Any]) -> str:
+    """One lock's line, shown plain: a lock's state is whatever its workflow answers."""
     name = state.get("lock") or workflow_id.removeprefix(LOCK_PREFIX).replace(":", "/", 1)
     line = f"{name} held by {state.get('holder') or '?'}"
     waiting = [str(w) for w in state.get("waiting") or []]
@@ -35,7 +36,7 @@ def lock_line(workflow_id: str, state: dict[str, Any]) -> str:
         line += f" (waiting: {', '.join(waiting)})"
     if state.get("released"):
         line += " (released, handing on)"
-    return line
+    return one_line(line, limit=None)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,7 +47,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             state = await handle.query("state", rpc_timeout=QUERY_TIMEOUT)
         except Exception as e:  # closed in between, or no worker to answer: say so, go on
-            lines.append(f"{execution.id}: state unavailable ({one_line(e, 120)})")
+            lines.append(one_line(f"{execution.id}: state unavailable ({one_line(e, 120)})", limit=None))
             continue
         lines.append(lock_line(execution.id, state if isinstance(state, dict) else {}))
     for line in sorted(lines) or ["no locks held"]:

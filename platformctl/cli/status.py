@@ -30,6 +30,8 @@ def add_parser(commands: Any) -> None:
 
 
 def state_line(state: ModuleState, in_flight: dict[str, Any] | None) -> str:
+    """One module's line. Its parts come from workflow state, which anyone with
+    namespace access can write (a signal's `approved_by`), so it is shown plain."""
     last = state.last_applied
     line = f"{state.module}: "
     if last is not None:
@@ -47,7 +49,7 @@ def state_line(state: ModuleState, in_flight: dict[str, Any] | None) -> str:
         line += f"; PINNED by rollback to {(pin.sha or '?')[:12]} by {pin.by} at {pin.at} (re-apply skips it)"
     if in_flight:
         line += f"; in flight: {in_flight['workflow_id']} ({in_flight.get('phase')})"
-    return line
+    return one_line(line, limit=None)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,7 +76,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             state = await handle.query("state", result_type=ModuleState, rpc_timeout=QUERY_TIMEOUT)
         except Exception as e:
-            rows.append((module, None, f"{module}: no recorded state ({one_line(e, 80)})"))
+            rows.append((module, None, one_line(f"{module}: no recorded state ({one_line(e, 80)})", limit=None)))
             continue
         state = state or ModuleState(module=module)
         rows.append((module, state, state_line(state, flying.get(module))))
@@ -85,7 +87,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         ])
     else:
         for _, _, line in rows:
-            print(line)
+            print(line)  # each shown plain by state_line or one_line
         if not rows:
             print("no module has recorded state yet")
     return EXIT_OK

@@ -14,8 +14,11 @@ from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from platformctl.cli import approve
 from platformctl.cli.apply import summary_line
 from platformctl.cli.common import CliError
+from platformctl.cli.locks import lock_line
 from platformctl.cli.main import build_parser
 from platformctl.cli.progress import Progress
+from platformctl.cli.status import state_line
+from platformctl.models import AppliedRecord, ModuleState
 from tests.cli.conftest import PLATFORM_APPLY, in_process_env, run_in_process
 from tests.e2e.conftest import closed_port
 from tests.platform_files import SHA, change, plan
@@ -211,6 +214,22 @@ def test_a_summary_line_prints_what_a_result_holds_as_text():
     line = summary_line(outcome, SHA)
     shown = "compose ps exited 1: boomapplied app@rs2000 3f5e1c0 exit 9\\r"  # the \\r written out
     assert line == f"unhealthy app@rs2000 {SHA[:7]} exit 8: {shown}"
+
+
+def test_status_and_locks_lines_show_what_a_namespace_user_wrote_as_plain_text():
+    """approved_by comes from a signal and a lock's state from a query: an OSC or a
+    newline in them must not retitle the terminal or forge a line of its own."""
+    forged = "ops\x1b]0;pwned\x07\nother-module: 0123456789ab PR #1 applied"
+    last = AppliedRecord.model_construct(
+        sha=SHA, pr=7, at="2026-12-07T00:00:00Z", approved_by=forged, workflow_id="apply-m-0123"
+    )
+    line = state_line(ModuleState(module="m").model_copy(update={"last_applied": last}), None)
+    assert line == (
+        f"m: {SHA[:12]} PR #7 applied 2026-12-07T00:00:00Z by ops other-module: 0123456789ab PR #1 applied"
+        " (apply-m-0123)"
+    )
+    held = lock_line("platform-lock:h:p", {"holder": "a\x9b2J\x1b[1A", "waiting": ["b\nh/q held by c"]})
+    assert held == "h/p held by a (waiting: b h/q held by c)"
 
 
 async def test_an_approval_no_worker_answers_in_time_exits_2_not_a_traceback(monkeypatch):
