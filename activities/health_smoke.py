@@ -22,6 +22,12 @@ class HealthSmoke(StepActivities):
         check_unchanged(self.deps.settings, inp.module, target)
         command = commands.compose_ps(target.compose_path, target.compose_service)
         out = await self.deps.transport.run(target.host, command, timeout_s=PS_TIMEOUT_S)
+        if out.returncode == commands.GATE_REFUSED:
+            # A gate from before --all (hosts are upgraded after workers): ask as it
+            # allows, which shows no stopped container, rather than never seeing one.
+            activity.logger.warning("%s: the host's gate refused ps --all; install the current gate", target.host.name)
+            command = commands.compose_ps_running(target.compose_path, target.compose_service)
+            out = await self.deps.transport.run(target.host, command, timeout_s=PS_TIMEOUT_S)
         if out.returncode != 0:
             # Not fatal by itself: the service may still come up before the deadline.
             return ServiceObservation(

@@ -15,7 +15,7 @@ words as shlex.split does (shell quoting, no expansion) and allowed only if
 it is exactly one of
 
     docker compose -f ROOT/<rel>.yml|.yaml up -d SERVICE
-    docker compose -f ROOT/<rel>.yml|.yaml ps --format json SERVICE
+    docker compose -f ROOT/<rel>.yml|.yaml ps [--all] --format json SERVICE
     docker compose -f ROOT/<rel>.yml|.yaml images --format json SERVICE
     docker compose -f ROOT/<rel>.yml|.yaml -f - up -d --no-deps --no-build --pull never SERVICE
     git -C ROOT rev-parse HEAD
@@ -73,7 +73,8 @@ USAGE = "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... ROOT"
 # What may stand between `docker compose -f FILE` and SERVICE, by shape.
 COMPOSE_SHAPES = {
     ("up", "-d"): "up",
-    ("ps", "--format", "json"): "ps",
+    ("ps", "--all", "--format", "json"): "ps",
+    ("ps", "--format", "json"): "ps",  # what workers before --all send
     ("images", "--format", "json"): "images",
     ("-f", "-", "up", "-d", "--no-deps", "--no-build", "--pull", "never"): "rollback",
 }

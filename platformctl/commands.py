@@ -23,6 +23,8 @@ IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # host/platform-gate refuses a longer standard input (it reads at most this).
 PIN_MAX_BYTES = 4096
+# host/platform-gate's exit status for a command it does not allow (nothing ran).
+GATE_REFUSED = 126
 
 
 class UnsafeCommand(ValueError):
@@ -71,6 +73,17 @@ def compose_up(compose_path: str, service: str) -> RemoteCommand:
 
 
 def compose_ps(compose_path: str, service: str) -> RemoteCommand:
+    """Read-only: the service's containers, stopped ones included (without --all
+    compose lists no exited container, and a crashed service looks absent)."""
+    return RemoteCommand(
+        "compose_ps",
+        ("docker", "compose", "-f", _compose_file(compose_path), "ps", "--all", "--format", "json", _service(service)),
+    )
+
+
+def compose_ps_running(compose_path: str, service: str) -> RemoteCommand:
+    """`compose_ps` without --all: the one shape a gate installed before --all
+    allows, asked only after such a gate refused `compose_ps` (exit 126)."""
     return RemoteCommand(
         "compose_ps",
         ("docker", "compose", "-f", _compose_file(compose_path), "ps", "--format", "json", _service(service)),

@@ -97,6 +97,7 @@ class HealthRecord(_Model):
     state: str
     health: str
     observed_s: float
+    exit_code: int | None = None  # a stopped container's; None in records from before it was read
 
 
 # ---- image snapshots (a host's `docker compose images --format json`) ------------
@@ -300,6 +301,7 @@ class ServiceObservation(_Model):
     state: str  # "" when compose reports no container
     health: str  # "" when the service has no healthcheck
     error: RedactedText | None = None  # why this poll saw nothing
+    exit_code: int | None = None  # a stopped (exited or dead) container's
 
 
 class SnapshotInput(_Model):

@@ -29,6 +29,7 @@ everything under the dir and deletes it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -61,15 +62,19 @@ START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 20
 
 
-def compose_file_text(image: str, service: str = "app", *, interval_s: float = 1) -> str:
-    """A compose file running `image` as `service` with the healthcheck
-    `test -f /healthy` every `interval_s`: healthy on APP_V1 about one
-    interval after start, unhealthy on APP_V2 as soon as one check failed."""
+def compose_file_text(
+    image: str, service: str = "app", *, interval_s: float = 1, command: list[str] | None = None
+) -> str:
+    """A compose file running `image` as `service` (with `command` instead of the
+    image's own, if given) with the healthcheck `test -f /healthy` every
+    `interval_s`: healthy on APP_V1 about one interval after start, unhealthy on
+    APP_V2 as soon as one check failed."""
     return (
         "services:\n"
         f"  {service}:\n"
         f"    image: {image}\n"
-        "    stop_grace_period: 2s\n"
+        + (f"    command: {json.dumps(command)}\n" if command else "")
+        + "    stop_grace_period: 2s\n"
         "    healthcheck:\n"
         '      test: ["CMD", "test", "-f", "/healthy"]\n'
         f"      interval: {interval_s}s\n"

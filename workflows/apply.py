@@ -179,6 +179,12 @@ REMOTE_RETRY = RetryPolicy(
 READ_STEP = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
 
 
+def _seen(h: HealthRecord) -> str:
+    """What a health poll saw, as messages and the UI details say it."""
+    code = f", exit code {h.exit_code}" if h.exit_code is not None else ""
+    return f"state={h.state}, health={h.health}{code}"
+
+
 class _Stop(Exception):
     """Ends the apply with a contract status."""
 
@@ -523,7 +529,10 @@ class ApplyWorkflow:
             healthy_since = (healthy_since or now) if state == "healthy" else None
             stable_s = (now - healthy_since).total_seconds() if healthy_since else 0.0
             record = HealthRecord(
-                state=seen.state or "absent", health=seen.health or "none", observed_s=round(stable_s, 1)
+                state=seen.state or "absent",
+                health=seen.health or "none",
+                observed_s=round(stable_s, 1),
+                exit_code=seen.exit_code,
             )
             on_poll(record, cfg)
             if state == "healthy" and stable_s >= cfg.stable_seconds:
@@ -533,7 +542,7 @@ class ApplyWorkflow:
                 raise _Stop(
                     "unhealthy",
                     f"service {target.compose_service!r} did not stay healthy for {cfg.stable_seconds}s "
-                    f"within {cfg.timeout_seconds}s: state={record.state}, health={record.health}{why}",
+                    f"within {cfg.timeout_seconds}s: {_seen(record)}{why}",
                 )
             await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
 
@@ -910,7 +919,7 @@ class ApplyWorkflow:
     def _health_details(self, cfg: HealthConfig, last_seen: HealthRecord | None = None) -> str:
         last = ""
         if h := last_seen or self._health:
-            last = f" Last: state={h.state}, health={h.health}, stable {h.observed_s} s."
+            last = f" Last: {_seen(h)}, stable {h.observed_s} s."
         window = f"healthy for {cfg.stable_seconds} s (fails after {cfg.timeout_seconds} s)"
         return f"Polling `compose ps` until {window}.{last}"
 

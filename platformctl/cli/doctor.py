@@ -176,6 +176,13 @@ async def _compose_files(transport: SshTransport, settings: Settings, host: Host
         except (ConnectFailed, HostKeyMismatch, AuthenticationFailed) as e:
             report.fail(f"compose ps {service}", str(e))
             continue
+        if out.returncode == commands.GATE_REFUSED:
+            report.fail(
+                f"compose ps {service}",
+                f"{path}: the host's gate refused `ps --all` (exit {commands.GATE_REFUSED}): it is older than "
+                "this worker, which then sees no stopped container; install the current host/platform-gate",
+            )
+            continue
         if out.returncode != 0:
             report.fail(f"compose ps {service}", f"{path}: {_failure(out)}")
             continue
@@ -185,6 +192,7 @@ async def _compose_files(transport: SshTransport, settings: Settings, host: Host
             report.fail(f"compose ps {service}", str(e))
             continue
         state = f"{seen.state or 'no container'}" + (f", {seen.health}" if seen.health else "")
+        state += f", exit code {seen.exit_code}" if seen.exit_code is not None else ""
         report.ok(f"compose ps {service}", f"{path} ({state})")
     if not checked:
         report.skip("compose ps", f"not checked (no module of {host.name} in {module_dir})")

@@ -1,8 +1,10 @@
-"""Step 6: what `docker compose ps --format json` says about one service.
+"""Step 6: what `docker compose ps --all --format json` says about one service.
 
 Compose printed one JSON array before v2.21 and one object per line since;
 both are accepted. `Health` is "" when the service has no healthcheck, in
-which case running is enough.
+which case running is enough. `--all` lists stopped containers, and with them
+the exited one-off containers of `docker compose run`: those are not the
+service and are left out.
 """
 
 from __future__ import annotations
@@ -43,15 +45,32 @@ def _rows(stdout: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _one_off(row: dict[str, Any]) -> bool:
+    labels = row.get("Labels")
+    return isinstance(labels, str) and "com.docker.compose.oneoff=True" in labels.split(",")
+
+
+def _exit_code(row: dict[str, Any], state: str) -> int | None:
+    """A stopped container's exit code (docker reports 0 for a running one)."""
+    code = row.get("ExitCode")
+    if state in _FINAL_STATES and type(code) is int and 0 <= code <= 255:
+        return code
+    return None
+
+
+def _observation(row: dict[str, Any]) -> ServiceObservation:
+    state = _known(row.get("State", ""), _STATES)
+    return ServiceObservation(
+        state=state, health=_known(row.get("Health", ""), _HEALTHS), exit_code=_exit_code(row, state)
+    )
+
+
 def observe(stdout: str, service: str) -> ServiceObservation:
     """Reduce every container of `service` to the least healthy one."""
-    rows = [r for r in _rows(stdout) if r.get("Service", service) == service]
+    rows = [r for r in _rows(stdout) if r.get("Service", service) == service and not _one_off(r)]
     if not rows:
         return ServiceObservation(state="", health="")
-    observations = [
-        ServiceObservation(state=_known(r.get("State", ""), _STATES), health=_known(r.get("Health", ""), _HEALTHS))
-        for r in rows
-    ]
+    observations = [_observation(r) for r in rows]
     rank = {"failed": 0, "waiting": 1, "healthy": 2}
     return min(observations, key=lambda o: rank[verdict(o)])
 

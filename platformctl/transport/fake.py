@@ -22,8 +22,8 @@ def failed(returncode: int = 1, stderr: str = "error") -> RemoteOutput:
     return RemoteOutput(returncode=returncode, stdout="", stderr=stderr, duration_s=0.01)
 
 
-def ps(service: str, state: str = "running", health: str = "healthy") -> RemoteOutput:
-    row = {"Name": f"core-{service}-1", "Service": service, "State": state, "Health": health, "ExitCode": 0}
+def ps(service: str, state: str = "running", health: str = "healthy", exit_code: int = 0) -> RemoteOutput:
+    row = {"Name": f"core-{service}-1", "Service": service, "State": state, "Health": health, "ExitCode": exit_code}
     return ok(json.dumps(row) + "\n")
 
 

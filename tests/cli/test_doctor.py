@@ -52,6 +52,20 @@ async def test_doctor_is_ok_against_the_real_sshd(doctor_env, sshd_host):
     ]
 
 
+async def test_doctor_says_when_a_hosts_gate_predates_ps_all(doctor_env, sshd_host):
+    root, env = doctor_env
+    write_hosts(root, {"h1": ssh_host_entry(sshd_host)})
+    write_module(root, "cache", "h1", "redis")
+    sshd_host.set_behaviour("redis", "gate_before_all")
+
+    code, lines = await doctor(env, "h1")
+
+    assert code == 4, lines
+    [failed] = [line for line in lines if line.startswith("FAIL")]
+    assert failed.startswith(f"FAIL compose ps redis: {sshd_host.compose_path}: the host's gate refused `ps --all`")
+    assert failed.endswith("install the current host/platform-gate"), failed
+
+
 async def test_doctor_fails_on_a_wrong_pinned_key_and_sends_nothing(doctor_env, sshd_host, tmp_path):
     root, env = doctor_env
     write_hosts(root, {"h1": ssh_host_entry(sshd_host, known_hosts=wrong_host_key_line(sshd_host, tmp_path))})

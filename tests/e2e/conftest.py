@@ -334,7 +334,7 @@ def compose_up_argv(host: SshHost, service: str) -> list[str]:
 
 
 def compose_ps_argv(host: SshHost, service: str) -> list[str]:
-    return ["docker", "compose", "-f", host.compose_path, "ps", "--format", "json", service]
+    return ["docker", "compose", "-f", host.compose_path, "ps", "--all", "--format", "json", service]
 
 
 def connection_attempts(host: SshHost) -> int:
@@ -429,14 +429,16 @@ def engine_compose_file(project: str) -> str:
     return f"compose/{project}/compose.yaml"
 
 
-def write_engine_compose(host: SshHost, project: str, service: str, image: str) -> str:
+def write_engine_compose(
+    host: SshHost, project: str, service: str, image: str, command: list[str] | None = None
+) -> str:
     """(Re)write remote_root/compose/<project>/compose.yaml so that `service` runs
     `image` (a tag or a `sha256:` ID) with the healthcheck `test -f /healthy`;
     return its absolute path, as the gate and `docker compose -f` see it.
     Compose names the project after the directory: `project`."""
     path = Path(host.remote_root, engine_compose_file(project))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(compose_file_text(image, service))
+    path.write_text(compose_file_text(image, service, command=command))
     owner = Path(host.remote_root).stat()
     for p in (path.parent, path):
         os.chown(p, owner.st_uid, owner.st_gid)  # the deploy user's checkout, like the rest of remote_root
@@ -454,13 +456,15 @@ def write_engine_module(
     project: str | None = None,
     health: dict | None = None,
     host_name: str = ENGINE_HOST,
+    command: list[str] | None = None,
     **runtime: Any,
 ) -> str:
     """A module on the engine host whose compose file (project `module_id` unless
-    given) runs `image` as `service`; ENGINE_HEALTH unless `health`. Returns the
-    compose file's absolute path. Call again with another image to change it."""
+    given) runs `image` as `service` (with `command`, if given); ENGINE_HEALTH
+    unless `health`. Returns the compose file's absolute path. Call again with
+    another image to change it."""
     project = project or module_id
-    compose_path = write_engine_compose(host, project, service, image)
+    compose_path = write_engine_compose(host, project, service, image, command)
     write_module(
         root, module_id, host_name, service,
         health=health if health is not None else ENGINE_HEALTH,
@@ -471,7 +475,7 @@ def write_engine_module(
 
 
 def engine_service(engine: DockerEngine, compose_path: str, service: str) -> dict:
-    """The one container of `service`, as root's `docker compose ps --format json` shows it."""
+    """The one container of `service`, as root's `docker compose ps --all --format json` shows it."""
     out = engine.compose(compose_path, "ps", "--all", "--format", "json", service).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert len(rows) == 1, f"expected one container of {service}, got: {out}"

@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+from platformctl.cli.apply import summary_line
 from tests.docker_engine import APP_V1, APP_V2, DockerEngine
 from tests.e2e.conftest import ENGINE_HEALTH, ENGINE_HOST, engine_service, write_engine_module
 from tests.platform_files import SHA, apply_input, change, plan
@@ -133,3 +134,23 @@ async def test_changing_the_image_to_an_unhealthy_one_ends_unhealthy(
     assert status["status"] == "unhealthy" and status["last_failure"]["workflow_id"] == wid
     assert status["last_failure"]["rollback"]["image"]["outcome"] == "restored"
     assert [a["status"] for a in e2e.audit()] == ["applied", "unhealthy"]
+
+
+async def test_a_container_that_exits_fails_its_apply_at_the_first_poll_with_its_exit_code(
+    engine_e2e, engine_host: SshHost, docker_engine: DockerEngine
+):
+    """Compose lists no stopped container without --all: the apply used to wait its whole
+    health timeout and end `state=absent`, with no hint why."""
+    e2e = engine_e2e
+    compose = write_engine_module(e2e.root, engine_host, "rt-exit", APP_V1, command=["sh", "-c", "exit 3"])
+    await e2e.start_worker()
+
+    out = await e2e.outcome(await e2e.start(request("rt-exit"), workflow_id=workflow_id("exit")), timeout_s=60)
+
+    assert (out.status, out.result["exitCode"]) == ("unhealthy", 4), out.result
+    assert out.result["remote"]["returncode"] == 0
+    assert out.result["health"] == {"state": "exited", "health": "none", "observed_s": 0.0, "exit_code": 3}
+    assert "state=exited, health=none, exit code 3" in summary_line(out.result, SHA)
+    # Compose up takes a second or two, then one poll: far from the health timeout.
+    assert out.seconds < ENGINE_HEALTH["timeout_seconds"] / 2, out.seconds
+    assert engine_service(docker_engine, compose, SERVICE)["State"] == "exited"

@@ -185,13 +185,14 @@ async def test_hung_compose_up_is_killed_at_its_timeout(ssh_e2e, sshd_host):
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "state", "health", "min_s", "max_s"),
+    ("behaviour", "state", "health", "exit_code", "min_s", "max_s"),
     [
-        ("unhealthy", "running", "unhealthy", 5, 20),  # may recover, so it waits for timeout_seconds (5)
-        ("exited", "exited", "none", 0, 4),  # a stopped container will not come back: fail at the first poll
+        ("unhealthy", "running", "unhealthy", None, 5, 20),  # may recover, so it waits for timeout_seconds (5)
+        # A stopped container will not come back: fail at the first poll, with its exit code.
+        ("exited", "exited", "none", 1, 0, 4),
     ],
 )
-async def test_unhealthy_after_up_rolls_back(ssh_e2e, sshd_host, behaviour, state, health, min_s, max_s):
+async def test_unhealthy_after_up_rolls_back(ssh_e2e, sshd_host, behaviour, state, health, exit_code, min_s, max_s):
     e2e = ssh_e2e
     service = f"svc-{behaviour}"
     write_module(e2e.root, f"e2e-{behaviour}", "h1", service,
@@ -204,7 +205,7 @@ async def test_unhealthy_after_up_rolls_back(ssh_e2e, sshd_host, behaviour, stat
     assert (out.status, out.error_type, out.result["exitCode"]) == ("unhealthy", "Unhealthy", 4)
     r = out.result
     assert r["remote"]["returncode"] == 0
-    assert (r["health"]["state"], r["health"]["health"]) == (state, health)
+    assert (r["health"]["state"], r["health"]["health"], r["health"]["exit_code"]) == (state, health, exit_code)
     assert r["rollback"] is not None and "did not stay healthy" in r["rollback"]["reason"]
     assert min_s <= out.seconds < max_s, f"{behaviour}: unhealthy after {out.seconds:.1f} s"
     calls = reads_in_order(sshd_host.calls())

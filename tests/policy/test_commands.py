@@ -31,7 +31,10 @@ def test_compose_up_is_exactly_the_contract_command():
 def test_compose_ps_is_exactly_the_contract_command():
     ps = commands.compose_ps(PATH, "honcho-redis")
     assert ps.kind == "compose_ps"
-    assert ps.render() == f"docker compose -f {PATH} ps --format json honcho-redis"
+    assert ps.render() == f"docker compose -f {PATH} ps --all --format json honcho-redis"
+    before_all = commands.compose_ps_running(PATH, "honcho-redis")
+    assert before_all.kind == "compose_ps"
+    assert before_all.render() == f"docker compose -f {PATH} ps --format json honcho-redis"
 
 
 def test_git_head_is_read_only():

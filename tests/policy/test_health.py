@@ -1,4 +1,4 @@
-"""Step 6 policy: reading `docker compose ps --format json` and judging it."""
+"""Step 6 policy: reading `docker compose ps --all --format json` and judging it."""
 
 from __future__ import annotations
 
@@ -83,6 +83,36 @@ def test_exited_or_dead_is_failed_whatever_the_health(state, health):
 def test_several_containers_reduce_to_the_worst(rows, expected):
     assert judge(lines(*rows)) == expected
     assert judge(array(*rows)) == expected
+
+
+@pytest.mark.parametrize("state", ["exited", "dead"])
+def test_a_stopped_containers_exit_code_is_read(state):
+    stopped = {**row(state, ""), "ExitCode": 137}
+    assert observe(lines(stopped), SERVICE).exit_code == 137
+
+
+def test_a_running_container_has_no_exit_code():
+    assert observe(lines({**row(), "ExitCode": 3}), SERVICE).exit_code is None
+
+
+@pytest.mark.parametrize("code", ["1", 1.0, True, -1, 256, None])
+def test_an_exit_code_that_is_not_one_is_not_kept(code):
+    assert observe(lines({**row("exited", ""), "ExitCode": code}), SERVICE).exit_code is None
+
+
+def test_the_worst_container_brings_its_exit_code():
+    stdout = lines(row(n=1), {**row("exited", "", n=2), "ExitCode": 2})
+    seen = observe(stdout, SERVICE)
+    assert (seen.state, seen.exit_code, verdict(seen)) == ("exited", 2, "failed")
+
+
+def test_exited_one_off_containers_of_compose_run_are_not_the_service():
+    labels = f"com.docker.compose.oneoff=True,com.docker.compose.service={SERVICE}"
+    one_off = {**row("exited", ""), "Name": f"core-{SERVICE}-run-0123", "ExitCode": 1, "Labels": labels}
+    assert judge(lines(row(), one_off)) == ("running", "healthy", "healthy")
+    assert judge(lines(one_off)) == ("", "", "waiting")
+    service_own = {**one_off, "Labels": labels.replace("oneoff=True", "oneoff=False")}
+    assert judge(lines(row(), service_own))[2] == "failed"
 
 
 def test_other_services_rows_are_ignored():

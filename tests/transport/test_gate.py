@@ -25,6 +25,7 @@ from platformctl.commands import (
     RemoteCommand,
     compose_images,
     compose_ps,
+    compose_ps_running,
     compose_rollback,
     compose_up,
     git_head,
@@ -318,6 +319,7 @@ def local_root(tmp_path):
     [
         lambda r: compose_up(f"{r}/{COMPOSE_FILE}", "redis"),
         lambda r: compose_ps(f"{r}/{COMPOSE_FILE}", "a_b.c-1"),
+        lambda r: compose_ps_running(f"{r}/{COMPOSE_FILE}", "redis"),  # what workers before --all send
         lambda r: compose_images(f"{r}/{COMPOSE_FILE}", "redis"),
         lambda r: compose_images(f"{r}/{COMPOSE_FILE}", "a_b.c-1"),
         git_head,

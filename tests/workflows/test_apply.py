@@ -33,7 +33,7 @@ from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
 from workflows.registry import ALL_WORKFLOWS
 
 COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
-PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --format json honcho-redis"
+PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --all --format json honcho-redis"
 IMAGES_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml images --format json honcho-redis"
 GIT_HEAD = "git -C /opt/platform rev-parse HEAD"
 
@@ -177,12 +177,24 @@ async def test_remote_steps_get_the_workers_heartbeat_timeout(harness):
 
 
 async def test_exited_container_fails_without_waiting_out_the_timeout(harness):
-    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", ""), ps("honcho-redis", "exited", "")]}
+    exited = ps("honcho-redis", "exited", "", exit_code=3)
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", ""), exited]}
     out = await harness.apply(apply_input())
     assert out.status == "unhealthy" and out.result["health"]["state"] == "exited"
+    assert out.result["health"]["exit_code"] == 3 and "state=exited, health=none, exit code 3" in out.result["error"]
+    assert all(c.endswith("ps --all --format json honcho-redis") for c in harness.transport.commands("compose_ps"))
     # Two polls of the apply, one after the rollback (which sees the same exited container).
     assert len(harness.transport.commands("compose_ps")) == 3
     assert out.result["rollback"]["image"]["outcome"] == "unhealthy"
+
+
+async def test_a_gate_from_before_ps_all_is_asked_without_it(harness):
+    refused = failed(126, "platform-gate: refused")
+    harness.transport.script = {"compose_ps": [refused, ps("honcho-redis"), refused, ps("honcho-redis")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "applied", out.result
+    polls = harness.transport.commands("compose_ps")
+    assert [c.split(" ps ")[1] for c in polls[:2]] == ["--all --format json honcho-redis", "--format json honcho-redis"]
 
 
 async def test_health_flapping_restarts_the_stable_window(harness):
