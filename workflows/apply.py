@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         RollbackInput,
         RollbackOutcome,
         RollbackRecord,
+        ServiceObservation,
         SnapshotInput,
         Target,
         ValidatedPlan,
@@ -131,6 +132,10 @@ LOCK_HAND_OVER_PATCH = "lock-hand-over"
 # fails (its attempt timed out: the server does not retry one it was asked to cancel).
 # Asked only there, so an apply that never gets that far carries no marker.
 CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"
+# Health smokes from before it end `remote_failed` (and roll back) when one poll cannot
+# reach the host. Asked only then, so a smoke whose polls all answer carries no marker.
+HEALTH_MISSED_POLL_PATCH = "health-missed-poll"
+HOST_UNOBSERVED = "host unreachable during the health check; no rollback (the release may be healthy)"
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
 # worker was down, or the host was slow to answer): that gap is neither stable time nor
 # spent health timeout. Small: it only ever restarts the stable window, never fails one.
@@ -186,12 +191,14 @@ def _seen(h: HealthRecord) -> str:
 
 
 class _Stop(Exception):
-    """Ends the apply with a contract status."""
+    """Ends the apply with a contract status; `restore`: put the service back on its
+    snapshot's image (after compose up), False when nothing was seen to fail."""
 
-    def __init__(self, status: Status, message: str) -> None:
+    def __init__(self, status: Status, message: str, *, restore: bool = True) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.restore = restore
 
 
 @workflow.defn(dynamic=True)
@@ -327,7 +334,7 @@ class ApplyWorkflow:
                 )
                 self._state_artifact = persisted.state_artifact
             except _Stop as stop:
-                await self._roll_back(stop.status, stop.message, target)
+                await self._roll_back(stop.status, stop.message, target, restore=stop.restore)
                 raise
             except asyncio.CancelledError:
                 self._error = f"cancelled during {self._phase}, after compose up started"
@@ -505,26 +512,42 @@ class ApplyWorkflow:
 
         Judged by what the polls saw: a gap between two polls much longer than
         planned (Temporal or the worker was down) restarts the stable window and
-        costs the timeout one poll, not the outage's length."""
+        costs the timeout one poll, not the outage's length. A poll that cannot
+        reach the host is a missed observation, not a verdict: the stable window
+        restarts and the time passes; when the timeout ends on one, the apply ends
+        `remote_failed` with no rollback, as nothing was seen to fail."""
         observed = self._has(HEALTH_OBSERVED_PATCH)
         module = self._plan.module if self._plan else ""
         started = last = workflow.now()
         healthy_since = None
         waited = 0.0
         while True:
-            seen = await self._step(
-                HealthSmoke.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
-            )
+            try:
+                seen: ServiceObservation | None = await self._step(
+                    HealthSmoke.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
+                )
+            except _Stop as stop:
+                if stop.status != "remote_failed" or not workflow.patched(HEALTH_MISSED_POLL_PATCH):
+                    raise
+                workflow.logger.warning("health poll missed: %s", stop.message)
+                seen = None
             now = workflow.now()
             if observed:
                 gap = (now - last).total_seconds()
-                if gap > cfg.poll_seconds + OUTAGE_GAP_S:
+                # A missed poll's time counts in full: the host, not Temporal, was away.
+                if seen is not None and gap > cfg.poll_seconds + OUTAGE_GAP_S:
                     workflow.logger.warning("health smoke saw nothing for %.0f s: its stable window starts again", gap)
                     healthy_since, gap = None, cfg.poll_seconds
                 waited += gap
                 last = now
             else:
                 waited = (now - started).total_seconds()
+            if seen is None:
+                healthy_since = None
+                if waited >= cfg.timeout_seconds:
+                    raise _Stop("remote_failed", HOST_UNOBSERVED, restore=False)
+                await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
+                continue
             state = verdict(seen)
             healthy_since = (healthy_since or now) if state == "healthy" else None
             stable_s = (now - healthy_since).total_seconds() if healthy_since else 0.0
@@ -667,14 +690,14 @@ class ApplyWorkflow:
 
     # ---- endings ----------------------------------------------------------
 
-    async def _roll_back(self, status: Status, message: str, target: Target) -> None:
-        """Put the service back on the image it ran before (where the snapshot and
-        the module's policy allow), then record the failure. Neither is cut short
-        by a cancel; the apply's status stays the failure it was."""
+    async def _roll_back(self, status: Status, message: str, target: Target, *, restore: bool = True) -> None:
+        """Put the service back on the image it ran before (where the snapshot, the
+        module's policy and `restore` allow), then record the failure. Neither is cut
+        short by a cancel; the apply's status stays the failure it was."""
         self._enter("rolling_back", f"Rolling back after `{status}`: {message}")
         self._status = status
         # Applies from before image snapshots have none, and only record.
-        policy = self._plan.rollback if self._plan and self._snapshot is not None else "record"
+        policy = self._plan.rollback if self._plan and self._snapshot is not None and restore else "record"
         image = None
         if policy == "image" and status in ROLLED_BACK:
             image = await self._uncancellable(self._restore_images(target))

@@ -2,11 +2,14 @@
 the gate and compose), then its sshd killed (SIGKILL) while the rest of the host
 thaws, as when sshd crashes on a machine that stays up.
 
-The apply must end within a bound as remote_failed, with the rollback reported
-as failed (the host cannot be reached), recorded once; no compose run may be
-left behind on the host (the gate kills its command when its session dies);
-once sshd is back on the same address, port and keys, the next apply of the
-project runs promptly and never overlaps the first one's compose runs.
+The apply must end within a bound as remote_failed, recorded once: during
+compose up with the image rollback reported as failed (the host cannot be
+reached); during the health check with no rollback at all, as nothing was seen
+to fail. No compose run may be left behind on the host (the gate kills its
+command when its session dies); once sshd is back on the same address, port
+and keys, the next apply of the project runs promptly and never overlaps the
+first one's compose runs. An sshd that comes back within the health timeout
+lets the apply end applied, with no rollback.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from tests.chaos.dev_server import RestartableDevServer
 from tests.e2e.conftest import write_module
 from tests.platform_files import apply_input, change, plan
 from tests.sshd import SSHD, SshHost, descendants, eventually, wait_until
+from workflows.apply import HOST_UNOBSERVED
 
 HOST_ADDRESS = "127.0.0.7"
 MODULE, SERVICE = "f-faults", "svc-faults"
@@ -50,6 +54,7 @@ FROZEN_S = 3  # how long the host stays frozen before its sshd is killed
 # image rollback, on a host that refuses connections: ~30 s plus the steps themselves.
 ENDS_WITHIN_S = 60
 NEXT_APPLY_WITHIN_S = 20  # stable window 2 s, polls every second
+DOWN_S = 20  # sshd down during a health check with a 60 s timeout
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +156,11 @@ async def test_sshd_stopped_then_killed_mid_apply(lane: Lane, host: SshHost, dur
 
     assert (out.status, out.result["exitCode"]) == ("remote_failed", 4), out.result
     rollback = out.result["rollback"]
-    assert rollback is not None and rollback["image"]["outcome"] == "failed", rollback  # the host is gone
+    if during == "up":
+        assert rollback is not None and rollback["image"]["outcome"] == "failed", rollback  # the host is gone
+    else:  # polls that reach nobody are no verdict: the release may be healthy
+        assert out.result["error"] == HOST_UNOBSERVED
+        assert rollback is not None and (rollback["action"], rollback["image"]) == ("record", None), rollback
     assert elapsed < ENDS_WITHIN_S, f"ended {elapsed:.1f} s after the host froze"
     assert [a["status"] for a in audit_for(lane, handle.id)] == ["remote_failed"]
     status = json.loads(lane.status_file(MODULE).read_text())
@@ -168,3 +177,23 @@ async def test_sshd_stopped_then_killed_mid_apply(lane: Lane, host: SshHost, dur
     assert overlapping_runs(host) == []
     assert len(spans(host)) == (1 if during == "up" else 2)  # the hung up was killed, so it never finished
     print(f"frozen during {during}: {out.status} {elapsed:.1f} s after the freeze, next apply {again.seconds:.1f} s")
+
+
+async def test_sshd_down_for_a_while_during_the_health_check_does_not_roll_back(lane: Lane, host: SshHost) -> None:
+    """Longer than one poll's retries (2 + 4 + 8 s on a refused connection), which used to
+    end a healthy release remote_failed and roll it back; shorter than the health timeout."""
+    write_module(lane.root, MODULE, "h1", SERVICE, compose_file=add_project(host, "p-faults", [SERVICE]),
+                 health={"stable_seconds": 2, "timeout_seconds": 60, "poll_seconds": 1})
+    host.set_behaviour(SERVICE, "succeed spans=on")
+    await lane.start_worker()
+    handle = await lane.start(request())
+    assert await eventually(lambda: calls_of(host, "ps") >= 1, 60), host.calls()
+    kill_sshd(host, host_processes(host))
+    await asyncio.sleep(DOWN_S)
+    restart_sshd(host)
+
+    out = await lane.outcome(handle, timeout_s=90)
+
+    assert out.status == "applied", out.result
+    assert out.result["rollback"] is None and calls_of(host, "up") == 1
+    assert [a["status"] for a in audit_for(lane, handle.id)] == ["applied"]

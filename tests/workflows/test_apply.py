@@ -29,6 +29,7 @@ from tests.platform_files import (
     plan,
     write_platform,
 )
+from workflows.apply import HOST_UNOBSERVED
 from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
 from workflows.registry import ALL_WORKFLOWS
 
@@ -140,6 +141,32 @@ async def test_unreachable_host_is_retried_then_remote_failed(harness):
     assert (out.status, out.error_type) == ("remote_failed", "RemoteFailed")
     assert len(harness.transport.commands("compose_up")) == 4  # bounded retries
     assert out.result["rollback"] is not None
+
+
+async def test_a_health_poll_that_cannot_reach_the_host_is_missed_not_a_verdict(harness):
+    """A poll's four attempts all fail to connect: the stable window starts again and
+    the apply ends applied once the host answers, with no rollback."""
+    unreachable = ConnectFailed("rs2000: connection refused")
+    healthy = ps("honcho-redis")
+    harness.transport.script = {"compose_ps": [healthy, *[unreachable] * 4, healthy]}
+    out = await harness.apply(apply_input())
+    assert out.status == "applied", out.result
+    assert out.result["rollback"] is None and harness.transport.commands("compose_rollback") == []
+    # 1 poll, 4 missed attempts, then the whole stable window (30 s, every 5 s) again.
+    assert len(harness.transport.commands("compose_ps")) == 1 + 4 + 7
+    assert out.result["health"]["observed_s"] >= 30
+
+
+async def test_a_host_unreachable_until_the_health_timeout_ends_remote_failed_without_a_rollback(harness):
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "starting"),
+                                               ConnectFailed("rs2000: connection refused")]}
+    out = await harness.apply(apply_input())
+    assert (out.status, out.error_type) == ("remote_failed", "RemoteFailed"), out.result
+    assert out.result["error"] == HOST_UNOBSERVED
+    rollback = out.result["rollback"]
+    assert (rollback["action"], rollback["image"]) == ("record", None), rollback
+    assert harness.transport.commands("compose_rollback") == []
+    assert out.result["health"]["health"] == "starting"  # the last thing seen
 
 
 async def test_host_key_mismatch_is_not_retried(harness):

@@ -29,8 +29,10 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from platformctl.transport import ConnectFailed
 from platformctl.transport.fake import ps
 from tests.platform_files import apply_input, approval
+from workflows.apply import HEALTH_MISSED_POLL_PATCH
 from workflows.registry import ALL_WORKFLOWS
 
 RECORDED = Path(__file__).parent / "histories" / "applied.json"
@@ -73,6 +75,18 @@ async def test_unhealthy_history_with_rollback_replays(harness):
     assert out.status == "unhealthy" and out.result["rollback"] is not None
     history = await out.handle.fetch_history()
     assert "rollback" in activity_types(history)
+    assert await replay(history) is None
+
+
+async def test_history_with_a_missed_health_poll_replays(harness):
+    unreachable = ConnectFailed("rs2000: connection refused")
+    harness.transport.script = {"compose_ps": [*[unreachable] * 4, ps("honcho-redis")]}  # a poll's 4 attempts
+    out = await harness.apply(apply_input())
+    assert out.status == "applied"
+    history = await out.handle.fetch_history()
+    markers = [e.marker_recorded_event_attributes.SerializeToString() for e in history.events
+               if e.HasField("marker_recorded_event_attributes")]
+    assert any(HEALTH_MISSED_POLL_PATCH.encode() in m for m in markers)
     assert await replay(history) is None
 
 
