@@ -25,6 +25,7 @@ connect timeout. Commands already running on it are bounded by keepalive.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -34,7 +35,13 @@ import asyncssh
 from platformctl.commands import RemoteCommand
 from platformctl.models import HostConfig
 from platformctl.policy.hosts import is_inline_pin
-from platformctl.transport.base import AuthenticationFailed, ConnectFailed, HostKeyMismatch, RemoteOutput
+from platformctl.transport.base import (
+    AuthenticationFailed,
+    ConnectFailed,
+    HostKeyMismatch,
+    RemoteOutput,
+    TransportError,
+)
 
 MAX_CHANNELS = 8  # per connection; OpenSSH refuses the 11th with its default MaxSessions 10
 OUTPUT_CAP_BYTES = 1 << 20  # per stream; the tail is kept
@@ -92,6 +99,8 @@ class SshTransport:
         self._output_cap = output_cap_bytes
         self._pool: dict[tuple[str, str, int, str], _Pooled] = {}
         self._locks: dict[tuple[str, str, int, str], asyncio.Lock] = {}
+        # The last failed connect per host: when it ended, with which trust, and why.
+        self._failed: dict[tuple[str, str, int, str], tuple[float, tuple[str, str], TransportError]] = {}
 
     async def run(self, host: HostConfig, command: RemoteCommand, *, timeout_s: float) -> RemoteOutput:
         """Run `command` on `host`. `timeout_s` counts from opening the channel;
@@ -185,15 +194,26 @@ class SshTransport:
     async def _connection(self, host: HostConfig) -> tuple[tuple[str, str, int, str], _Pooled]:
         key = (host.name, host.address, host.port, host.user)
         trust = (host.known_hosts, host.client_key)
-        # One lock per host: concurrent first calls share one new connection.
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        # One lock per host: concurrent first calls share one new connection, and share
+        # its failure too (those waiting fail with it, not after one timeout each in turn).
         async with self._locks.setdefault(key, asyncio.Lock()):
             pooled = self._pool.get(key)
             if pooled and not pooled.conn.is_closed() and pooled.trust == trust:
                 return key, pooled
+            failed = self._failed.get(key)
+            if failed is not None and failed[0] >= arrived and failed[1] == trust:
+                raise copy.copy(failed[2])
             if pooled:
                 # Dropped, or hosts.yaml changed the pinned key: the old identity is no longer trusted.
                 pooled.conn.close()
-            conn = await _connect(host)
+            try:
+                conn = await _connect(host)
+            except TransportError as e:
+                self._failed[key] = (loop.time(), trust, e)
+                raise
+            self._failed.pop(key, None)
             pooled = self._pool[key] = _Pooled(conn, trust, asyncio.Semaphore(self._max_channels))
             return key, pooled
 

@@ -288,9 +288,10 @@ async def test_untrusted_host_runs_nothing(ssh_e2e, sshd_host, tmp_path, fault):
     assert sshd_host.calls() == []
     assert sshd_host.connection_count() == 0
     assert await activity_attempts(out.handle, "compose_up") == []
-    # A wrong key is final: one connection for each of the two reads made side by
-    # side (the checkout, the images), one attempt each, no retry.
-    assert connection_attempts(sshd_host) - attempts_before == 2
+    # A wrong key is final: the two reads made side by side (the checkout, the images)
+    # share one connect attempt when the second waits on the first's, or make one each;
+    # one activity attempt each, no retry.
+    assert connection_attempts(sshd_host) - attempts_before in (1, 2)
     assert await activity_attempts(out.handle, "verify_checkout") == [1]
     assert await activity_attempts(out.handle, "compose_images") == [1]
     assert out.seconds < 10, f"took {out.seconds:.1f} s: was it retried?"

@@ -284,6 +284,27 @@ async def test_closed_port_fails_fast(sshd_host, transport):
     assert caught.value.retryable
 
 
+async def test_commands_waiting_on_a_connect_that_fails_fail_with_it(sshd_host, transport):
+    """A host that accepts TCP and never speaks SSH: every command waiting for the one
+    connect attempt fails when it times out, not after one timeout each in turn."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    config = sshd_host.host_config(address="127.0.0.1", port=port, connect_timeout_seconds=1.0)
+    started = time.monotonic()
+    async with silent:
+        outcomes = await asyncio.gather(
+            *(transport.run(config, up(sshd_host), timeout_s=10) for _ in range(5)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        assert all(isinstance(o, ConnectFailed) and o.retryable for o in outcomes), outcomes
+        assert elapsed < 2, f"5 waiting commands failed after {elapsed:.1f} s"
+        # A command after that failure tries again: it is not answered from the last one.
+        started = time.monotonic()
+        with pytest.raises(ConnectFailed):
+            await transport.run(config, up(sshd_host), timeout_s=10)
+        assert time.monotonic() - started >= 1
+
+
 async def test_one_connection_serves_concurrent_and_sequential_commands(sshd_host, transport):
     config = sshd_host.host_config()
     ps = compose_ps(sshd_host.compose_path, "redis")
