@@ -11,6 +11,7 @@ from activities.check_host_allowlist import CheckHostAllowlist
 from activities.compose_up import ComposeUp
 from activities.guard_compose_path import GuardComposePath
 from activities.health_smoke import HealthSmoke
+from activities.lock_holder import DescribeLockHolder
 from activities.notify import Notify
 from activities.operator_rollback import PlanRollback, RecordRollback
 from activities.persist_state import PersistState
@@ -31,6 +32,7 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
         CheckHostAllowlist(deps).check_host_allowlist,
         VerifyCheckout(deps).verify_checkout,
         SnapshotImages(deps).compose_images,
+        DescribeLockHolder(deps).describe_lock_holder,
         ComposeUp(deps, compose_runs).compose_up,
         HealthSmoke(deps).compose_ps,
         PersistState(deps).persist_state,

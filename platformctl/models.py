@@ -360,6 +360,17 @@ class LockRequest(_Model):
     holder_hands_on: bool = False  # the lock returns its queue on release (LOCK_HAND_OVER_PATCH)
 
 
+class LockHolderInput(_Model):
+    lock_id: str
+
+
+class LockHolder(_Model):
+    """Who holds a lock id: this task queue's ProjectLockWorkflow, nobody any more, or a
+    squatter (another workflow type, or a lock on a queue this platform does not poll)."""
+
+    kind: Literal["ours", "none", "other_type", "other_queue"]
+
+
 # ---- module state, kept in Temporal (workflows/module_state.py) ------------
 
 

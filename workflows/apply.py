@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.compose_up import ComposeUp
     from activities.guard_compose_path import GuardComposePath
     from activities.health_smoke import HealthSmoke
+    from activities.lock_holder import DescribeLockHolder
     from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
     from activities.rollback import Rollback, RollbackImages
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         HealthRecord,
         ImageRollback,
         ImageSnapshot,
+        LockHolderInput,
         LockRequest,
         PersistStateInput,
         Rejection,
@@ -136,6 +138,9 @@ CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"
 # reach the host. Asked only then, so a smoke whose polls all answer carries no marker.
 HEALTH_MISSED_POLL_PATCH = "health-missed-poll"
 HOST_UNOBSERVED = "host unreachable during the health check; no rollback (the release may be healthy)"
+# Applies from before it wait out LOCK_WAIT behind whatever holds their lock's id. Asked
+# when a start finds the id taken, so an apply that never waits carries no marker.
+LOCK_HOLDER_PATCH = "lock-holder-check"
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
 # worker was down, or the host was slow to answer): that gap is neither stable time nor
 # spent health timeout. Small: it only ever restarts the stable window, never fails one.
@@ -150,6 +155,7 @@ STEP_SUMMARIES = {
     "check_host_allowlist": "4 check host allowlist",
     "verify_checkout": "4 verify the host's checkout",
     "compose_images": "5 snapshot: compose images",
+    "describe_lock_holder": "5 lock: who holds it",
     "compose_up": "5 compose up",
     "compose_ps": "6 health smoke: compose ps",
     "persist_state": "7 persist state",
@@ -166,6 +172,11 @@ LOCK_POLL = timedelta(seconds=10)
 # a moment later. Waiters it had queued before are handed on. One poll: each is a failed start
 # and an enqueue, and more of them made contended applies slower (bench: 40 applies, 4 projects).
 LOCK_POLLS = (timedelta(seconds=1),)
+# One describe of a lock's holder on the server.
+LOCK_HOLDER_STEP = workflow.ActivityConfig(
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+)
 
 # Local checks: a few quick tries, then the apply ends as tool_error.
 LOCAL_STEP = workflow.ActivityConfig(
@@ -588,6 +599,7 @@ class ApplyWorkflow:
         deadline = workflow.now() + LOCK_WAIT
         queue: list[str] = []  # handed to us by the previous holder
         polls = iter(LOCK_POLLS if self._hand_over else ())
+        ask_holder = True  # at the first taken start, and again after the holder changed
         while True:
             self._raise_if_rejected()
             try:
@@ -605,6 +617,9 @@ class ApplyWorkflow:
                 break
             except WorkflowAlreadyStartedError:
                 pass
+            if ask_holder and workflow.patched(LOCK_HOLDER_PATCH):
+                ask_holder = False
+                await self._refuse_squatter(lock_id)
             if self._phase != "waiting_for_lock":
                 self._enter(
                     "waiting_for_lock",
@@ -624,6 +639,7 @@ class ApplyWorkflow:
             try:
                 await workflow.get_external_workflow_handle(lock_id).signal(ENQUEUE, [me, *queue])
             except FailureError:
+                ask_holder = True
                 continue  # the holder finished in between: try again at once
             if not self._hand_over:
                 queue = []  # kept with the hand-over: that lock may close with it, so ours gets it too
@@ -635,6 +651,7 @@ class ApplyWorkflow:
             except TimeoutError:
                 continue
             queue = self._lock_free or []
+            ask_holder = True
             polls = iter(LOCK_POLLS if self._hand_over else ())  # a new wait
         self._lock_id = lock_id
         try:
@@ -642,6 +659,24 @@ class ApplyWorkflow:
         finally:
             self._flush_search_attributes()
             await self._uncancellable(self._release(handle))
+
+    async def _refuse_squatter(self, lock_id: str) -> None:
+        """End the apply `blocked` when the lock's id is held by anything but this task
+        queue's lock, which would never hand it on. A describe that fails leaves it waiting."""
+        try:
+            holder = await self._step(
+                DescribeLockHolder.describe_lock_holder, LockHolderInput(lock_id=lock_id), **LOCK_HOLDER_STEP
+            )
+        except _Stop as e:
+            workflow.logger.warning("who holds %s is unknown: %s", lock_id, e.message)
+            return
+        if holder.kind in ("other_type", "other_queue"):
+            what = "a workflow of another type" if holder.kind == "other_type" else "a lock on another task queue"
+            raise _Stop(
+                "blocked",
+                f"the lock id {lock_id} is held by {what}, which never hands it on: "
+                f"ask an operator to end it (temporal workflow terminate --workflow-id {lock_id})",
+            )
 
     @staticmethod
     async def _release(handle: workflow.ChildWorkflowHandle[Any, list[str] | None]) -> None:

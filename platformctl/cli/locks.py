@@ -1,7 +1,10 @@
 """`platform-apply locks`: who holds each compose project's lock, and who waits.
 
-Lists the running `ProjectLockWorkflow`s (visibility, so a lock taken a
-moment ago may show a second later) and asks each its `state`.
+Lists the running workflows under a lock's id (visibility, so a lock taken a
+moment ago may show a second later) and asks each lock its `state`. Anything
+else under such an id (another type, or a lock on a queue this platform does
+not poll) is a squatter: every apply of that project ends `blocked` until an
+operator ends it, and the line says so.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 from platformctl.cli.common import EXIT_OK, connect_client, one_line
 from platformctl.config import Settings
 
-LOCKS_QUERY = "WorkflowType = 'ProjectLockWorkflow' AND ExecutionStatus = 'Running'"
 LOCK_PREFIX = "platform-lock:"
+LOCKS_QUERY = f"WorkflowId STARTS_WITH '{LOCK_PREFIX}' AND ExecutionStatus = 'Running'"
+PROJECT_LOCK_WORKFLOW = "ProjectLockWorkflow"
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 
@@ -39,10 +43,21 @@ def lock_line(workflow_id: str, state: dict[str, Any]) -> str:
     return one_line(line, limit=None)
 
 
+def squatter_line(workflow_id: str, workflow_type: str, task_queue: str) -> str:
+    return one_line(
+        f"{workflow_id}: SQUATTED by {workflow_type} on task queue {task_queue!r}: applies of that project "
+        f"end blocked until it is ended (temporal workflow terminate --workflow-id {workflow_id})",
+        limit=None,
+    )
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect_client(settings)
     lines = []
     async for execution in client.list_workflows(LOCKS_QUERY):
+        if execution.workflow_type != PROJECT_LOCK_WORKFLOW or execution.task_queue != settings.task_queue:
+            lines.append(squatter_line(execution.id, execution.workflow_type, execution.task_queue))
+            continue
         handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
         try:
             state = await handle.query("state", rpc_timeout=QUERY_TIMEOUT)

@@ -56,3 +56,16 @@ async def test_locks_lists_the_holder_and_the_waiters_and_cancelled_applies_exit
     while any(line.startswith(f"{host_name}/") for line in (await cli.run("locks")).out.splitlines()):
         assert time.monotonic() < deadline, "the lock outlived its holder"
         await asyncio.sleep(0.5)
+
+
+async def test_locks_shows_a_squatter_under_a_lock_id(platform, host_name, cli):
+    lock_id = f"platform-lock:{host_name}:squatted"
+    squat = await platform.client.start_workflow("Squatter", {}, id=lock_id, task_queue="nobody-polls")
+    try:
+        await locks_until(
+            cli,
+            f"{lock_id}: SQUATTED by Squatter on task queue 'nobody-polls': applies of that project end blocked "
+            f"until it is ended (temporal workflow terminate --workflow-id {lock_id})",
+        )
+    finally:
+        await squat.terminate("test over")

@@ -398,6 +398,33 @@ async def test_the_lock_shows_its_holder_and_queue(harness):
     assert waiting_status["lock"] == f"platform-lock:rs2000:{project}"
 
 
+@pytest.mark.parametrize(
+    ("squatter", "queue", "what"),
+    [("Squatter", "nobody-polls", "a workflow of another type"),
+     ("ProjectLockWorkflow", "nobody-polls", "a lock on another task queue")],
+    ids=["other-type", "lock-on-another-queue"],
+)
+async def test_a_lock_id_taken_by_a_squatter_ends_the_apply_blocked_at_once(harness, squatter, queue, what):
+    """Anyone with namespace access can start a workflow under a lock's id: the apply
+    says so at once instead of waiting 15 minutes for a lock that never hands on."""
+    project = f"p{uuid.uuid4().hex[:12]}"
+    write_platform(harness.root, modules=[module_doc(compose_file=f"{project}/compose.yaml")])
+    lock_id = f"platform-lock:rs2000:{project}"
+    squat = await harness.client.start_workflow(squatter, {}, id=lock_id, task_queue=queue)
+    try:
+        out = await harness.apply(apply_input())
+    finally:
+        await squat.terminate("test over")
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation"), out.result
+    assert out.result["error"] == (
+        f"the lock id {lock_id} is held by {what}, which never hands it on: "
+        f"ask an operator to end it (temporal workflow terminate --workflow-id {lock_id})"
+    )
+    assert harness.transport.commands("compose_up") == []
+    described = await out.handle.describe()  # in workflow time, which skips waits
+    assert described.close_time is not None and described.close_time - described.start_time < timedelta(minutes=1)
+
+
 # ---- 10. only signed approvals count when the worker has a key ---------------------
 
 
