@@ -571,7 +571,9 @@ class ApplyWorkflow:
             on_poll(record, cfg)
             if state == "healthy" and stable_s >= cfg.stable_seconds:
                 return record
-            if state == "failed" or waited >= cfg.timeout_seconds:
+            if state == "failed":
+                raise _Stop("unhealthy", f"service {target.compose_service!r} stopped: {_seen(record)}")
+            if waited >= cfg.timeout_seconds:
                 why = f"; last poll: {seen.error}" if seen.error else ""
                 raise _Stop(
                     "unhealthy",

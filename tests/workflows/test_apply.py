@@ -208,7 +208,8 @@ async def test_exited_container_fails_without_waiting_out_the_timeout(harness):
     harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", ""), exited]}
     out = await harness.apply(apply_input())
     assert out.status == "unhealthy" and out.result["health"]["state"] == "exited"
-    assert out.result["health"]["exit_code"] == 3 and "state=exited, health=none, exit code 3" in out.result["error"]
+    assert out.result["health"]["exit_code"] == 3
+    assert out.result["error"] == "service 'honcho-redis' stopped: state=exited, health=none, exit code 3"
     assert all(c.endswith("ps --all --format json honcho-redis") for c in harness.transport.commands("compose_ps"))
     # Two polls of the apply, one after the rollback (which sees the same exited container).
     assert len(harness.transport.commands("compose_ps")) == 3
