@@ -13,9 +13,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.base import StepActivities, step
-from platformctl.models import LockHolder, LockHolderInput
-
-PROJECT_LOCK_WORKFLOW = "ProjectLockWorkflow"
+from platformctl.models import PROJECT_LOCK_WORKFLOW, LockHolder, LockHolderInput
 
 
 class DescribeLockHolder(StepActivities):

@@ -360,6 +360,10 @@ class LockRequest(_Model):
     holder_hands_on: bool = False  # the lock returns its queue on release (LOCK_HAND_OVER_PATCH)
 
 
+# The type a project's lock runs as (workflows/project_lock.py), for those that look it up.
+PROJECT_LOCK_WORKFLOW = "ProjectLockWorkflow"
+
+
 class LockHolderInput(_Model):
     lock_id: str
 

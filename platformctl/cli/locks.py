@@ -15,10 +15,10 @@ from typing import Any
 
 from platformctl.cli.common import EXIT_OK, connect_client, one_line
 from platformctl.config import Settings
+from platformctl.models import PROJECT_LOCK_WORKFLOW
 
 LOCK_PREFIX = "platform-lock:"
 LOCKS_QUERY = f"WorkflowId STARTS_WITH '{LOCK_PREFIX}' AND ExecutionStatus = 'Running'"
-PROJECT_LOCK_WORKFLOW = "ProjectLockWorkflow"
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 

@@ -29,6 +29,7 @@ from tests.platform_files import (
     plan,
     write_platform,
 )
+from tests.workflows.test_replay import activity_types, replay
 from workflows.apply import HOST_UNOBSERVED
 from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
 from workflows.registry import ALL_WORKFLOWS
@@ -414,6 +415,10 @@ async def test_applies_of_one_module_never_overlap(harness):
     assert [o.status for o in outcomes] == ["applied", "applied"]
     assert harness.transport.commands("compose_up") == [COMMAND, COMMAND]
     assert harness.transport.max_running == 1
+    # The waiter asked who holds the lock once, at its first taken start, and replays.
+    history = await second.fetch_history()
+    assert activity_types(history).count("describe_lock_holder") == 1
+    assert await replay(history) is None
 
 
 @workflow.defn(name="ProjectLockWorkflow", sandboxed=False)

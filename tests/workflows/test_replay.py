@@ -30,9 +30,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from platformctl.transport import ConnectFailed
-from platformctl.transport.fake import ok, ps
+from platformctl.transport.fake import ps
 from tests.platform_files import apply_input, approval
-from tests.workflows.test_apply import wait_for_phase
 from workflows.apply import HEALTH_MISSED_POLL_PATCH
 from workflows.registry import ALL_WORKFLOWS
 
@@ -88,26 +87,6 @@ async def test_history_with_a_missed_health_poll_replays(harness):
     markers = [e.marker_recorded_event_attributes.SerializeToString() for e in history.events
                if e.HasField("marker_recorded_event_attributes")]
     assert any(HEALTH_MISSED_POLL_PATCH.encode() in m for m in markers)
-    assert await replay(history) is None
-
-
-async def test_history_that_waited_for_the_lock_replays(harness):
-    release = asyncio.Event()
-
-    async def slow_up(timeout_s: float):
-        await release.wait()
-        return ok()
-
-    harness.transport.script = {"compose_up": [slow_up, ok()]}
-    async with harness.worker():
-        first = await harness.start(apply_input(), workflow_id="replay-holder")
-        await wait_for_phase(first, "applying")
-        second = await harness.start(apply_input(), workflow_id="replay-waiter")
-        await wait_for_phase(second, "waiting_for_lock")
-        release.set()
-        assert [(await harness.outcome(h)).status for h in (first, second)] == ["applied", "applied"]
-    history = await second.fetch_history()
-    assert activity_types(history).count("describe_lock_holder") == 1  # asked once, at the first taken start
     assert await replay(history) is None
 
 
