@@ -232,7 +232,12 @@ async def test_a_cancel_whose_attempt_then_times_out_kills_compose_up_before_the
     await replayer.replay_workflow(await handle.fetch_history())  # the patched branch replays as it ran
 
 
-async def test_reapply_never_reapplies_a_sha_that_was_rolled_back(harness):
+async def test_reapply_never_reapplies_a_sha_that_was_rolled_back(dev_env, tmp_path):
+    # On the dev server: the time-skipping one skips to its 10-year default execution timeout
+    # when it finds no other timer, and closes the module state entity this test reads.
+    write_platform(tmp_path, modules=[module_doc(health=FAST_HEALTH)])
+    harness = Harness(client=dev_env.client, root=tmp_path)
+    harness.transport.script = {"compose_images": [images("honcho-redis", OLD), images("honcho-redis", NEW)]}
     harness.transport.script["compose_ps"] = [ps("honcho-redis")]
     async with harness.worker():
         assert (await harness.outcome(await harness.start(apply_input()))).status == "applied"
