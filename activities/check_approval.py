@@ -1,5 +1,5 @@
-"""Step 2 activity: the approval must be for this exact plan, and signed when
-the worker has a signing key."""
+"""Step 2 activity: the approval must be for this exact plan (its plan_digest),
+and signed when the worker has a signing key."""
 
 from __future__ import annotations
 
@@ -16,5 +16,6 @@ class CheckApproval(StepActivities):
     @activity.defn(name="check_approval")
     @step
     async def check_approval(self, inp: CheckApprovalInput) -> None:
-        check_approval(inp.plan, inp.approval)
-        check_signature(self.deps.settings.approval_key(), inp.plan.module, inp.approval, datetime.now(UTC))
+        key = self.deps.settings.approval_key()
+        check_approval(inp.plan, inp.approval, inp.plan_digest, signed=key is not None)
+        check_signature(key, inp.plan.module, inp.approval, datetime.now(UTC))

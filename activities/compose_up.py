@@ -14,7 +14,7 @@ from activities.single_flight import SingleFlight
 from platformctl import commands
 from platformctl.models import ComposeUpInput, ComposeUpResult
 from platformctl.outcomes import ApprovalMismatch
-from platformctl.policy.approval import check_signature
+from platformctl.policy.approval import check_binding, check_signature
 from platformctl.target import check_unchanged
 
 
@@ -37,11 +37,13 @@ class ComposeUp(StepActivities):
         if not (target.execute and settings.execute_remote):
             return ComposeUpResult(executed=False, command=command.render())
         # The last word before a host changes: the files still give this target,
-        # and the approval is for this SHA, unexpired, and signed when a key is set.
+        # and the approval is for this SHA and plan, unexpired, and signed when a key is set.
         check_unchanged(settings, inp.module, target)
         if inp.approval.approved_sha != inp.source_sha:
             raise ApprovalMismatch(f"approval is for {inp.approval.approved_sha[:64]!r}, not {inp.source_sha[:64]!r}")
-        check_signature(settings.approval_key(), inp.module, inp.approval, datetime.now(UTC))
+        key = settings.approval_key()
+        check_binding(inp.approval, inp.plan_digest, signed=key is not None)
+        check_signature(key, inp.module, inp.approval, datetime.now(UTC))
         activity.logger.info("running on %s: %s", target.host.name, command.render())
         out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
         return ran(command, out)

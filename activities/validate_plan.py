@@ -7,7 +7,7 @@ from temporalio import activity
 from activities.base import StepActivities, step
 from platformctl.config import ModuleFile, load_module, load_rollback_policy
 from platformctl.models import RollbackPolicy, ValidatedPlan, ValidatePlanInput
-from platformctl.policy.plan import is_destructive, plan_digest, validate_plan
+from platformctl.policy.plan import is_destructive, validate_plan
 
 
 class ValidatePlan(StepActivities):
@@ -20,7 +20,7 @@ class ValidatePlan(StepActivities):
         validate_plan(plan, module.compose_service)
         return validated(
             module,
-            plan_digest=plan_digest(plan),
+            plan_digest=inp.plan_digest,
             has_changes=bool(plan.changes),
             destructive=is_destructive(plan),
             rollback=load_rollback_policy(root, module),

@@ -66,9 +66,11 @@ class Plan(_Model):
 class Approval(_Model):
     approved_sha: BoundedStr
     approved_pr: StrictInt | None = None  # strict: JSON true must not count as PR #1
-    approved_by: Annotated[BoundedStr, AfterValidator(redact_and_cap)] | None = None
+    # Signed as given; redacted where it is recorded (audit, state, status).
+    approved_by: BoundedStr | None = None
     allow_destructive: StrictBool = False
     expires_at: BoundedStr | None = None  # ISO-8601 UTC; part of what a signature covers
+    plan_digest: BoundedStr | None = None  # policy.plan.plan_digest of the plan approved
     signature: BoundedStr | None = None  # hex HMAC-SHA256, when the worker has a key
 
 
@@ -217,6 +219,7 @@ class HostConfig(BaseModel):
 
 class ValidatePlanInput(_Model):
     plan: Plan
+    plan_digest: str  # policy.plan.plan_digest of the plan as the apply received it
 
 
 class ValidatedPlan(_Model):
@@ -237,6 +240,7 @@ class ValidatedPlan(_Model):
 class CheckApprovalInput(_Model):
     plan: Plan
     approval: Approval
+    plan_digest: str
 
 
 class GuardComposePathInput(_Model):
@@ -282,7 +286,8 @@ class ComposeUpInput(_Model):
     timeout_seconds: int
     module: str
     source_sha: str
-    approval: Approval  # compose up re-checks it: SHA, expiry, and the signature when a key is set
+    approval: Approval  # compose up re-checks it: SHA, plan, expiry, and the signature when a key is set
+    plan_digest: str | None = None  # None only from applies whose compose up was scheduled before it was sent
 
 
 class ComposeUpResult(_Model):
@@ -326,10 +331,11 @@ class PersistStateInput(_Model):
     plan_digest: str | None
     workflow_id: str
     run_id: str
-    approved_by: str | None = None
+    approved_by: RedactedText | None = None
     rejected_by: str | None = None
     # What a re-apply needs: the plan and the approval it was applied with.
     plan: Plan | None = None
+    plan_raw: dict[str, Any] | None = None  # the plan as approved, whose plan_digest the approval names
     approval: Approval | None = None
     # From the workflow's start to this outcome (None from an apply started before it was sent).
     duration_s: float | None = None
@@ -345,7 +351,7 @@ class RollbackInput(_Model):
     workflow_id: str
     run_id: str | None = None  # None only in inputs of applies started before it was added
     approved_pr: int | None = None
-    approved_by: str | None = None
+    approved_by: RedactedText | None = None
     plan_digest: str | None = None
     image: ImageRollback | None = None  # what the image rollback did, before this record
     policy: RollbackPolicy = "record"
@@ -383,9 +389,12 @@ class AppliedRecord(_Model):
 
     sha: str
     pr: int | None
-    approved_by: str | None
+    approved_by: RedactedText | None
     plan: Plan
-    approval: Approval
+    # The plan exactly as approved: a re-apply sends it again, so its digest still matches
+    # the approval's plan_digest (None: recorded before approvals were bound to plans).
+    plan_raw: dict[str, Any] | None = None
+    approval: Approval  # as given: a re-apply sends it again, and its signature covers approved_by
     plan_digest: str | None
     workflow_id: str
     host: str | None
@@ -411,7 +420,7 @@ class PinRecord(_Model):
 
     sha: str | None  # the SHA whose images it runs now
     images: list[ContainerImage]
-    by: str
+    by: RedactedText
     reason: str
     workflow_id: str
     at: str
@@ -475,7 +484,8 @@ class ReapplyResult(_Model):
 
 # ---- RollbackWorkflow (an operator's rollback) --------------------------------------
 
-NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=4096), AfterValidator(redact_and_cap)]
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+NonEmptyText = Annotated[NonEmptyStr, AfterValidator(redact_and_cap)]
 
 
 class RollbackRequest(_Model):
@@ -485,7 +495,7 @@ class RollbackRequest(_Model):
 
     module: BoundedStr
     to_sha: BoundedStr | None = None
-    approved_by: NonEmptyText
+    approved_by: NonEmptyStr  # signed as given; redacted where it is recorded
     reason: NonEmptyText
     expires_at: BoundedStr | None = None
     signature: BoundedStr | None = None

@@ -44,6 +44,7 @@ def event_for(inp: PersistStateInput, at: str, key: bytes | None) -> ModuleEvent
             pr=inp.approved_pr,
             approved_by=inp.approved_by,
             plan=inp.plan,
+            plan_raw=inp.plan_raw,
             approval=inp.approval,
             plan_digest=inp.plan_digest,
             workflow_id=inp.workflow_id,

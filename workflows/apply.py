@@ -79,7 +79,9 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.payload import UnreadablePayload, decode_json
     from platformctl.policy.approval import check_approval
     from platformctl.policy.health import verdict
+    from platformctl.policy.plan import plan_digest
     from platformctl.policy.snapshot import rollback_image
+    from platformctl.redact import redact_and_cap
     from workflows.module_lock import ModuleLockWorkflow, lock_workflow_id
     from workflows.project_lock import (
         ENQUEUE,
@@ -222,6 +224,9 @@ class ApplyWorkflow:
         self._approval_verdict: str | None = None  # "" accepted, else why not: answers the approve Update
         self._rejection: Rejection | None = None
         self._input: ApplyInput | None = None
+        # The plan exactly as received and its plan_digest, which an approval must name.
+        self._plan_raw: dict[str, Any] | None = None
+        self._digest = ""
         self._plan: ValidatedPlan | None = None
         self._module: str | None = None
         self._command: str | None = None
@@ -279,7 +284,9 @@ class ApplyWorkflow:
         self._local_checks = self._coalesce or workflow.patched(LOCAL_CHECKS_PATCH)
         inp = self._parse(args)
         # 1. Validate plan
-        plan = await self._step(ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan), local=True)
+        plan = await self._step(
+            ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan, plan_digest=self._digest), local=True
+        )
         self._known_target(plan)
         if not plan.has_changes:
             return await self._finish("no_changes")
@@ -369,6 +376,8 @@ class ApplyWorkflow:
                 module = request["plan"].get("module")
                 self._module = module[:64] if isinstance(module, str) else None
             raise _Stop("blocked", f"invalid apply input: {brief_errors(e)}") from None
+        self._plan_raw = request["plan"]  # a dict: ApplyInput parsed it as a plan object
+        self._digest = plan_digest(self._plan_raw)  # decode_json refused what has no UTF-8 form
         self._input = inp
         self._module = inp.plan.module[:64]
         self._upsert(PLATFORM_MODULE.value_set(self._module))
@@ -426,7 +435,9 @@ class ApplyWorkflow:
             except ValidationError as e:
                 raise _Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
             await self._step(
-                CheckApproval.check_approval, CheckApprovalInput(plan=inp.plan, approval=self._approval), local=True
+                CheckApproval.check_approval,
+                CheckApprovalInput(plan=inp.plan, approval=self._approval, plan_digest=self._digest),
+                local=True,
             )
         except _Stop as stop:
             self._approval_verdict = stop.message
@@ -461,6 +472,7 @@ class ApplyWorkflow:
                     module=self._plan.module,
                     source_sha=self._input.plan.source_sha,
                     approval=self._approval,
+                    plan_digest=self._digest,
                 ),
                 remote=True,
                 # The transport kills the command at timeout_s; this only catches a lost worker.
@@ -895,6 +907,11 @@ class ApplyWorkflow:
         except asyncio.CancelledError:
             return await task
 
+    def _approved_by(self) -> str | None:
+        """Who approved, as shown: signed as given, redacted wherever it is seen or kept."""
+        by = self._approval.approved_by if self._approval else None
+        return redact_and_cap(by) if by else None
+
     def _persist_input(self, status: Status) -> PersistStateInput:
         info = workflow.info()
         return PersistStateInput(
@@ -907,6 +924,7 @@ class ApplyWorkflow:
             approved_by=self._approval.approved_by if self._approval else None,
             rejected_by=self._rejection.rejected_by if self._rejection else None,
             plan=self._input.plan if self._input else None,
+            plan_raw=self._plan_raw,
             approval=self._approval,
             # Both ends stamped by the server: no clock skew, and no describe call to learn the start.
             duration_s=round((workflow.now() - info.workflow_start_time).total_seconds(), 3),
@@ -1030,7 +1048,7 @@ class ApplyWorkflow:
             )
         try:
             approval = Approval.model_validate(offered)
-            check_approval(self._input.plan, approval)
+            check_approval(self._input.plan, approval, self._digest)
         except ValidationError as e:
             raise ApplicationError(
                 f"not a valid approval: {brief_errors(e)}", type="ApprovalMismatch", non_retryable=True
@@ -1053,7 +1071,7 @@ class ApplyWorkflow:
             "health": self._health.model_dump() if self._health else None,
             "error": self._error,
             "lock": self._lock_id,
-            "approved_by": self._approval.approved_by if self._approval else None,
+            "approved_by": self._approved_by(),
             "checkout_verified": self._checkout_verified,
         }
 

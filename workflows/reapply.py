@@ -25,7 +25,6 @@ from temporalio.workflow import ChildWorkflowHandle
 with workflow.unsafe.imports_passed_through():
     from activities.reapply import Reapply
     from platformctl.models import (
-        ApplyInput,
         PlanReapplyInput,
         ReapplyCandidate,
         ReapplyEntry,
@@ -38,6 +37,8 @@ APPLY_WORKFLOW = "ApplyWorkflow"
 # Runs started before it counted applies, not projects, and waited for one
 # apply of a project to end before starting the next.
 PIPELINE_PATCH = "reapply-pipeline"
+# Runs started before it re-applied approvals that name no plan_digest.
+PLAN_BOUND_PATCH = "reapply-plan-bound"
 
 Child = ChildWorkflowHandle[Any, dict[str, Any]]  # a started ApplyWorkflow
 
@@ -50,6 +51,7 @@ class ReapplyWorkflow:
     async def run(self, request: ReapplyInput | None = None) -> ReapplyResult:
         req = request or ReapplyInput()
         pipelined = workflow.patched(PIPELINE_PATCH)
+        plan_bound = workflow.patched(PLAN_BOUND_PATCH)
         candidates = await workflow.execute_activity_method(
             Reapply.plan_reapply,
             PlanReapplyInput(modules=req.modules),
@@ -61,7 +63,7 @@ class ReapplyWorkflow:
         entries: dict[str, ReapplyEntry] = {}
         lanes: dict[str, list[ReapplyCandidate]] = defaultdict(list)
         for c in candidates:
-            reason = c.problem or skip_reason(c)
+            reason = c.problem or skip_reason(c, plan_bound=plan_bound)
             if reason is not None:
                 entries[c.module] = ReapplyEntry(
                     module=c.module, outcome="failed" if c.problem else "skipped", reason=reason
@@ -127,9 +129,11 @@ class ReapplyWorkflow:
     async def _start(self, c: ReapplyCandidate) -> Child:
         assert c.state is not None and c.state.last_applied is not None
         last = c.state.last_applied
+        # The plan as approved, so that it has the digest its approval names.
+        plan = last.plan_raw if last.plan_raw is not None else last.plan.model_dump(mode="json")
         return await workflow.start_child_workflow(
             APPLY_WORKFLOW,
-            ApplyInput(plan=last.plan, approval=last.approval.model_dump(mode="json")),
+            {"plan": plan, "approval": last.approval.model_dump(mode="json")},
             id=f"reapply-{c.module}-{last.sha[:12]}-{workflow.info().run_id[:8]}",
             # A re-apply that is terminated or times out asks its applies to stop, so one
             # in compose up rolls back and records; the default would terminate it mid-run.

@@ -1,15 +1,16 @@
 """`platform-apply apply PLAN.json`: start an ApplyWorkflow (or attach to the one in flight) and wait.
 
-The workflow id is `apply-<module>-<first 12 of the SHA>` with the conflict
+The workflow id is `apply-<module>-<sha12>-<digest12>` with the conflict
 policy USE_EXISTING, so a CI re-run attaches to the apply in flight instead
-of starting a second one. Once that apply has closed, a re-run starts a new
-one (compose up -d converges, so applying an applied SHA again is harmless).
+of starting a second one, and only when that is an ApplyWorkflow on this task
+queue started with this very plan (plan_binding.py). Once that apply has
+closed, a re-run starts a new one (compose up -d converges, so applying an
+applied SHA again is harmless).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -21,7 +22,6 @@ from platformctl.cli.approve import send_approval
 from platformctl.cli.common import (
     EXIT_OK,
     EXIT_UNREACHABLE,
-    CliError,
     approval_object,
     connect_client,
     iso_time,
@@ -33,13 +33,13 @@ from platformctl.cli.common import (
     usage_error,
     with_signature,
 )
+from platformctl.cli.plan_binding import APPLY_WORKFLOW, blocked, check_bound, digest_of, read_request, workflow_id
 from platformctl.cli.progress import Progress, status_of, watch
 from platformctl.config import Settings, load_module
-from platformctl.models import MAX_INPUT_BYTES, MAX_INPUT_DEPTH
+from platformctl.models import MAX_INPUT_BYTES
 from platformctl.outcomes import OUTCOMES
 from platformctl.payload import UnreadablePayload, check_shape
 
-APPLY_WORKFLOW = "ApplyWorkflow"
 MAX_DETAIL_CHANGES = 20
 
 
@@ -62,52 +62,6 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(run=run)
 
 
-def workflow_id(module: str, sha: str) -> str:
-    return f"apply-{module}-{sha[:12]}"
-
-
-READ_CAP = 4 << 20  # the server's message limit: a larger file could not be sent at all
-
-
-def blocked(message: str) -> CliError:
-    """Input the worker would end `blocked`: exit 3 before anything is started."""
-    return CliError(OUTCOMES["blocked"].exit_code, f"{message}: blocked, nothing was started")
-
-
-def read_request(path: str) -> dict[str, Any]:
-    """The apply input: PLAN.json as a whole input, or as the plan alone."""
-    try:
-        if path == "-":
-            raw = sys.stdin.buffer.read(READ_CAP + 1)
-        else:
-            with open(path, "rb") as f:
-                raw = f.read(READ_CAP + 1)
-    except OSError as e:
-        raise usage_error(f"cannot read {path}: {e.strerror or e}") from None
-    if len(raw) > READ_CAP:
-        raise blocked(f"{path} is over {READ_CAP} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise blocked(f"{path} nests deeper than {MAX_INPUT_DEPTH} levels") from None
-    except UnicodeDecodeError as e:
-        raise usage_error(f"cannot read {path}: {e}") from None
-    except ValueError as e:
-        raise usage_error(f"{path} is not JSON: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("plan"), dict):
-        request = dict(data)
-    elif isinstance(data, dict) and "module" in data:
-        request = {"plan": data}
-    else:
-        raise usage_error(f"{path} holds neither a plan object nor an apply input with a `plan` object")
-    plan = request["plan"]
-    if not isinstance(plan.get("module"), str) or not plan["module"]:
-        raise usage_error(f"{path}: the plan has no `module` string")
-    if not isinstance(plan.get("source_sha"), str) or not plan["source_sha"]:
-        raise usage_error(f"{path}: the plan has no `source_sha` string")
-    return request
-
-
 def flag_approval(args: argparse.Namespace) -> dict[str, Any] | None:
     given = [args.approve_sha, args.approve_pr, args.approved_by, args.expires_at]
     if args.approve_sha is None and args.approve_pr is None:
@@ -117,6 +71,16 @@ def flag_approval(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.approve_sha is None or args.approve_pr is None:
         raise usage_error("--approve-sha and --approve-pr go together")
     return approval_object(args.approve_sha, args.approve_pr, args.approved_by, args.allow_destructive, args.expires_at)
+
+
+def bind(path: str, approval: dict[str, Any], digest: str, signing: bool) -> dict[str, Any]:
+    """The approval naming the plan it approves: its plan_digest is the file's plan's."""
+    named = approval.get("plan_digest")
+    if named is not None and named != digest:
+        raise usage_error(f"{path}: the approval's plan_digest is not the digest of the plan beside it ({digest})")
+    if named is None and (signing or not approval.get("signature")):  # never alter what someone else signed
+        return {**approval, "plan_digest": digest}
+    return approval
 
 
 def check_bounds(path: str, request: dict[str, Any]) -> None:
@@ -179,10 +143,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     elif "approval" in request and not isinstance(request["approval"], (dict, type(None))):
         raise usage_error(f"{args.plan_file}: `approval` must be an object")
     key = signing_key(settings)
-    if key is not None and request.get("approval") is not None:
-        request["approval"] = with_signature(key, module, request["approval"])
+    digest = digest_of(args.plan_file, plan)
+    if request.get("approval") is not None:
+        request["approval"] = bind(args.plan_file, request["approval"], digest, key is not None)
+        if key is not None:
+            request["approval"] = with_signature(key, module, request["approval"])
     check_bounds(args.plan_file, request)
-    wid = workflow_id(module, sha)
+    wid = workflow_id(module, sha, digest)
     host = module_host(settings, module)
 
     client = await connect_client(settings)
@@ -197,6 +164,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         static_details=static_details(plan),
     )
     if not _started_new(handle):
+        await check_bound(handle, settings, digest, running=False)
         print(f"{wid}: attached to the apply in flight", file=sys.stderr)
         # Started earlier without an approval: deliver this one, through the Update (which
         # takes it while the apply still validates, and answers a repeat of the same one).

@@ -1,4 +1,4 @@
-"""`platform-apply approve WORKFLOW_ID`: approve a waiting apply through the `approve` Update.
+"""`platform-apply approve WORKFLOW_ID --plan PLAN.json`: approve a waiting apply through the `approve` Update.
 
 The Update's validator refuses at once, with the reason, an approval that
 does not match the plan, so a wrong SHA is known in the same call (exit 5).
@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 from temporalio.client import (
-    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -24,7 +23,6 @@ from platformctl.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
-    RPC_TIMEOUT,
     CliError,
     approval_object,
     connect_client,
@@ -34,11 +32,9 @@ from platformctl.cli.common import (
     signing_key,
     with_signature,
 )
-from platformctl.cli.progress import status_of
-from platformctl.client import SEARCH_ATTRIBUTES
+from platformctl.cli.plan_binding import add_plan_arguments, approved_plan, check_bound
 from platformctl.config import Settings
 
-PLATFORM_MODULE = SEARCH_ATTRIBUTES[0]
 UPDATE_TIMEOUT_S = 60.0  # a worker that polls answers within seconds, however long the apply waits
 
 
@@ -46,11 +42,13 @@ def add_parser(commands: Any) -> None:
     p = commands.add_parser(
         "approve",
         help="approve a waiting apply (the approve Update)",
-        description="Approve the apply WORKFLOW_ID through the `approve` Update: exit 0 when accepted, "
-        "5 with the reason when refused. Signed when PLATFORM_APPROVAL_KEY_FILE is set.",
+        description="Approve the apply WORKFLOW_ID of the plan in PLAN.json (or of --module, --sha and "
+        "--plan-digest) through the `approve` Update: exit 0 when accepted, 5 with the reason when refused, "
+        "3 when WORKFLOW_ID is not an apply of that plan on this task queue. Signed when "
+        "PLATFORM_APPROVAL_KEY_FILE is set.",
     )
     p.add_argument("workflow_id", metavar="WORKFLOW_ID")
-    p.add_argument("--sha", required=True, help="the SHA approved (must be the plan's source_sha)")
+    add_plan_arguments(p)
     p.add_argument("--pr", required=True, type=int, metavar="N", help="the pull request number")
     p.add_argument("--by", metavar="NAME", help="who approves (recorded in the audit line)")
     p.add_argument("--allow-destructive", action="store_true", help="approve recreate/remove actions")
@@ -59,13 +57,16 @@ def add_parser(commands: Any) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    approval = approval_object(args.sha, args.pr, args.by, args.allow_destructive, args.expires_at)
+    # What is signed comes from what the caller holds, never from what the workflow reports.
+    module, sha, digest = approved_plan(args)
+    approval = approval_object(sha, args.pr, args.by, args.allow_destructive, args.expires_at, digest)
     key = signing_key(settings)
     client = await connect_client(settings)
     handle = client.get_workflow_handle(args.workflow_id)
-    await require_worker(client, settings, await running_task_queue(handle))
+    await check_bound(handle, settings, digest, running=True)
+    await require_worker(client, settings)
     if key is not None:
-        approval = with_signature(key, await module_of(handle), approval)
+        approval = with_signature(key, module, approval)
     refused = await send_approval(handle, approval)
     if refused is not None:
         return refused
@@ -97,32 +98,3 @@ async def send_approval(handle: WorkflowHandle[Any, Any], approval: dict[str, An
             return EXIT_REFUSED
         raise
     return None
-
-
-async def running_task_queue(handle: WorkflowHandle[Any, Any]) -> str:
-    """The task queue of a running workflow; exit 5 when there is none by that id."""
-    try:
-        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(EXIT_REFUSED, f"approval refused: {handle.id} is not a running apply") from None
-        raise CliError(EXIT_UNREACHABLE, f"cannot read {handle.id}: {one_line(e.message)}") from None
-    if described.status != WorkflowExecutionStatus.RUNNING:
-        status = described.status.name.lower() if described.status else "closed"
-        raise CliError(EXIT_REFUSED, f"approval refused: {handle.id} is not a running apply (it is {status})")
-    return described.task_queue
-
-
-async def module_of(handle: WorkflowHandle[Any, Any]) -> str:
-    """Which module the apply is for (a signature covers it): its status, else its search attribute."""
-    status = await status_of(handle)
-    if status and isinstance(status.get("module"), str):
-        return str(status["module"])
-    try:
-        described = await handle.describe()
-    except RPCError as e:
-        raise CliError(EXIT_UNREACHABLE, f"cannot read {handle.id}: {one_line(e.message)}") from None
-    module = described.typed_search_attributes.get(PLATFORM_MODULE)
-    if not module:
-        raise CliError(EXIT_UNREACHABLE, f"cannot tell which module {handle.id} applies, and a signature names it")
-    return module

@@ -126,7 +126,7 @@ def non_blank(value: str) -> str:
 
 
 def approval_object(
-    sha: str, pr: int, by: str | None, allow_destructive: bool, expires_at: str | None
+    sha: str, pr: int, by: str | None, allow_destructive: bool, expires_at: str | None, plan_digest: str | None = None
 ) -> dict[str, Any]:
     """The contract's approval object, as the flags give it."""
     approval: dict[str, Any] = {
@@ -137,6 +137,8 @@ def approval_object(
     }
     if expires_at is not None:
         approval["expires_at"] = expires_at
+    if plan_digest is not None:
+        approval["plan_digest"] = plan_digest
     return approval
 
 

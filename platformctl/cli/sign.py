@@ -13,14 +13,13 @@ from typing import Any
 from platformctl.cli.common import (
     EXIT_OK,
     approval_object,
-    full_sha,
     iso_time,
-    module_id,
     pr_number,
     signing_key,
     usage_error,
     with_signature,
 )
+from platformctl.cli.plan_binding import add_plan_arguments, approved_plan
 from platformctl.config import Settings
 
 
@@ -28,11 +27,11 @@ def add_parser(commands: Any) -> None:
     p = commands.add_parser(
         "sign",
         help="print a signed approval (key: PLATFORM_APPROVAL_KEY_FILE)",
-        description="Print the approval JSON, with its `signature`, for MODULE at SHA and PR N.",
+        description="Print the approval JSON, with its `signature`, of the plan in PLAN.json (or of "
+        "--module, --sha and --plan-digest) and PR N.",
     )
     # A signature the worker could never accept (bad module id, short SHA, PR <= 0) is a usage error.
-    p.add_argument("--module", required=True, metavar="M", type=module_id)
-    p.add_argument("--sha", required=True, type=full_sha)
+    add_plan_arguments(p)
     p.add_argument("--pr", required=True, type=pr_number, metavar="N")
     p.add_argument("--by", metavar="NAME")
     p.add_argument("--allow-destructive", action="store_true")
@@ -44,6 +43,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     key = signing_key(settings)
     if key is None:
         raise usage_error("PLATFORM_APPROVAL_KEY_FILE is not set: there is no key to sign with")
-    approval = approval_object(args.sha, args.pr, args.by, args.allow_destructive, args.expires_at)
-    print(json.dumps(with_signature(key, args.module, approval), separators=(",", ":")))
+    module, sha, digest = approved_plan(args)
+    approval = approval_object(sha, args.pr, args.by, args.allow_destructive, args.expires_at, digest)
+    print(json.dumps(with_signature(key, module, approval), separators=(",", ":")))
     return EXIT_OK

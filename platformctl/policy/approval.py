@@ -2,8 +2,10 @@
 
 With a signing key, an approval counts only when CI signed it: the signature
 is the hex HMAC-SHA256 over the compact, key-sorted JSON of {module,
-approved_sha, approved_pr, approved_by, allow_destructive, expires_at}, so
-access to the Temporal namespace alone cannot approve an apply.
+approved_sha, approved_pr, approved_by, allow_destructive, expires_at,
+plan_digest}, so access to the Temporal namespace alone cannot approve an
+apply, and a signature approves one plan, never another plan of that module
+and SHA.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def signing_payload(module: str, approval: Approval) -> bytes:
         "approved_by": approval.approved_by,
         "allow_destructive": approval.allow_destructive,
         "expires_at": approval.expires_at,
+        "plan_digest": approval.plan_digest,
     }
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
@@ -64,7 +67,25 @@ def check_signature(key: bytes | None, module: str, approval: Approval, now: dat
         raise ApprovalMismatch("approval signature does not match: not signed with this worker's key, or altered")
 
 
-def check_approval(plan: Plan, approval: Approval) -> None:
+def check_binding(approval: Approval, digest: str | None, *, signed: bool) -> None:
+    """Raise unless `approval` names the plan whose plan_digest is `digest` (None: an
+    activity scheduled before the digest was sent). `signed`: the worker has a signing
+    key, so an approval must name its plan: one signed without does not count."""
+    if approval.plan_digest is None:
+        if signed:
+            raise ApprovalMismatch(
+                "approval predates plan binding (no plan_digest): approve once more, signing from the plan file"
+            )
+    elif approval.plan_digest != digest:
+        raise ApprovalMismatch(
+            f"approval is for plan digest {approval.plan_digest[:64]!r}, but this apply's plan has {digest!r}: "
+            "it approves another plan"
+        )
+
+
+def check_approval(plan: Plan, approval: Approval, digest: str, *, signed: bool = False) -> None:
+    """Raise unless `approval` approves `plan` (whose plan_digest is `digest`)."""
+    check_binding(approval, digest, signed=signed)
     if not SHA.fullmatch(approval.approved_sha) or approval.approved_sha != plan.source_sha:
         raise ApprovalMismatch(
             f"approval is for {approval.approved_sha[:64]!r}, but the plan is for {plan.source_sha[:64]!r}"

@@ -37,6 +37,14 @@ def is_destructive(plan: Plan) -> bool:
     return any(change.action in DESTRUCTIVE_ACTIONS for change in plan.changes)
 
 
-def plan_digest(plan: Plan) -> str:
-    canonical = json.dumps(plan.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+def plan_digest(plan: object) -> str:
+    """The contract's plan digest: lowercase hex SHA-256 of the plan object exactly as
+    received (raw JSON, not the parsed model, which fills defaults and redacts), in
+    compact key-sorted form. CI computes it from its plan file, the worker from its input.
+
+    Raises PolicyViolation for a value JSON cannot carry as UTF-8 (a lone surrogate)."""
+    canonical = json.dumps(plan, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    except UnicodeEncodeError:
+        raise PolicyViolation("the plan holds a string that is not valid Unicode (a lone surrogate)") from None

@@ -16,14 +16,18 @@ from platformctl.models import ReapplyCandidate
 _CHANGED = ("Recreate", "Creat", "Start", "Restart", "Pull")
 
 
-def skip_reason(c: ReapplyCandidate) -> str | None:
-    """Why this module is not re-applied, or None when it may be."""
+def skip_reason(c: ReapplyCandidate, *, plan_bound: bool = True) -> str | None:
+    """Why this module is not re-applied, or None when it may be. `plan_bound`: False
+    only in re-applies started before approvals were bound to their plan."""
     if c.state is None or c.state.last_applied is None:
         return "no successful apply recorded"
-    recorded = c.state.last_applied.plan.module
-    if recorded != c.module:
+    last = c.state.last_applied
+    if last.plan.module != c.module:
         # Only a forged record says so; its plan would go to that module's host, unchecked here.
-        return f"the recorded apply is a plan for module {recorded[:100]!r}, not this one"
+        return f"the recorded apply is a plan for module {last.plan.module[:100]!r}, not this one"
+    if plan_bound and (last.approval.plan_digest is None or last.plan_raw is None):
+        # Never sent again in the old form: that would take a signature back to what it no longer covers.
+        return "approval predates plan binding: approve once more"
     pin = c.state.pinned
     if pin is not None:
         return (
@@ -31,8 +35,8 @@ def skip_reason(c: ReapplyCandidate) -> str | None:
             "re-apply resumes after the next approved apply"
         )
     failed = c.state.last_failure
-    if failed is not None and failed.sha == c.state.last_applied.sha:
-        return f"the last apply of {c.state.last_applied.sha[:12]} failed ({failed.status}): fix it with a new apply"
+    if failed is not None and failed.sha == last.sha:
+        return f"the last apply of {last.sha[:12]} failed ({failed.status}): fix it with a new apply"
     if not c.verify_checkout:
         return f"host {c.host} does not verify its checkout (verify_checkout: false)"
     return None

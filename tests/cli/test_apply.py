@@ -9,11 +9,13 @@ import json
 import pytest
 from temporalio.service import RPCError, RPCStatusCode
 
+from platformctl.cli.plan_binding import workflow_id
 from platformctl.models import Approval
 from platformctl.policy.approval import sign
+from platformctl.policy.plan import plan_digest
 from tests.cli.conftest import new_module, write_json
 from tests.e2e.conftest import compose_up_argv, write_module
-from tests.platform_files import OTHER_SHA, SHA, approval, change, plan
+from tests.platform_files import SHA, approval, change, plan
 
 PR = "165"
 
@@ -22,25 +24,28 @@ def approve_flags(sha: str = SHA) -> list[str]:
     return ["--approve-sha", sha, "--approve-pr", PR, "--approved-by", "ci"]
 
 
-def wid(module: str, sha: str = SHA) -> str:
-    return f"apply-{module}-{sha[:12]}"
+def wid(module: str) -> str:
+    """The id `apply` gives the plan these tests write: `plan(module=module, changes=[change(module)])`."""
+    return workflow_id(module, SHA, plan_digest(plan(module=module, changes=[change(module)])))
 
 
 async def test_applied_exits_9_with_a_summary_line_and_the_ui_summary(platform, sshd_host, host_name, cli, tmp_path):
     module = new_module()
     write_module(platform.root, module, host_name)
     await platform.start_worker(phase="05")
-    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module, summary="bump redis")]))
+    bumped = plan(module=module, changes=[change(module, summary="bump redis")])
+    plan_file = write_json(tmp_path / "plan.json", bumped)
+    apply_id = workflow_id(module, SHA, plan_digest(bumped))
 
     ran = await cli.run("apply", str(plan_file), *approve_flags())
 
     assert ran.code == 9, ran
     assert ran.out == f"applied {module}@{host_name} 0123456 exit 9\n", ran
     # Not a terminal: one plain line per phase change, on stderr.
-    phases = [line.split(": ", 1)[1] for line in ran.err.splitlines() if line.startswith(f"{wid(module)}: ")]
+    phases = [line.split(": ", 1)[1] for line in ran.err.splitlines() if line.startswith(f"{apply_id}: ")]
     assert "health_check" in phases and len(phases) == len(set(phases)), ran.err
     assert sshd_host.calls().count(compose_up_argv(sshd_host, module)) == 1
-    described = await platform.client.get_workflow_handle(wid(module)).describe()
+    described = await platform.client.get_workflow_handle(apply_id).describe()
     assert await described.static_summary() == f"{module}@{host_name} 0123456 PR #165"
     details = await described.static_details()
     assert details is not None and f"- `update` compose.service.{module}: bump redis" in details, details
@@ -90,11 +95,11 @@ async def test_no_wait_then_a_refused_and_an_accepted_approve_while_a_rerun_atta
     rerun = await cli.start("apply", str(plan_file))
     await rerun.wait_stderr("attached to the apply in flight")
 
-    refused = await cli.run("approve", wid(module), "--sha", OTHER_SHA, "--pr", PR, "--by", "ci")
+    refused = await cli.run("approve", wid(module), "--plan", str(plan_file), "--pr", "0", "--by", "ci")
     assert refused.code == 5, refused
-    assert "approval refused" in refused.err and OTHER_SHA in refused.err, refused
+    assert "approval refused" in refused.err and "pull request number" in refused.err, refused
 
-    accepted = await cli.run("approve", wid(module), "--sha", SHA, "--pr", PR, "--by", "ci")
+    accepted = await cli.run("approve", wid(module), "--plan", str(plan_file), "--pr", PR, "--by", "ci")
     assert (accepted.code, accepted.out) == (0, f"approved {wid(module)}\n"), accepted
 
     done = await rerun.finish()
@@ -165,17 +170,25 @@ async def test_signed_approvals_with_the_key_and_refused_without(platform, sshd_
     assert sshd_host.calls().count(compose_up_argv(sshd_host, unsigned)) == 0
 
     printed = await cli.run(
-        "sign", "--module", signed, "--sha", SHA, "--pr", PR, "--by", "ci", "--expires-at", "2030-01-01T00:00:00Z",
+        "sign", "--plan", str(plan_file), "--pr", PR, "--by", "ci", "--expires-at", "2030-01-01T00:00:00Z",
         PLATFORM_APPROVAL_KEY_FILE=str(key_file),
     )
     assert printed.code == 0, printed
     approval_json = json.loads(printed.out)
-    expected = Approval(approved_sha=SHA, approved_pr=165, approved_by="ci", expires_at="2030-01-01T00:00:00Z")
+    digest = plan_digest(plan(module=signed, changes=[change(signed)]))
+    expected = Approval(approved_sha=SHA, approved_pr=165, approved_by="ci", expires_at="2030-01-01T00:00:00Z",
+                        plan_digest=digest)
     assert approval_json["signature"] == sign(b"a-test-approval-key-of-32-bytes!", signed, expected)
     assert {k: v for k, v in approval_json.items() if k != "signature"} == {
         "approved_sha": SHA, "approved_pr": 165, "approved_by": "ci", "allow_destructive": False,
-        "expires_at": "2030-01-01T00:00:00Z",
+        "expires_at": "2030-01-01T00:00:00Z", "plan_digest": digest,
     }
+    # The same from flags, for a CI job that kept only the digest.
+    flags = await cli.run(
+        "sign", "--module", signed, "--sha", SHA, "--plan-digest", digest, "--pr", PR, "--by", "ci",
+        "--expires-at", "2030-01-01T00:00:00Z", PLATFORM_APPROVAL_KEY_FILE=str(key_file),
+    )
+    assert (flags.code, flags.out) == (0, printed.out), flags
 
 
 async def test_approve_signs_through_the_update_when_the_key_is_set(platform, host_name, cli, tmp_path):
@@ -189,7 +202,9 @@ async def test_approve_signs_through_the_update_when_the_key_is_set(platform, ho
     waiting = await cli.start("apply", str(plan_file))
     await waiting.wait_stderr(f"{wid(module)}: awaiting_approval")
 
-    accepted = await cli.run("approve", wid(module), "--sha", SHA, "--pr", PR, PLATFORM_APPROVAL_KEY_FILE=str(key_file))
+    accepted = await cli.run(
+        "approve", wid(module), "--plan", str(plan_file), "--pr", PR, PLATFORM_APPROVAL_KEY_FILE=str(key_file)
+    )
 
     assert accepted.code == 0, accepted
     done = await asyncio.wait_for(waiting.finish(), 60)
@@ -216,13 +231,52 @@ async def test_with_no_worker_on_the_task_queue_apply_and_approve_exit_2_and_sen
     stranded = await platform.client.start_workflow(
         "ApplyWorkflow", json.loads(plan_file.read_text()), id=f"apply-stranded-{module}", task_queue="nobody-polls"
     )
-    approve = await cli.run("approve", stranded.id, "--sha", SHA, "--pr", PR)
-    assert approve.code == 2 and "no worker polls task queue 'nobody-polls'" in approve.err, approve
+    approve = await cli.run("approve", stranded.id, "--plan", str(plan_file), "--pr", PR)
+    assert approve.code == 3 and "on task queue nobody-polls, not an ApplyWorkflow on" in approve.err, approve
     await stranded.terminate()
 
     # Approving an id no apply runs under is refused (5), with a signing key too (it was 2).
     key_file = tmp_path / "approval.key"
     key_file.write_text("a-test-approval-key-of-32-bytes!\n")
     keyed = {"PLATFORM_APPROVAL_KEY_FILE": str(key_file)}
-    missing = await cli.run("approve", wid(module), "--sha", SHA, "--pr", PR, **keyed)
+    missing = await cli.run("approve", wid(module), "--plan", str(plan_file), "--pr", PR, **keyed)
     assert missing.code == 5 and "is not a running apply" in missing.err, missing
+
+
+async def test_an_id_taken_by_another_plan_type_or_queue_is_never_attached_to_or_approved(
+    platform, sshd_host, host_name, cli, tmp_path
+):
+    """The red-team break: a namespace user starts an ApplyWorkflow under the id CI uses, with
+    another module's plan and no approval. `apply` used to attach (exit 0) and `approve` to sign
+    for whatever module the workflow named, and that module's compose up ran."""
+    ours, theirs = new_module(), new_module()
+    for module in (ours, theirs):
+        write_module(platform.root, module, host_name)
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=ours, changes=[change(ours)]))
+    key_file = tmp_path / "approval.key"
+    key_file.write_text("a-test-approval-key-of-32-bytes!\n")
+    squatter = await platform.client.start_workflow(
+        "ApplyWorkflow", {"plan": plan(module=theirs, changes=[change(theirs)])}, id=wid(ours),
+        task_queue=platform.task_queue,
+    )
+
+    attached = await cli.run("apply", str(plan_file), "--no-wait")
+    assert attached.code == 3 and f"id {wid(ours)} taken by an apply of another plan" in attached.err, attached
+    approved = await cli.run(
+        "approve", wid(ours), "--plan", str(plan_file), "--pr", PR, PLATFORM_APPROVAL_KEY_FILE=str(key_file)
+    )
+    assert approved.code == 3 and "taken by an apply of another plan" in approved.err, approved
+    assert (await squatter.query("status"))["phase"] == "awaiting_approval"
+    await squatter.terminate()
+
+    # Another workflow type under the id, or an apply, on a queue this platform does not poll
+    # (on this one, the worker ends a workflow of a type it does not know at once).
+    for kind, queue in (("SomethingElse", "not-ours"), ("ApplyWorkflow", "not-ours")):
+        taken = await platform.client.start_workflow(
+            kind, {"plan": plan(module=ours, changes=[change(ours)])}, id=wid(ours), task_queue=queue
+        )
+        ran = await cli.run("apply", str(plan_file), "--no-wait")
+        assert ran.code == 3 and f"taken by {kind} on task queue {queue}" in ran.err, ran
+        await taken.terminate()
+    assert sshd_host.calls() == []

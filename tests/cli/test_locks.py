@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from tests.cli.conftest import new_module, write_json
+from tests.cli.test_apply import wid
 from tests.e2e.conftest import write_module
 from tests.platform_files import SHA, change, plan
 
@@ -34,7 +35,7 @@ async def test_locks_lists_the_holder_and_the_waiters_and_cancelled_applies_exit
         write_module(platform.root, module, host_name, health=LONG_HEALTH, rollback="record")
     await platform.start_worker(phase="05")
     flags = ["--approve-sha", SHA, "--approve-pr", "165", "--approved-by", "ci"]
-    holder_id, waiter_id = f"apply-{holder}-{SHA[:12]}", f"apply-{waiter}-{SHA[:12]}"
+    holder_id, waiter_id = wid(holder), wid(waiter)
 
     first_plan = write_json(tmp_path / "a.json", plan(holder, changes=[change(holder)]))
     first = await cli.start("apply", str(first_plan), *flags)

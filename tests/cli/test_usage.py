@@ -92,6 +92,12 @@ def test_usage_errors_exit_64(tmp_path, unreachable_env, capsys):
         ["approve", "apply-x"],
         ["approve", "apply-x", "--sha", SHA],
         ["approve", "apply-x", "--sha", SHA, "--pr", "one"],
+        # What is approved comes from a plan file or all three flags, never from the workflow.
+        ["approve", "apply-x", "--sha", SHA, "--pr", "1"],
+        ["approve", "apply-x", "--module", "m", "--sha", SHA, "--pr", "1"],
+        ["approve", "apply-x", "--plan", p, "--sha", "f" * 40, "--pr", "1"],
+        ["approve", "apply-x", "--plan", p, "--module", "m", "--pr", "1"],
+        ["approve", "apply-x", "--module", "m", "--sha", SHA, "--plan-digest", "sha256:" + "0" * 64, "--pr", "1"],
         ["reject", "apply-x"],
         ["locks", "extra"],
         ["doctor"],
@@ -155,7 +161,7 @@ def test_an_unreachable_server_exits_2_with_one_line(tmp_path, unreachable_env):
     for args in (
         ["apply", str(plan_file)],
         ["apply", str(plan_file), "--approve-sha", SHA, "--approve-pr", "165", "--no-wait"],
-        ["approve", "apply-x", "--sha", SHA, "--pr", "165"],
+        ["approve", "apply-x", "--module", "m", "--sha", SHA, "--plan-digest", "0" * 64, "--pr", "165"],
         ["reject", "apply-x", "--reason", "no"],
         ["locks"],
     ):

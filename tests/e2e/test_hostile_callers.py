@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 
 from platformctl.models import Approval
 from platformctl.policy.approval import sign
+from platformctl.policy.plan import plan_digest
 from tests.e2e.conftest import compose_up_argv, ssh_host_entry, write_hosts, write_module
 from tests.platform_files import SHA, apply_input, approval, change, plan
 from tests.servers import NAMESPACE, TEMPORAL_CLI
@@ -205,7 +206,7 @@ async def test_with_a_key_only_a_signed_approval_reaches_the_host(ssh_e2e, sshd_
     assert (forged.status, forged.error_type) == ("approval_mismatch", "ApprovalMismatch")
     assert "not signed" in forged.result["error"] and sshd_host.calls() == []
 
-    good = approval()
+    good = approval(plan_digest=plan_digest(request("e2e-signed", "svc-signed")["plan"]))
     good["signature"] = sign(key, "e2e-signed", Approval.model_validate(good))
     signed = await e2e.apply(request("e2e-signed", "svc-signed", approval_=good))
     assert signed.status == "applied"

@@ -44,7 +44,9 @@ import yaml
 from temporalio.client import Client, ScheduleActionStartWorkflow
 from temporalio.service import RPCError
 
+from platformctl.cli.plan_binding import workflow_id as apply_id
 from platformctl.module_state import module_state_id
+from platformctl.policy.plan import plan_digest
 from tests.e2e.conftest import E2E, REPO, VENV_BIN, ssh_host_entry
 from tests.sshd import COMPOSE_FILE, SshHost
 
@@ -222,7 +224,8 @@ def _search(pattern: str, flags: int = re.M) -> Callable[[str], bool]:
 
 
 def checks(sha: str) -> list[Check]:
-    wid = f"apply-{MODULE}-{sha[:12]}"
+    example_plan = json.loads((REPO / "example" / "plan.json").read_text())["plan"]
+    wid = apply_id(MODULE, sha, plan_digest(example_plan))
     status_line = _search(rf"^{MODULE}: {sha[:12]} PR #165 applied \S+ by ci \((apply|reapply)-{MODULE}-{sha[:12]}")
 
     def doctor_ok(r: Ran) -> bool:

@@ -17,6 +17,7 @@ import uuid
 import pytest
 from temporalio.common import SearchAttributeKey
 
+from platformctl.policy.plan import plan_digest
 from tests.e2e.conftest import (
     FAST_HEALTH,
     activity_attempts,
@@ -119,7 +120,7 @@ async def test_applied_runs_exactly_up_then_ps_and_records_state(ssh_e2e, sshd_h
     assert status["module"] == "e2e-ok" and status["host"] == "h1" and status["compose_service"] == "svc-ok"
     assert status["last_apply_sha"] == SHA and status["last_apply_pr"] == PR
     assert status["workflow_id"] == wid and status["status"] == "applied"
-    assert re.fullmatch(r"sha256:[0-9a-f]{64}", status["plan_digest"])
+    assert status["plan_digest"] == plan_digest(request("e2e-ok", "svc-ok")["plan"])
     assert status["applied_at"]
     audit = e2e.audit()
     assert len(audit) == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from platformctl.models import Plan
@@ -116,13 +119,14 @@ def test_destructive_detection(actions, destructive):
 # ---- plan_digest --------------------------------------------------------------
 
 
-def test_digest_is_a_sha256_and_stable():
-    first = plan_digest(make())
-    assert first.startswith("sha256:") and len(first) == len("sha256:") + 64
-    assert plan_digest(make()) == first
-    # Key order in the input JSON does not matter: the digest is of a canonical form.
-    reordered = dict(reversed(list(plan().items())))
-    assert plan_digest(Plan.model_validate(reordered)) == first
+def test_digest_is_the_contracts_sha256_of_the_plan_as_received():
+    given = plan(changes=[change(summary="bump image to 7.2.5 (café)")])
+    canonical = json.dumps(given, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert plan_digest(given) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # Key order in the file does not matter; non-ASCII is hashed as UTF-8, not as \u escapes.
+    assert plan_digest(dict(reversed(list(given.items())))) == plan_digest(given)
+    escaped = json.dumps(given, sort_keys=True, separators=(",", ":"))
+    assert plan_digest(given) != hashlib.sha256(escaped.encode()).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -135,12 +139,15 @@ def test_digest_is_a_sha256_and_stable():
         {"changes": [change(action="restart")]},
         {"changes": [change(summary="bump image to 7.2.5")]},
         {"changes": [change(), change()]},
+        {"note": "a field the model ignores is still part of what was approved"},
+        {"exitCode": None},
     ],
-    ids=["sha", "module", "dirty", "no-changes", "action", "summary", "extra-change"],
+    ids=["sha", "module", "dirty", "no-changes", "action", "summary", "extra-change", "extra-field", "default"],
 )
-def test_digest_changes_with_the_plan(over):
-    assert plan_digest(make(**over)) != plan_digest(make())
+def test_digest_changes_with_anything_in_the_plan(over):
+    assert plan_digest(plan(**over)) != plan_digest(plan())
 
 
-def test_digest_ignores_fields_the_plan_does_not_have():
-    assert plan_digest(make(note="ignored by the model")) == plan_digest(make())
+def test_a_lone_surrogate_has_no_digest():
+    with pytest.raises(PolicyViolation, match="not valid Unicode"):
+        plan_digest(plan(changes=[change(summary="\ud800")]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from platformctl.models import AppliedRecord, ModuleState, PinRecord, Plan, ReapplyCandidate
+from platformctl.policy.plan import plan_digest
 from platformctl.policy.reapply import drifted, skip_reason
 from tests.platform_files import SHA, approval, plan
 
@@ -25,11 +26,13 @@ def test_without_snapshots_compose_output_decides():
     assert drifted({"snapshot": snapshot(OLD), "images": None, "remote": {"stderr": " Container core-x-1  Started\n"}})
 
 
-def candidate_for(plan_module: str) -> ReapplyCandidate:
+def candidate_for(plan_module: str, *, bound: bool = True) -> ReapplyCandidate:
+    raw = plan(module=plan_module)
+    digest = plan_digest(raw)
     applied = AppliedRecord(
-        sha=SHA, pr=165, approved_by="ci", plan=Plan.model_validate(plan(module=plan_module)),
-        approval=approval(), plan_digest=None, workflow_id="apply-x", host="rs2000",
-        compose_service="x", at="2026-11-27T00:00:00+00:00",
+        sha=SHA, pr=165, approved_by="ci", plan=Plan.model_validate(raw), plan_raw=raw if bound else None,
+        approval=approval(plan_digest=digest if bound else None), plan_digest=digest, workflow_id="apply-x",
+        host="rs2000", compose_service="x", at="2026-11-27T00:00:00+00:00",
     )
     state = ModuleState(module="x", last_applied=applied)
     return ReapplyCandidate(module="x", state=state, host="rs2000", verify_checkout=True)
@@ -48,3 +51,10 @@ def test_a_recorded_plan_for_another_module_is_skipped():
     # Only a forged record holds one: its apply would go to that module's host, which may not verify its checkout.
     reason = skip_reason(candidate_for("honcho-redis"))
     assert reason == "the recorded apply is a plan for module 'honcho-redis', not this one"
+
+
+def test_an_approval_recorded_before_plan_binding_is_skipped_never_sent_in_the_old_form():
+    old = candidate_for("x", bound=False)
+    assert skip_reason(old) == "approval predates plan binding: approve once more"
+    # Re-applies started before the change replay as they ran.
+    assert skip_reason(old, plan_bound=False) is None

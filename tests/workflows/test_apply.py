@@ -15,6 +15,7 @@ from temporalio import workflow
 from temporalio.client import WorkflowExecutionStatus
 
 from platformctl.models import LockRequest
+from platformctl.policy.plan import plan_digest
 from platformctl.state import read_status
 from platformctl.transport import ConnectFailed, HostKeyMismatch
 from platformctl.transport.fake import failed, hang, ok, ps
@@ -71,7 +72,7 @@ async def test_applied_runs_exactly_the_contract_commands_and_persists(harness):
     assert out.result["state_artifact"] == ".platform/state/modules/honcho-redis.status.json"
     state = read_status(harness.settings.state_dir, "honcho-redis")
     assert state.last_apply_sha == SHA and state.last_apply_pr == 165 and state.status == "applied"
-    assert state.workflow_id == out.handle.id and state.plan_digest.startswith("sha256:")
+    assert state.workflow_id == out.handle.id and state.plan_digest == plan_digest(plan())
     assert state.host == "rs2000" and state.compose_service == "honcho-redis" and state.applied_at
     assert [a["status"] for a in audit_lines(harness)] == ["applied"]
     desc = await out.handle.describe()

@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 
 from platformctl.models import Approval
 from platformctl.policy.approval import sign
+from platformctl.policy.plan import plan_digest
 from platformctl.state import read_status
 from platformctl.transport.fake import hang, ok
 from tests.platform_files import (
@@ -437,7 +438,7 @@ def key(harness, tmp_path) -> bytes:
 
 
 def signed(key: bytes, **over: Any) -> dict:
-    raw = approval(**over)
+    raw = approval(**{"plan_digest": plan_digest(plan()), **over})
     raw["signature"] = sign(key, "honcho-redis", Approval.model_validate(raw))
     return raw
 
@@ -449,7 +450,10 @@ async def test_a_signed_approval_applies(harness, key):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda key: approval(), "not signed"),
+        (lambda key: approval(plan_digest=plan_digest(plan())), "not signed"),
+        # Signed, but of no plan in particular (the form before plan binding), or of another plan.
+        (lambda key: signed(key, plan_digest=None), "predates plan binding"),
+        (lambda key: signed(key, plan_digest=plan_digest(plan(changes=[]))), "approves another plan"),
         (lambda key: {**signed(key), "approved_pr": 166}, "signature does not match"),
         (lambda key: {**signed(key), "allow_destructive": True}, "signature does not match"),
         (lambda key: signed(b"another key, not the worker's"), "signature does not match"),
@@ -460,7 +464,8 @@ async def test_a_signed_approval_applies(harness, key):
         (lambda key: signed(key, expires_at="9999-12-31T23:59:59-23:59"), "out of range"),
     ],
     ids=[
-        "unsigned", "altered-pr", "altered-destructive", "other-key", "expired", "naive-expiry", "non-ascii",
+        "unsigned", "no-plan-digest", "other-plan", "altered-pr", "altered-destructive", "other-key", "expired",
+        "naive-expiry", "non-ascii",
         "expiry-past-year-9999",
     ],
 )
@@ -502,8 +507,12 @@ async def test_the_approve_update_refuses_a_wrong_sha_at_once_and_accepts_the_ri
         with pytest.raises(WorkflowUpdateFailedError) as e:
             await handle.execute_update("approve", approval(sha=OTHER_SHA))
         assert "plan is for" in str(e.value.cause)
+        # An approval of another plan of this module and SHA: refused by the validator, nothing in history.
+        with pytest.raises(WorkflowUpdateFailedError) as e:
+            await handle.execute_update("approve", approval(plan_digest=plan_digest(plan(changes=[]))))
+        assert "approves another plan" in str(e.value.cause)
         assert (await handle.query("status"))["phase"] == "awaiting_approval"  # still waiting
-        accepted = await handle.execute_update("approve", approval())
+        accepted = await handle.execute_update("approve", approval(plan_digest=plan_digest(plan())))
         out = await harness.outcome(handle)
     assert accepted["accepted"] is True and out.status == "applied"
 

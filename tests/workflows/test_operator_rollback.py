@@ -19,6 +19,7 @@ from platformctl.commands import image_pin
 from platformctl.models import Approval, ModuleEvent, ModuleState, ReapplyCandidate
 from platformctl.module_state import module_state_id
 from platformctl.policy.approval import sign
+from platformctl.policy.plan import plan_digest
 from platformctl.policy.reapply import skip_reason
 from platformctl.transport.base import RemoteOutput
 from platformctl.transport.fake import empty_images, failed, images, ok
@@ -38,6 +39,8 @@ def harness(dev_env, tmp_path) -> Harness:
 
 
 def signed(key: bytes | None, raw: dict) -> dict:
+    """`raw`, an approval of `plan(sha=...)` (every plan here), bound to it and signed with `key`."""
+    raw["plan_digest"] = plan_digest(plan(sha=raw["approved_sha"]))
     if key is not None:
         raw["signature"] = sign(key, "honcho-redis", Approval.model_validate(raw))
     return raw

@@ -12,6 +12,7 @@ from temporalio.service import RPCError
 
 from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
+from platformctl.policy.plan import plan_digest
 from platformctl.transport.fake import failed, hang, ok, ps
 from tests.conftest import Harness
 from tests.platform_files import (
@@ -19,6 +20,7 @@ from tests.platform_files import (
     SHA,
     apply_input,
     approval,
+    change,
     host_doc,
     module_doc,
     plan,
@@ -63,8 +65,9 @@ def harness(dev_env, tmp_path) -> Harness:
     return Harness(client=dev_env.client, root=tmp_path)
 
 
-def request_for(module: str, sha: str = SHA) -> dict:
-    return apply_input(plan(module=module, sha=sha), approval(sha=sha))
+def request_for(module: str, sha: str = SHA, **plan_over) -> dict:
+    plan_ = plan(module=module, sha=sha, **plan_over)
+    return apply_input(plan_, approval(sha=sha, plan_digest=plan_digest(plan_)))
 
 
 async def test_an_applied_outcome_is_recorded_in_temporal(harness, fresh_module):
@@ -101,6 +104,27 @@ async def test_reapply_applies_the_last_approved_sha_again_and_reports_drift(har
     assert (entry["module"], entry["outcome"], entry["drift"]) == (fresh_module, "applied", True)
     assert entry["apply"]["status"] == "applied"
     assert harness.transport.commands("git_head") == ["git -C /opt/platform rev-parse HEAD"]
+
+
+async def test_reapply_sends_the_plan_as_approved_and_skips_an_approval_of_no_plan(harness, fresh_module):
+    # The model redacts the summary and drops the unknown field; the digest is of what was approved.
+    exact = request_for(fresh_module, note="kept", changes=[change(summary="token=abcdefabcdef0123")])
+    old = f"m-{uuid.uuid4().hex[:10]}"
+    write_platform(harness.root, modules=[module_doc(m, compose_service="honcho-redis", health=FAST_HEALTH)
+                                          for m in (fresh_module, old)])
+    async with harness.worker():
+        assert (await harness.outcome(await harness.start(exact))).status == "applied"
+        # Approved before approvals named their plan (no key here, so it still applies once).
+        unbound = apply_input(plan(module=old), approval())
+        assert (await harness.outcome(await harness.start(unbound))).status == "applied"
+        harness.transport.calls.clear()
+        how, result = await reapply(harness, {"modules": [fresh_module, old]})
+    assert how == "completed"
+    by_module = {e["module"]: e for e in result["results"]}
+    assert by_module[fresh_module]["outcome"] == "applied"
+    assert by_module[old] == {**by_module[old], "outcome": "skipped",
+                              "reason": "approval predates plan binding: approve once more"}
+    assert len(harness.transport.commands("compose_up")) == 1
 
 
 async def test_reapply_without_drift(harness, fresh_module):
