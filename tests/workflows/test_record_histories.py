@@ -24,7 +24,7 @@ import pytest
 
 from platformctl.transport.fake import ps
 from tests.conftest import Harness
-from tests.platform_files import SHA, apply_input, approval, module_doc, plan, write_platform
+from tests.platform_files import SHA, apply_input, module_doc, plan, write_platform
 from tests.workflows.conftest import FAST_HEALTH
 from tests.workflows.test_operator_rollback import REQUEST, rollback, two_applies
 
@@ -101,7 +101,7 @@ async def test_record_reapply_history(dev_harness):
     write_platform(dev_harness.root, modules=docs)
     async with dev_harness.worker():
         for m in modules:
-            out = await dev_harness.outcome(await dev_harness.start(apply_input(plan(module=m), approval())))
+            out = await dev_harness.outcome(await dev_harness.start(apply_input(plan(module=m))))
             assert out.status == "applied", out
         handle = await dev_harness.client.start_workflow(
             "ReapplyWorkflow", {"modules": modules, "max_parallel": 2}, id=f"reapply-{uuid.uuid4()}",
