@@ -19,6 +19,7 @@ from platformctl.commands import RemoteCommand
 from platformctl.config import Settings
 from platformctl.models import ComposeUpResult, RemoteRecord
 from platformctl.outcomes import ApplyError, PolicyViolation
+from platformctl.policy import remote_output
 from platformctl.redact import redact
 from platformctl.transport import RemoteOutput, Transport, TransportError
 
@@ -146,12 +147,23 @@ async def heartbeating(every_s: float = HEARTBEAT_EVERY_S) -> AsyncIterator[None
 
 
 def ran(command: RemoteCommand, out: RemoteOutput) -> ComposeUpResult:
-    """A command that changes the host, as its activity returns it (redacted by the model)."""
+    """A command that changes the host, as its activity returns it."""
     return ComposeUpResult(
         executed=True,
         command=command.render(),
         timed_out=out.timed_out,
-        remote=RemoteRecord(
-            returncode=out.returncode, stdout=out.stdout, stderr=out.stderr, duration_s=round(out.duration_s, 3)
-        ),
+        remote=remote_record(out),
+    )
+
+
+def remote_record(out: RemoteOutput) -> RemoteRecord:
+    """The facts of a command's run; its output itself stays out of every record."""
+    size, sha = remote_output.digest(out.stdout, out.stderr)
+    return RemoteRecord(
+        returncode=out.returncode,
+        duration_s=round(out.duration_s, 3),
+        error_class=remote_output.error_class(out.returncode, out.timed_out, out.stdout, out.stderr),
+        progress=remote_output.progress(out.stdout, out.stderr),
+        output_bytes=size,
+        output_sha256=sha,
     )

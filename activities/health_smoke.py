@@ -8,7 +8,7 @@ from activities.base import StepActivities, step
 from platformctl import commands
 from platformctl.models import ComposePsInput, ServiceObservation
 from platformctl.policy.health import UnreadablePs, observe
-from platformctl.redact import redact
+from platformctl.policy.remote_output import failure
 from platformctl.target import check_unchanged
 
 PS_TIMEOUT_S = 30
@@ -30,9 +30,8 @@ class HealthSmoke(StepActivities):
             out = await self.deps.transport.run(target.host, command, timeout_s=PS_TIMEOUT_S)
         if out.returncode != 0:
             # Not fatal by itself: the service may still come up before the deadline.
-            return ServiceObservation(
-                state="", health="", error=f"compose ps exited {out.returncode}: {redact(out.stderr)[-500:]}"
-            )
+            why = failure(out.returncode, out.timed_out, out.stdout, out.stderr)
+            return ServiceObservation(state="", health="", error=f"compose ps {why}")
         try:
             return observe(out.stdout, target.compose_service)
         except UnreadablePs as e:

@@ -42,8 +42,7 @@ from platformctl.models import ComposeUpResult
 # A finished run is asked for again once the server is back and has timed the
 # attempt out (heartbeat timeout + retry backoff): keep it through long outages.
 KEEP_DONE_S = 3600.0
-KEEP_DONE_MAX = 256
-KEEP_DONE_MAX_BYTES = 32 << 20  # a result holds up to 1 MiB per stream (the transport's cap)
+KEEP_DONE_MAX = 256  # a result is facts only (no output): a few KiB at most
 # A run whose attempt the server dropped is killed unless a later attempt takes
 # it over by then (the next one comes within the retry backoff, <= 10 s).
 ADOPT_WITHIN_S = 60.0
@@ -65,8 +64,7 @@ class SingleFlight:
 
     def __init__(self) -> None:
         self._running: dict[Key, _Run] = {}
-        self._done: OrderedDict[Key, tuple[float, int, ComposeUpResult]] = OrderedDict()
-        self._done_bytes = 0
+        self._done: OrderedDict[Key, tuple[float, ComposeUpResult]] = OrderedDict()
 
     async def run(
         self, project: Project, body: Callable[[], Coroutine[Any, Any, ComposeUpResult]]
@@ -81,7 +79,7 @@ class SingleFlight:
                 "attempt %d of %s: the command already ran on this worker for an earlier attempt; "
                 "returning that result instead of running it again", info.attempt, info.activity_type,
             )
-            return done[2]
+            return done[1]
         run = self._running.get(key)
         if run is None:
             await self._end_orphans(project)
@@ -151,18 +149,14 @@ class SingleFlight:
             run.reaper.cancel()
         if task.cancelled() or task.exception() is not None:  # also marks an orphan's error as seen
             return
-        result = task.result()
-        size = len(result.remote.stdout) + len(result.remote.stderr) if result.remote else 0
-        self._done[key] = (time.monotonic(), size, result)
-        self._done_bytes += size
+        self._done[key] = (time.monotonic(), task.result())
         self._expire()
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - KEEP_DONE_S
         while self._done:
-            at, size, _ = next(iter(self._done.values()))
-            if at >= cutoff and len(self._done) <= KEEP_DONE_MAX and self._done_bytes <= KEEP_DONE_MAX_BYTES:
+            at, _ = next(iter(self._done.values()))
+            if at >= cutoff and len(self._done) <= KEEP_DONE_MAX:
                 return
             self._done.popitem(last=False)
-            self._done_bytes -= size
 

@@ -14,8 +14,8 @@ from activities.base import StepActivities, step
 from platformctl import commands
 from platformctl.models import ImageSnapshot, SnapshotInput
 from platformctl.outcomes import RemoteFailed
+from platformctl.policy.remote_output import failure
 from platformctl.policy.snapshot import UnreadableImages, parse_images
-from platformctl.redact import redact
 from platformctl.target import check_unchanged
 
 IMAGES_TIMEOUT_S = 30
@@ -30,8 +30,8 @@ class SnapshotImages(StepActivities):
         command = commands.compose_images(target.compose_path, target.compose_service)
         out = await self.deps.transport.run(target.host, command, timeout_s=IMAGES_TIMEOUT_S)
         if out.returncode != 0:
-            why = "timed out" if out.timed_out else f"exited {out.returncode}"
-            raise RemoteFailed(f"compose images {why} on {target.host.name}: {redact(out.stderr)[-300:]}")
+            why = failure(out.returncode, out.timed_out, out.stdout, out.stderr)
+            raise RemoteFailed(f"compose images {why} on {target.host.name}")
         try:
             return parse_images(out.stdout)
         except UnreadableImages as e:

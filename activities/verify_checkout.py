@@ -9,7 +9,8 @@ from activities.base import StepActivities, step
 from platformctl import commands
 from platformctl.models import VerifyCheckoutInput
 from platformctl.outcomes import PolicyViolation
-from platformctl.redact import redact  # before cutting: a cut secret is no longer recognisable
+from platformctl.policy.plan import SHA
+from platformctl.policy.remote_output import failure
 from platformctl.target import check_unchanged
 
 GIT_TIMEOUT_S = 30
@@ -25,10 +26,12 @@ class VerifyCheckout(StepActivities):
         head = out.stdout.strip()
         if out.returncode != 0:
             raise PolicyViolation(
-                f"cannot confirm the checkout on {host.name}: git rev-parse exited {out.returncode}: "
-                f"{redact(out.stderr)[-300:]}"
+                f"cannot confirm the checkout on {host.name}: git rev-parse "
+                f"{failure(out.returncode, out.timed_out, out.stdout, out.stderr)}"
             )
         if head != inp.approved_sha:
+            # Only a SHA is repeated: anything else a host printed stays there.
+            held = repr(head) if SHA.fullmatch(head) else "something that is not a commit SHA"
             raise PolicyViolation(
-                f"{host.name}:{host.remote_root} holds commit {head[:40]!r}, not the approved {inp.approved_sha}"
+                f"{host.name}:{host.remote_root} holds commit {held}, not the approved {inp.approved_sha}"
             )

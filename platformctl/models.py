@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from platformctl.outcomes import Status
+from platformctl.policy.remote_output import MAX_PROGRESS, PROGRESS_LINE, ErrorClass
 from platformctl.redact import redact_and_cap
 
 RedactedText = Annotated[str, AfterValidator(redact_and_cap)]
@@ -88,11 +89,19 @@ class ApplyInput(_Model):
 # ---- contract result ------------------------------------------------------
 
 
+ProgressLine = Annotated[str, StringConstraints(pattern=rf"^{PROGRESS_LINE.pattern}$")]
+
+
 class RemoteRecord(_Model):
+    """What is kept of a command a host ran: typed facts and a fixed vocabulary, never
+    its output, which may hold secrets in any shape (policy/remote_output.py)."""
+
     returncode: int | None
-    stdout: RedactedText
-    stderr: RedactedText
     duration_s: float
+    error_class: ErrorClass | None = None  # why it failed; None when it succeeded
+    progress: list[ProgressLine] = Field(default=[], max_length=MAX_PROGRESS)
+    output_bytes: int = 0
+    output_sha256: str | None = None
 
 
 class HealthRecord(_Model):

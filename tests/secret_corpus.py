@@ -373,6 +373,30 @@ LEAKS: list[Leak] = [
     _leak("sql-mysql-identified-by", f"CREATE USER 'app'@'%' IDENTIFIED BY '{(v := fake('sql-my', 16))}';", v),
 ]
 
+# Shapes real compose and servers print that pattern redaction does not reliably
+# catch (the red-team list): nothing a host prints is stored, so none may reach
+# a record; the redactor is not held to them.
+HOST_ONLY: list[Leak] = [
+    _leak("compose-interpolation", "invalid interpolation format for services.app.environment.DB_PASSWORD: "
+          f'"{(v := "pw" + fake("interp", 12) + "${x")}". You may need to escape any $ with another $.', v[:14]),
+    _leak("compose-env-template", f'failed to read /opt/platform/compose/core/.env: Invalid template: '
+          f'"{(v := fake("tmpl", 14))}${{"', v),
+    _leak("compose-unterminated", "failed to read .env: line 3: unterminated quoted value "
+          f'"{(v := fake("unterm", 16))}', v),
+    _leak("compose-dollar-rest", f'level=warning msg="The \\"{(v := fake("dollar", 12))}\\" variable is not set. '
+          'Defaulting to a blank string."', v),
+    _leak("server-requirepass", f"redis-server --requirepass {(v := fake('requirepass', 20))} --appendonly yes", v),
+    _leak("url-pass-slash", f"redis://default:{(v := fake('slash', 8) + '/' + fake('slash2', 8))}@cache:6379/0", v),
+    _leak("url-pass-at", f"amqp://app:{(v := fake('at1', 8) + '@' + fake('at2', 8))}@mq:5672/", v),
+    _leak("passphrase-spaces", f"passphrase: {(v := 'correct horse ' + fake('horse', 10) + ' staple')}", v),
+    _leak("go-header-map", f"map[Authorization:[{(v := fake('gomap', 24))}] Content-Type:[application/json]]", v),
+    _leak("pgpass-line", f"db.internal:5432:app:app:{(v := fake('pgpass', 18))}", v),
+    _leak("mysql-p", f"mysql -h db -u root -p{(v := fake('mysql-p', 14))} app", v),
+    _leak("exec-array", f'"Cmd": ["app", "--db-password", "{(v := fake("exec", 16))}"]', v),
+    _leak("key-next-line", f"Secret access key:\n{(v := fake('next-line', 40, _B64))}", v),
+    _leak("escape-between", f"API_TOKEN\x1b(B={(v := fake('esc', 20))}", v),
+]
+
 # Output an operator needs verbatim: digests, IDs, SHAs, names, ordinary logs.
 _DIGEST = fake("digest", 64, _HEX)
 _IMAGE_ID = fake("image-id", 64, _HEX)

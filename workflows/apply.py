@@ -495,7 +495,8 @@ class ApplyWorkflow:
             raise _Stop("remote_failed", f"compose up still running after {timeout_s} seconds: killed")
         if up.remote is None or up.remote.returncode != 0:
             code = up.remote.returncode if up.remote else None
-            raise _Stop("remote_failed", f"compose up exited with code {code}")
+            why = f" ({up.remote.error_class})" if up.remote and up.remote.error_class else ""
+            raise _Stop("remote_failed", f"compose up exited with code {code}{why}")
 
     async def _snapshot_images(self, target: Target, when: str) -> ImageSnapshot:
         assert self._plan is not None

@@ -149,7 +149,7 @@ class OperatorRollback:
         if up.timed_out:
             raise _Stop("remote_failed", f"the rollback's compose up still ran after {plan.plan.up_timeout_seconds} s")
         if up.remote is None or up.remote.returncode != 0:
-            gone = up.remote is not None and "no such image" in up.remote.stderr.lower()
+            gone = up.remote is not None and up.remote.error_class == "image"  # `--pull never`: not on the host
             raise _Stop(
                 "remote_failed",
                 f"image {plan.image_id} is no longer on {target.host.name} (removed or pruned): nothing was changed"

@@ -1,4 +1,4 @@
-"""Which modules a re-apply may apply again, and what compose's output says about drift.
+"""Which modules a re-apply may apply again, and what compose's progress says about drift.
 
 A re-apply never applies content that was not approved: only a module's last
 successfully applied SHA, with the approval it was applied with, on a host
@@ -48,15 +48,18 @@ def drifted(result: dict[str, Any]) -> bool:
     before, after = result.get("snapshot"), result.get("images")
     if isinstance(before, dict) and isinstance(after, dict) and _ids(before) != _ids(after):
         return True
-    return _compose_changed((result.get("remote") or {}).get("stderr") or "")
+    remote = result.get("remote") or {}
+    # Compose's progress lines; an apply from before they were kept has its stderr.
+    lines = remote.get("progress") or str(remote.get("stderr") or "").splitlines()
+    return _compose_changed(lines)
 
 
 def _ids(snapshot: dict[str, Any]) -> set[Any]:
     return {i.get("image_id") for i in snapshot.get("images") or [] if isinstance(i, dict)}
 
 
-def _compose_changed(compose_stderr: str) -> bool:
+def _compose_changed(lines: list[str]) -> bool:
     return any(
-        word in line for line in compose_stderr.splitlines() if line.lstrip().startswith("Container")
+        word in line for line in lines if isinstance(line, str) and line.lstrip().startswith("Container")
         for word in _CHANGED
     )

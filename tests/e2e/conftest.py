@@ -365,7 +365,12 @@ async def activity_attempts(handle: WorkflowHandle, activity_type: str) -> list[
 def history_text(history: Any) -> str:
     """A workflow history as JSON plus every payload's data decoded (the JSON
     form holds payloads as base64, which a plain substring search cannot see)."""
-    raw = history.to_json()
+    return json_text(history.to_json())
+
+
+def json_text(raw: str) -> str:
+    """JSON text (a history, as the SDK or `temporal workflow show -o json` gives it)
+    plus every payload's data decoded."""
     decoded: list[str] = []
 
     def walk(node: Any) -> None:

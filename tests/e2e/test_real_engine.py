@@ -65,7 +65,7 @@ async def test_apply_on_a_real_engine_ends_applied_and_the_service_is_healthy(
     assert (r["module"], r["host"], r["compose_service"]) == ("rt-ok", ENGINE_HOST, SERVICE)
     assert r["command"] == f"docker compose -f {compose} up -d {SERVICE}"
     assert r["remote"]["returncode"] == 0
-    assert "Container rt-ok-app-1  Started" in r["remote"]["stderr"], r["remote"]["stderr"]
+    assert "Container rt-ok-app-1 Started" in r["remote"]["progress"], r["remote"]
     assert (r["health"]["state"], r["health"]["health"]) == ("running", "healthy")
     assert r["health"]["observed_s"] >= ENGINE_HEALTH["stable_seconds"]
 
@@ -106,7 +106,7 @@ async def test_changing_the_image_to_an_unhealthy_one_ends_unhealthy(
     assert (out.status, out.error_type, out.result["exitCode"]) == ("unhealthy", "Unhealthy", 4), out.result
     r = out.result
     assert r["remote"]["returncode"] == 0
-    assert "Container rt-bad-app-1  Recreated" in r["remote"]["stderr"], r["remote"]["stderr"]
+    assert "Container rt-bad-app-1 Recreated" in r["remote"]["progress"], r["remote"]
     # What the workflow saw through the gate, from the real healthcheck.
     assert (r["health"]["state"], r["health"]["health"]) == ("running", "unhealthy")
     assert "did not stay healthy" in r["error"], r["error"]

@@ -112,7 +112,8 @@ async def test_remote_failure_rolls_back_and_keeps_last_good_sha(harness):
     out = await harness.apply(apply_input(plan(sha=OTHER_SHA), approval(sha=OTHER_SHA, pr=170)))
 
     assert (out.status, out.result["exitCode"], out.error_type) == ("remote_failed", 4, "RemoteFailed")
-    assert "pull access denied" in out.result["remote"]["stderr"]
+    assert out.result["remote"]["error_class"] == "image"
+    assert out.result["error"] == "compose up exited with code 1 (image)"
     assert out.result["rollback"]["last_good_sha"] == SHA
     # The service went back to the image it ran before, and was watched until healthy.
     kinds = [c.kind for _, c in harness.transport.calls]
