@@ -143,6 +143,15 @@ HOST_UNOBSERVED = "host unreachable during the health check; no rollback (the re
 # Applies from before it wait out LOCK_WAIT behind whatever holds their lock's id. Asked
 # when a start finds the id taken, so an apply that never waits carries no marker.
 LOCK_HOLDER_PATCH = "lock-holder-check"
+# Applies from before it end `tool_error` (and roll a healthy release back) when their
+# record cannot be written, and drop a failed outcome's audit line. Asked when a record
+# fails, so an apply whose records are written carries no marker.
+DURABLE_RECORDS_PATCH = "durable-records"
+# A record that cannot be written (full disk, broken mount) is tried again on durable
+# timers, first after RECORD_RETRY_FIRST_S, doubling up to RECORD_RETRY_MAX_S, for a day.
+RECORD_RETRY_FIRST_S = 5
+RECORD_RETRY_MAX_S = 600
+RECORD_RETRY_FOR_S = 86400
 # A poll that comes this much later than planned means nobody was looking (Temporal or the
 # worker was down, or the host was slow to answer): that gap is neither stable time nor
 # spent health timeout. Small: it only ever restarts the stable window, never fails one.
@@ -233,6 +242,7 @@ class ApplyWorkflow:
         self._remote: RemoteRecord | None = None
         self._health: HealthRecord | None = None
         self._state_artifact: str | None = None
+        self._record_pending: str | None = None  # why the outcome's record is not written yet
         self._rollback: RollbackRecord | None = None
         self._snapshot: ImageSnapshot | None = None  # None: an apply from before image snapshots
         self._images: ImageSnapshot | None = None  # after a healthy apply
@@ -347,10 +357,7 @@ class ApplyWorkflow:
                         self._images = await self._uncancellable(self._images_now(target))
                 # 7. Persist state
                 self._enter("persisting", "Recording the applied state.")
-                persisted = await self._uncancellable(
-                    self._step(PersistState.persist_state, self._persist_input("applied"), local=True)
-                )
-                self._state_artifact = persisted.state_artifact
+                await self._uncancellable(self._record("applied"))
             except _Stop as stop:
                 await self._roll_back(stop.status, stop.message, target, restore=stop.restore)
                 raise
@@ -358,6 +365,9 @@ class ApplyWorkflow:
                 self._error = f"cancelled during {self._phase}, after compose up started"
                 await self._roll_back("cancelled", self._error, target)
                 raise
+        # The release is live and healthy whether or not its record could be written: the
+        # lock is free for the next apply while the record is tried again.
+        await self._uncancellable(self._record_again("applied"))
         return self._done("applied")
 
     # ---- steps ------------------------------------------------------------
@@ -835,13 +845,37 @@ class ApplyWorkflow:
         """End a non-applied outcome: one audit line, then the result."""
         self._error = message
         try:
-            await self._uncancellable(
-                self._step(PersistState.persist_state, self._persist_input(status), local=True)
-            )
+            await self._uncancellable(self._record(status))
         except _Stop as failed:
-            # The outcome stands; losing its audit line must not hide it.
+            # Applies from before DURABLE_RECORDS_PATCH: the outcome stands, its audit line lost.
             workflow.logger.error("audit line for %s not written: %s", status, failed.message)
+        await self._uncancellable(self._record_again(status))
         return self._done(status)
+
+    async def _record(self, status: Status) -> None:
+        """Write the outcome's records (state in Temporal, status file, audit line). When they
+        cannot be written the outcome stands: `_record_again` tries later, on durable timers."""
+        try:
+            persisted = await self._step(PersistState.persist_state, self._persist_input(status), local=True)
+        except _Stop as failed:
+            if not workflow.patched(DURABLE_RECORDS_PATCH):
+                raise
+            self._record_pending = failed.message
+            return
+        self._record_pending = None
+        self._state_artifact = persisted.state_artifact or self._state_artifact
+
+    async def _record_again(self, status: Status) -> None:
+        waited, delay = 0, RECORD_RETRY_FIRST_S
+        while self._record_pending is not None and waited < RECORD_RETRY_FOR_S:
+            workflow.set_current_details(
+                f"**{status}**; its record is pending, next try in {delay} s: {self._record_pending}"
+            )
+            await workflow.sleep(delay)
+            waited, delay = waited + delay, min(2 * delay, RECORD_RETRY_MAX_S)
+            await self._record(status)
+        if self._record_pending is not None:
+            workflow.logger.error("record of %s not written after %d s: %s", status, waited, self._record_pending)
 
     # ---- plumbing ---------------------------------------------------------
 
@@ -1074,6 +1108,7 @@ class ApplyWorkflow:
             "lock": self._lock_id,
             "approved_by": self._approved_by(),
             "checkout_verified": self._checkout_verified,
+            "record_pending": self._record_pending,
         }
 
 
