@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from platformctl.commands import SERVICE_NAME
 from platformctl.models import HealthConfig, HostConfig, RollbackPolicy, brief_errors
@@ -103,11 +103,25 @@ class _Runtime(BaseModel):
     up_timeout_seconds: int = Field(default=300, ge=1, le=3600)
 
 
+# Each poll costs history events: a health check and its rollback's must stay far from
+# Temporal's 51,200-event limit, which the field bounds alone allow passing.
+MAX_HEALTH_POLLS = 360
+
+
 class _ModuleSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     runtime: _Runtime
     health: HealthConfig = HealthConfig()
     rollback: RollbackPolicy | None = None  # None: policy.yaml's default
+
+    @model_validator(mode="after")
+    def _polls_fit(self) -> _ModuleSpec:
+        if self.health.timeout_seconds > MAX_HEALTH_POLLS * self.health.poll_seconds:
+            raise ValueError(
+                f"health.timeout_seconds / health.poll_seconds must be at most {MAX_HEALTH_POLLS} "
+                "(raise poll_seconds or lower timeout_seconds)"
+            )
+        return self
 
 
 class ModuleFile(BaseModel):

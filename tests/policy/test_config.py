@@ -163,6 +163,16 @@ def test_stable_window_must_fit_inside_the_timeout(tmp_path, stable, timeout):
         load_module(tmp_path, "honcho-redis")
 
 
+@pytest.mark.parametrize("timeout, poll, ok", [(360, 1, True), (361, 1, False), (3600, 10, True), (3600, 9, False)])
+def test_a_health_check_of_more_than_360_polls_is_blocked(tmp_path, timeout, poll, ok):
+    write_module(tmp_path, module_doc(health={"stable_seconds": 5, "timeout_seconds": timeout, "poll_seconds": poll}))
+    if ok:
+        assert load_module(tmp_path, "honcho-redis").spec.health.timeout_seconds == timeout
+        return
+    with pytest.raises(PolicyViolation, match="timeout_seconds / health.poll_seconds must be at most 360"):
+        load_module(tmp_path, "honcho-redis")
+
+
 @pytest.mark.parametrize("orchestrator", ["kubernetes", "docker", "Docker-Compose", "shell"])
 def test_only_docker_compose(tmp_path, orchestrator):
     write_module(tmp_path, module_doc(orchestrator=orchestrator))
