@@ -36,5 +36,6 @@ class Notify(StepActivities):
             Notification(
                 event=inp.event, module=inp.module, host=inp.host, workflow_id=inp.workflow_id,
                 deadline=inp.deadline, at=now_iso(),
+                idempotency_key=f"{activity.info().workflow_run_id}/{inp.event}",
             )
         )

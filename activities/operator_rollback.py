@@ -131,5 +131,6 @@ class RecordRollback(StepActivities):
                 Notification(
                     event="rollback_failed", module=out.module, host=out.host, status=out.status,
                     exitCode=out.exitCode, workflow_id=inp.workflow_id, error=out.error, at=at,
+                    idempotency_key=f"{activity.info().workflow_run_id}/rollback_failed",
                 )
             )

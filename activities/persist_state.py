@@ -147,5 +147,6 @@ class PersistState(StepActivities):
                 Notification(
                     event="apply_failed", module=result.module, host=result.host, status=result.status,
                     exitCode=result.exitCode, workflow_id=inp.workflow_id, error=result.error, at=now_iso(),
+                    idempotency_key=f"{inp.run_id}/apply_failed",
                 )
             )

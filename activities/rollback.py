@@ -94,12 +94,13 @@ class Rollback(StepActivities):
     @staticmethod
     async def _notify(inp: RollbackInput, extra: str) -> None:
         result = inp.result
+        event = "rollback_failed" if _failed(inp) else "rollback"
         await send(
             Notification(
-                event="rollback_failed" if _failed(inp) else "rollback",
-                module=result.module, host=result.host, status=result.status,
+                event=event, module=result.module, host=result.host, status=result.status,
                 exitCode=result.exitCode, workflow_id=inp.workflow_id,
                 error=f"{result.error or result.status}. {_what_was_done(inp)}{extra}", at=now_iso(),
+                idempotency_key=f"{activity.info().workflow_run_id}/{event}",
             )
         )
 

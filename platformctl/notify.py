@@ -49,6 +49,9 @@ class Notification(BaseModel):
     error: RedactedText | None = None
     at: str
     deadline: str | None = None  # approval events: when the wait ends
+    # `<workflow run id>/<event>`, also the Idempotency-Key header: one per event of a run,
+    # so a receiver can drop the repeat a crash between the POST and its record may send.
+    idempotency_key: str
 
 
 def notify_url(env: Mapping[str, str] | None = None) -> str | None:
@@ -85,8 +88,9 @@ class _Busy(Exception):
     pass
 
 
-def _post(url: str, body: bytes) -> None:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+def _post(url: str, body: bytes, key: str) -> None:
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     with urllib.request.build_opener(_NoRedirect).open(request, timeout=TIMEOUT_S) as response:
         response.read()
 
@@ -101,7 +105,7 @@ async def send(notification: Notification) -> bool:
         body = notification.model_dump_json().encode()
         if not _free.acquire(blocking=False):
             raise _Busy(f"the endpoint still holds {SENDERS} earlier notifications: this one is dropped")
-        post = _senders.submit(_post, url, body)
+        post = _senders.submit(_post, url, body, notification.idempotency_key)
         post.add_done_callback(lambda _: _free.release())
         # At the deadline the post is left to its thread: `_free` counts it until it ends.
         await asyncio.wait_for(asyncio.wrap_future(post), TIMEOUT_S)

@@ -20,6 +20,7 @@ TOKEN = "hooktoken-5f2c9a7e"
 class Sink:
     port: int
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)  # each POST's Idempotency-Key header
     status: int = 204
     delay_s: float = 0.0
     location: str | None = None  # answer with this Location (and a 3xx status)
@@ -42,6 +43,7 @@ def sink() -> Iterator[Sink]:
             me = state[0]
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             me.received.append((self.path, body))
+            me.keys.append(self.headers["Idempotency-Key"])
             time.sleep(me.delay_s)
             self.send_response(me.status)
             if me.location:

@@ -27,7 +27,7 @@ def note(**over) -> Notification:
     fields = {
         "event": "apply_failed", "module": "honcho-redis", "host": "rs2000", "status": "remote_failed",
         "exitCode": 4, "workflow_id": "apply-1", "error": f"compose up failed: password={SECRET}",
-        "at": "2025-01-01T00:00:00+00:00",
+        "at": "2025-01-01T00:00:00+00:00", "idempotency_key": "0190-run/apply_failed",
     }
     return Notification(**{**fields, **over})
 
@@ -44,8 +44,9 @@ async def test_posts_one_redacted_json_object(sink, monkeypatch):
     assert body == {
         "event": "apply_failed", "module": "honcho-redis", "host": "rs2000", "status": "remote_failed",
         "exitCode": 4, "workflow_id": "apply-1", "error": "compose up failed: password=[REDACTED]",
-        "at": "2025-01-01T00:00:00+00:00", "deadline": None,
+        "at": "2025-01-01T00:00:00+00:00", "deadline": None, "idempotency_key": "0190-run/apply_failed",
     }
+    assert sink.keys == ["0190-run/apply_failed"]  # also as the Idempotency-Key header
 
 
 async def test_unset_url_sends_nothing(sink, monkeypatch, caplog):
@@ -104,6 +105,7 @@ async def test_notify_activity_posts_the_approval_event(sink, monkeypatch, tmp_p
     ((_, body),) = sink.received
     assert body["event"] == "awaiting_approval" and body["workflow_id"] == "apply-9"
     assert body["deadline"] == "2025-01-02T00:00:00+00:00" and body["status"] is None and body["at"]
+    assert body["idempotency_key"].endswith("/awaiting_approval")
 
 
 def test_notify_is_registered(tmp_path):
