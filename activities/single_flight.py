@@ -13,10 +13,13 @@ A dropped attempt is not retried when the workflow had asked to cancel the
 activity: the server records the timeout and the workflow moves on, to its
 rollback or to its end and the release of the project lock, perhaps before
 this worker hears that the attempt was dropped. A workflow runs its compose
-commands one after another and the project lock runs workflows so, so a run
-of a project still going here when another command of that project starts
-belongs to an activity the server has ended: it is killed, and waited for,
-first.
+commands one after another, so a run of the same workflow run still going
+when its next command starts is such an orphan: it is killed, and waited
+for, first. A run of another workflow is never killed: the project lock's
+hand-over is only a signal, which anyone with namespace access can forge,
+and killing a live compose up made its retry run it a second time,
+overlapping the newcomer's. The newcomer waits for it instead (one no attempt
+adopts is killed within ADOPT_WITHIN_S, any other ends at its timeout).
 
 Only successful runs are kept: a failure is what a retry is for. Nothing
 outlives the worker process, and needs not: the old process's SSH channels
@@ -82,7 +85,7 @@ class SingleFlight:
             return done[1]
         run = self._running.get(key)
         if run is None:
-            await self._end_orphans(project)
+            await self._after_others(project, key)
             run = self._running.get(key)  # an attempt that came meanwhile may have started it
         if run is None:
             run = _Run(asyncio.create_task(body()), project)
@@ -125,16 +128,23 @@ class SingleFlight:
         run.task.cancel()
         await asyncio.wait([run.task])
 
-    async def _end_orphans(self, project: Project) -> None:
-        orphans = [run for run in self._running.values() if run.project == project]
-        for run in orphans:
+    async def _after_others(self, project: Project, key: Key) -> None:
+        """Kill this workflow run's orphans of `project`, and wait, heartbeating, until no
+        command of `project` runs on this worker."""
+        for other, run in self._running.items():
+            if run.project == project and other[:2] == key[:2]:
+                activity.logger.warning(
+                    "killing a command on %s/%s that the server has stopped waiting for: "
+                    "the next command of this apply must not overlap it", *project,
+                )
+                run.task.cancel()
+        while others := [run.task for run in self._running.values() if run.project == project]:
             activity.logger.warning(
-                "killing a command on %s/%s that the server has stopped waiting for: "
-                "the next command of that project must not overlap it", *project,
+                "a command of %s/%s still runs on this worker: waiting for it to end "
+                "(the next command of that project must not overlap it)", *project,
             )
-            run.task.cancel()
-        if orphans:
-            await asyncio.wait([run.task for run in orphans])
+            async with heartbeating():
+                await asyncio.wait(others)
 
     def _reap(self, key: Key, run: _Run) -> None:
         if run.waiters == 0 and not run.task.done():

@@ -60,7 +60,7 @@ class Command:
             raise ConnectionRefusedError("host refused")
         return ComposeUpResult(
             executed=True, command=f"up #{self.runs}",
-            remote=RemoteRecord(returncode=0, stdout="x" * 100, stderr="", duration_s=0.1),
+            remote=RemoteRecord(returncode=0, duration_s=0.1),
         )
 
 
@@ -184,9 +184,9 @@ async def test_a_command_taken_over_in_time_is_not_killed(monkeypatch):
 
 
 @pytest.mark.parametrize("told", [True, False], ids=["attempt told it was dropped", "attempt not told yet"])
-async def test_a_command_the_server_stopped_waiting_for_is_killed_before_the_next_command_of_its_project(told):
+async def test_an_orphan_of_the_same_apply_is_killed_before_its_next_command_of_the_project(told):
     # A cancel requested as the server timed the attempt out: no retry comes, and the
-    # workflow goes on to its rollback (or ends, and the next apply takes the lock),
+    # workflow goes on to its rollback,
     # perhaps before this worker's next heartbeat tells the attempt.
     flight, log = SingleFlight(), []
     orphan, rollback, other = Command(log=log, name="up"), Command(log=log, name="rollback"), Command(log=log)
@@ -208,6 +208,22 @@ async def test_a_command_the_server_stopped_waiting_for_is_killed_before_the_nex
         await first
     other.release.set()
     await elsewhere
+
+
+async def test_another_runs_live_command_is_never_killed_the_next_one_waits_for_it():
+    """A forged hand-over of the project lock starts the next apply's compose up while the
+    holder's still runs: killing the holder's made its retry run it again, overlapping."""
+    flight, log = SingleFlight(), []
+    holder, newcomer = Command(log=log, name="holder"), Command(log=log, name="newcomer")
+    first = start(attempt(1), flight, holder)
+    await holder.started.wait()
+    second = start(attempt(1, run_id="run-2"), flight, newcomer)
+    await asyncio.sleep(0.2)
+    assert log == ["holder started"]
+    holder.release.set()
+    newcomer.release.set()
+    assert (await first).command == "up #1" and (await second).command == "up #1"
+    assert log == ["holder started", "newcomer started"] and holder.runs == 1 and holder.killed == 0
 
 
 @pytest.mark.parametrize(
