@@ -30,26 +30,25 @@ async def pending(handle) -> str:
     raise AssertionError(f"the record never went pending: {status}")
 
 
-@pytest.mark.parametrize("status", ["applied", "blocked"])
-async def test_a_full_state_disk_keeps_the_outcome_and_loses_no_audit_line(harness, status):
+async def test_a_full_state_disk_keeps_each_outcome_and_loses_no_audit_line(harness):
     state_dir = harness.settings.state_dir
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     state_dir.write_text("not a directory: every record in it fails, as on a full disk\n")
-    request = apply_input() if status == "applied" else apply_input(plan(module="no-such-module"))
     async with harness.worker():
-        handle = await harness.start(request)
-        reason = await pending(handle)
+        # A healthy release, and an apply refused before any host (its audit line all it leaves).
+        applied = await harness.start(apply_input())
+        blocked = await harness.start(apply_input(plan(module="no-such-module")))
+        reasons = [await pending(applied), await pending(blocked)]
         # The release is healthy on the host: no rollback ran, and the lock is free meanwhile.
         assert harness.transport.commands("compose_rollback") == []
         state_dir.unlink()
         state_dir.mkdir()
-        out = await harness.outcome(handle)
-        history = await handle.fetch_history()
-    assert "state" in reason or "directory" in reason, reason
-    assert out.status == status
-    assert [line["status"] for line in audit_lines(harness)] == [status]
-    if status == "applied":
-        assert read_status(state_dir, "honcho-redis").status == "applied"
-        assert out.result["state_artifact"] == ".platform/state/modules/honcho-redis.status.json"
-        assert len(harness.transport.commands("compose_up")) == 1 and out.result["error"] is None
-    assert await replay(history) is None
+        outcomes = [await harness.outcome(applied), await harness.outcome(blocked)]
+        histories = [await applied.fetch_history(), await blocked.fetch_history()]
+    assert all("state" in reason or "directory" in reason for reason in reasons), reasons
+    assert [o.status for o in outcomes] == ["applied", "blocked"]
+    assert sorted(line["status"] for line in audit_lines(harness)) == ["applied", "blocked"]
+    assert read_status(state_dir, "honcho-redis").status == "applied"
+    assert outcomes[0].result["state_artifact"] == ".platform/state/modules/honcho-redis.status.json"
+    assert len(harness.transport.commands("compose_up")) == 1 and outcomes[0].result["error"] is None
+    assert [await replay(history) for history in histories] == [None, None]
