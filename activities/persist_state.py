@@ -89,8 +89,14 @@ class PersistState(StepActivities):
             # step has recorded a failure after compose up in the status file already.
             if result.status not in SUCCESS and result.host is not None and result.rollback is None:
                 self._record_failure(inp, line.at)
-            # Whatever the outcome and however garbled its module id: one audit line.
-            return append_audit(state_dir, line)
+            # Whatever the outcome and however garbled its module id: one audit line. One that
+            # cannot be written is tried again by the workflow, on durable timers.
+            try:
+                return append_audit(state_dir, line)
+            except OSError as e:
+                raise ToolError(
+                    f"the audit line of this {result.status} outcome could not be written: {_reason(e)}"
+                ) from None
 
         status_path(state_dir, result.module)  # a bad module id is refused before anything is written
         live = (
