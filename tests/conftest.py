@@ -104,6 +104,20 @@ def _waiting_coroutines() -> list[str]:
 @pytest.fixture(scope="session")
 async def ts_env():
     """The time-skipping test server from the venv: long waits cost no real time."""
+    async for env in _time_skipping():
+        yield env
+
+
+@pytest.fixture(scope="module")
+async def own_ts_env():
+    """A time-skipping server of the module's own, for tests that skip hours: on the shared
+    one, workflows earlier files left waiting on short timers, their workers gone, stopped
+    the skipping (a 2 h approval wait hung until its xdist worker died)."""
+    async for env in _time_skipping():
+        yield env
+
+
+async def _time_skipping():  # type: ignore[no-untyped-def]
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(VENV_BIN / "temporal-test-server"),
         data_converter=pydantic_data_converter,

@@ -25,6 +25,13 @@ from tests.ops.conftest import free_port
 from tests.platform_files import OTHER_SHA, apply_input, approval, plan, write_platform
 
 
+@pytest.fixture
+def harness(own_ts_env, tmp_path) -> Harness:
+    """On a time-skipping server of this file's own: a test here skips 2 h."""
+    write_platform(tmp_path)
+    return Harness(client=own_ts_env.client, root=tmp_path)
+
+
 def lines(caplog, logger: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == logger]
 
