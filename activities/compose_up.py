@@ -1,21 +1,35 @@
-"""Step 5 activity: `docker compose ... up -d <service>` with a hard timeout.
+"""Step 5 activity: compose up, through the host agent's `apply` verb.
 
-Run once per activity however often the server retries it (activities/single_flight.py).
+The agent runs `docker compose -f FILE up -d SERVICE` at most once for this
+workflow run and never beside another compose run of the project, whatever
+the control plane does (host/platform_agent.py): a retry after a lost
+worker, a dropped connection or a forged lock hand-over gets the recorded
+outcome, or waits for the run still going. Compose outlives the SSH channel,
+so this activity returns, even when cancelled, only once the host has an
+outcome: the rollback never overlaps it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from temporalio import activity
 
-from activities.base import Deps, StepActivities, ran, step
+from activities.base import Deps, StepActivities, step
 from activities.single_flight import SingleFlight
 from platformctl import commands
-from platformctl.models import ComposeUpInput, ComposeUpResult
-from platformctl.outcomes import ApprovalMismatch
+from platformctl.models import ComposeUpInput, ComposeUpResult, RemoteRecord, Target
+from platformctl.outcomes import ApprovalMismatch, PolicyViolation, RemoteFailed
 from platformctl.policy.approval import check_binding, check_signature
+from platformctl.policy.remote_output import AgentAnswer, UnreadableAnswer, agent_answer
 from platformctl.target import check_unchanged
+from platformctl.transport import TransportError
+
+# The agent's own steps around compose up: compose config, the lock wait, git.
+AGENT_MARGIN_S = 45
+NOT_FOUND = 127  # a login shell's answer when the deploy key is not forced through the gate
+BUSY_POLL_S = 5.0  # how soon to ask again while the project (or our own run) is busy on the host
 
 
 class ComposeUp(StepActivities):
@@ -31,8 +45,13 @@ class ComposeUp(StepActivities):
     async def _compose_up(self, inp: ComposeUpInput) -> ComposeUpResult:
         target = inp.target
         settings = self.deps.settings
+        # The run id is the server's, never the input's: the agent's once-per-run key.
+        run = activity.info().workflow_run_id or ""
         # Built again from the guarded parts, never taken from a string.
-        command = commands.compose_up(target.compose_path, target.compose_service)
+        command = commands.agent_apply(
+            run, inp.timeout_seconds, target.compose_path, target.compose_service,
+            inp.source_sha if target.host.verify_checkout else None,
+        )  # fmt: skip
         # The gate is enforced where the I/O happens, whatever the workflow asked.
         if not (target.execute and settings.execute_remote):
             return ComposeUpResult(executed=False, command=command.render())
@@ -45,5 +64,86 @@ class ComposeUp(StepActivities):
         check_binding(inp.approval, inp.plan_digest, signed=key is not None)
         check_signature(key, inp.module, inp.approval, datetime.now(UTC))
         activity.logger.info("running on %s: %s", target.host.name, command.render())
-        out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
-        return ran(command, out)
+        try:
+            answer = await self._outcome(target, command, run, inp.timeout_seconds)
+        except asyncio.CancelledError:
+            # Compose goes on without us: wait for its outcome before the cancel
+            # reaches the workflow and its rollback.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # so the transport's own timeouts still tell themselves apart
+            await self._outcome(target, command, run, inp.timeout_seconds)
+            raise
+        return ComposeUpResult(
+            executed=True,
+            command=command.render(),
+            timed_out=answer.timed_out,
+            remote=RemoteRecord(
+                returncode=answer.returncode,
+                duration_s=round(answer.duration_s, 3),
+                error_class=answer.error_class,
+                progress=answer.progress,
+                output_bytes=answer.output_bytes,
+                output_sha256=answer.output_sha256 or None,
+            ),
+        )
+
+    async def _outcome(self, target: Target, command: commands.RemoteCommand, run: str, timeout_s: int) -> AgentAnswer:
+        """Ask the agent until it has this run's outcome; busy waits, bounded by the up timeout."""
+        host = target.host
+        loop = asyncio.get_running_loop()
+        busy_until = loop.time() + timeout_s + AGENT_MARGIN_S
+        while True:
+            # A lost connection fails this attempt; the retry asks the agent again.
+            out = await self.deps.transport.run(host, command, timeout_s=timeout_s + AGENT_MARGIN_S)
+            if out.returncode == NOT_FOUND:
+                raise PolicyViolation(
+                    f"{host.name}: no host agent (`platform-agent` not found, exit {NOT_FOUND}): the deploy key "
+                    "must run host/platform-gate as its forced command (README, preparing a host)"
+                )
+            if out.returncode == commands.GATE_REFUSED:
+                raise PolicyViolation(
+                    f"{host.name}: host agent older than v{commands.AGENT_PROTOCOL} (the gate refused `apply`): "
+                    "install host/ on the host (README, upgrade)"
+                )
+            if out.timed_out or out.returncode != 0:
+                # The agent itself failed before it answered: nothing it recorded ran twice on a retry.
+                raise TransportError(f"{host.name}: the host agent ended without an answer (exit {out.returncode})")
+            try:
+                answer = agent_answer(out.stdout, run)
+            except UnreadableAnswer as e:
+                raise RemoteFailed(f"{host.name}: {e}") from None
+            if answer.agent < commands.AGENT_PROTOCOL:
+                raise PolicyViolation(
+                    f"{host.name}: host agent v{answer.agent} is older than v{commands.AGENT_PROTOCOL}"
+                )
+            if answer.answer != "busy":
+                return _final(host.name, target, answer)
+            if loop.time() >= busy_until:
+                holder = "this apply" if answer.holder == run else f"run {answer.holder}"
+                raise RemoteFailed(
+                    f"{host.name}: compose project {target.project} busy on the host for {answer.held_s} s "
+                    f"(held by {holder}); nothing ran"
+                )
+            await asyncio.sleep(BUSY_POLL_S)
+
+
+def _final(host: str, target: Target, answer: AgentAnswer) -> AgentAnswer:
+    if answer.answer == "ran":
+        if answer.replayed:
+            activity.logger.warning("%s: compose up already ran for this run; the agent's record answered", host)
+        return answer
+    if answer.answer == "interrupted":
+        raise RemoteFailed(
+            f"{host}: compose up of this run was interrupted on the host (the agent stopped before it "
+            "finished); it is never run twice: see `platform-apply logs`"
+        )
+    if answer.answer == "run_conflict":
+        raise PolicyViolation(f"{host}: the host agent has another request recorded for this run")
+    if answer.reason == "checkout":
+        held = answer.head or "something that is not a commit SHA"
+        dirty = " with local changes" if answer.dirty else ""
+        raise PolicyViolation(f"{host}:{target.host.remote_root} holds commit {held}{dirty}, not the approved one")
+    if answer.reason == "compose_config":
+        raise RemoteFailed(f"{host}: compose cannot load {target.compose_path} ({answer.error_class}); nothing ran")
+    raise RemoteFailed(f"{host}: the host agent cannot record the run (host storage); nothing ran")

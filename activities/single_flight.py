@@ -22,9 +22,10 @@ overlapping the newcomer's. The newcomer waits for it instead (one no attempt
 adopts is killed within ADOPT_WITHIN_S, any other ends at its timeout).
 
 Only successful runs are kept: a failure is what a retry is for. Nothing
-outlives the worker process, and needs not: the old process's SSH channels
-closed with it, which kills their commands (host/platform-gate watches for
-that), so the next attempt runs the command again without overlapping it.
+outlives the worker process, and needs not: compose up is answered by the
+host agent once per workflow run (the next attempt, on any worker, gets its
+outcome), and the old process's other commands die with its SSH channels
+(host/platform-gate watches for that), so they run again without overlapping.
 """
 
 from __future__ import annotations

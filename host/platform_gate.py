@@ -5,7 +5,7 @@ host/platform-gate, the program authorized_keys names, runs main() from here
 
     command="/usr/local/bin/platform-gate --sacred backups/ /opt/platform",restrict ssh-ed25519 AAAA...
 
-Usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... ROOT
+Usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--read-only] ROOT
 
 Run as root (effective uid 0, whatever the user is called), the gate refuses
 everything: the deploy user must not be root.
@@ -19,6 +19,14 @@ it is exactly one of
     docker compose -f ROOT/<rel>.yml|.yaml images --format json SERVICE
     docker compose -f ROOT/<rel>.yml|.yaml -f - up -d --no-deps --no-build --pull never SERVICE
     git -C ROOT rev-parse HEAD
+    platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA|-
+    platform-agent logs RUN
+
+The last two are the host agent's verbs (platform_agent.py, installed beside
+this file): RUN a lowercase UUID, TIMEOUT 1..3600 seconds, SHA 40 lowercase
+hex or `-`. Its records and the raw output it keeps live in --state DIR
+(default ~/.platform-agent). With --read-only (the operators' key) only
+`ps`, `images`, `git rev-parse HEAD` and `platform-agent logs` are allowed.
 
 The compose file must also stay inside ROOT, and not be or lie under a sacred
 path, once symlinks are resolved. Sacred paths are the defaults below plus
@@ -69,7 +77,10 @@ PIN_MAX_BYTES = 4096  # the same bound as PIN_MAX_BYTES in platformctl/commands.
 # The same list as DEFAULT_SACRED_PATHS in platformctl/config.py: the gate is
 # copied to hosts without platformctl, so it keeps its own copy.
 DEFAULT_SACRED = (".env", ".git/", "secrets/", "/etc/", "/root/")
-USAGE = "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... ROOT"
+USAGE = "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--read-only] ROOT"
+# The shapes the operator's read-only key may run: nothing that changes a host.
+READ_ONLY = frozenset({"ps", "images", "git_head", "agent_logs"})
+MAX_UP_TIMEOUT_S = 3600  # MAX_UP_TIMEOUT_S in platformctl/commands.py
 # What may stand between `docker compose -f FILE` and SERVICE, by shape.
 COMPOSE_SHAPES = {
     ("up", "-d"): "up",
@@ -85,11 +96,17 @@ class Refused(Exception):
 
 
 def parse_args(argv):
-    """(root, bin_path, sacred) from the gate's own arguments, set by the host's admin."""
-    bin_path, sacred = DEFAULT_PATH, list(DEFAULT_SACRED)
-    while len(argv) >= 2 and argv[0] in ("--path", "--sacred"):
+    """(root, bin_path, sacred, state, read_only) from the gate's own arguments,
+    set by the host's admin."""
+    bin_path, sacred, state, read_only = DEFAULT_PATH, list(DEFAULT_SACRED), None, False
+    while argv and argv[0] == "--read-only" or len(argv) >= 2 and argv[0] in ("--path", "--sacred", "--state"):
+        if argv[0] == "--read-only":
+            read_only, argv = True, argv[1:]
+            continue
         if argv[0] == "--path":
             bin_path = argv[1]
+        elif argv[0] == "--state":
+            state = argv[1]
         else:
             sacred.append(argv[1])
         argv = argv[2:]
@@ -98,7 +115,10 @@ def parse_args(argv):
     root = argv[0]
     if not normalized_absolute(root) or root == "/":
         raise Refused("platform-gate: ROOT must be a normalized absolute path other than /")
-    return root, bin_path, sacred
+    state = state or os.path.join(os.path.expanduser("~"), ".platform-agent")
+    if not normalized_absolute(state):
+        raise Refused("platform-gate: --state must be a normalized absolute path")
+    return root, bin_path, sacred, state, read_only
 
 
 def has_control(text):
@@ -147,9 +167,34 @@ def sacred_match(path, root, sacred):
     return None
 
 
+def run_id_ok(value):
+    """A workflow run id: a lowercase UUID."""
+    parts = value.split("-")
+    return [len(p) for p in parts] == [8, 4, 4, 4, 12] and set(value) <= HEX | {"-"}
+
+
+def agent_shape(argv, root):
+    """The agent verb argv is ("agent_apply" or "agent_logs"), or None."""
+    if len(argv) == 3 and argv[1] == "logs" and run_id_ok(argv[2]):
+        return "agent_logs"
+    if len(argv) == 7 and argv[1] == "apply":
+        _, _, run, timeout, compose_file, service, sha = argv
+        if (
+            run_id_ok(run)
+            and timeout.isdigit() and timeout.isascii() and 0 < int(timeout) <= MAX_UP_TIMEOUT_S
+            and compose_file_ok(compose_file, root)
+            and service_ok(service)
+            and (sha == "-" or len(sha) == 40 and set(sha) <= HEX)
+        ):  # fmt: skip
+            return "agent_apply"
+    return None
+
+
 def shape(argv, root):
-    """The permitted shape argv is, exactly ("up", "ps", "images", "rollback"
-    or "git_head"), or None."""
+    """The permitted shape argv is, exactly ("up", "ps", "images", "rollback",
+    "git_head", "agent_apply" or "agent_logs"), or None."""
+    if argv[:1] == ["platform-agent"]:
+        return agent_shape(argv, root)
     if argv[:3] == ["docker", "compose", "-f"] and len(argv) > 4:
         name = COMPOSE_SHAPES.get(tuple(argv[4:-1]))
         if name and compose_file_ok(argv[3], root) and service_ok(argv[-1]):
@@ -202,10 +247,11 @@ def parse(command, root, sacred):
     name = shape(argv, root)
     if name is None:
         raise Refused(f"platform-gate: command not allowed: {command}")
-    if argv[0] == "docker":
-        entry = sacred_match(argv[3], root, sacred)
+    compose_file = argv[3] if argv[0] == "docker" else argv[4] if name == "agent_apply" else None
+    if compose_file is not None:
+        entry = sacred_match(compose_file, root, sacred)
         if entry is not None:
-            raise Refused(f"platform-gate: compose file {argv[3]} is under sacred path {entry}")
+            raise Refused(f"platform-gate: compose file {compose_file} is under sacred path {entry}")
     return argv, name
 
 
@@ -305,19 +351,42 @@ def run_supervised(program, argv, bin_path, stdin_data=None):
     return code if code >= 0 else 128 - code
 
 
+def client_gone():
+    """True once sshd has closed our output pipes (the client closed the channel)."""
+    poller = select.poll()
+    for fd in (1, 2):
+        poller.register(fd, 0)
+    return any(mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, mask in poller.poll(0))
+
+
 def main(argv):
     try:
         # By uid, not name: a uid-0 account called "deploy" is root all the same.
         if os.geteuid() == 0:
             raise Refused("platform-gate: refusing to run as root (uid 0); use a non-root deploy user")
-        root, bin_path, sacred = parse_args(argv)
+        root, bin_path, sacred, state, read_only = parse_args(argv)
         command, name = parse(os.environ.get("SSH_ORIGINAL_COMMAND", ""), root, sacred)
-        program = find_program(command[0], bin_path)
-        if not program:
-            raise Refused(f"platform-gate: {command[0]} not found on {bin_path}")
+        if read_only and name not in READ_ONLY:
+            raise Refused(f"platform-gate: read-only key: {name} not allowed")
+        needs = {"agent_apply": "docker", "agent_logs": None}.get(name, command[0])
+        program = needs and find_program(needs, bin_path)
+        if needs and not program:
+            raise Refused(f"platform-gate: {needs} not found on {bin_path}")
         pin = read_pin(command[-1]) if name == "rollback" else None
     except Refused as exc:
         print(exc, file=sys.stderr)
         return REFUSED
+    if name == "rollback":
+        import platform_agent
+
+        # Never beside an `apply` of the same project: it may still run, detached, on the host.
+        if platform_agent.hold_project(state, bin_path, command[3], client_gone) is None:
+            return REFUSED  # the client stopped waiting: nothing ran
+    if name.startswith("agent_"):
+        import platform_agent  # here: the other shapes do not pay for its imports
+
+        if name == "agent_logs":
+            return platform_agent.logs(state, command[2])
+        return platform_agent.apply(root, bin_path, state, *command[2:3], int(command[3]), *command[4:])
     return run_supervised(program, command, bin_path, pin)
 

@@ -25,6 +25,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PIN_MAX_BYTES = 4096
 # host/platform-gate's exit status for a command it does not allow (nothing ran).
 GATE_REFUSED = 126
+# The host agent protocol this worker speaks (host/platform_agent.py's PROTOCOL).
+AGENT_PROTOCOL = 2
+RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SHA = re.compile(r"[0-9a-f]{40}")
+# The longest compose up the agent runs (its own cap is the same).
+MAX_UP_TIMEOUT_S = 3600
 
 
 class UnsafeCommand(ValueError):
@@ -126,3 +132,32 @@ def compose_rollback(compose_path: str, service: str, image_id: str) -> RemoteCo
         ),
         stdin=image_pin(service, image_id),
     )
+
+
+def _run_id(run_id: str) -> str:
+    if not RUN_ID.fullmatch(run_id):
+        raise UnsafeCommand(f"not a workflow run id (lowercase UUID): {run_id!r}")
+    return run_id
+
+
+def agent_apply(run_id: str, timeout_s: int, compose_path: str, service: str, sha: str | None) -> RemoteCommand:
+    """The host agent's `apply` verb: under the compose project's lock on the host,
+    at most once per run id, the checkout checked at `sha` (None: the host opted
+    out of verify_checkout), then `docker compose -f FILE up -d SERVICE` detached
+    from the SSH channel. It answers one JSON line of facts; the output stays on the host."""
+    if not (isinstance(timeout_s, int) and 0 < timeout_s <= MAX_UP_TIMEOUT_S):
+        raise UnsafeCommand(f"compose up timeout must be 1..{MAX_UP_TIMEOUT_S} seconds: {timeout_s!r}")
+    if sha is not None and not SHA.fullmatch(sha):
+        raise UnsafeCommand(f"not a commit SHA (40 lowercase hex): {sha!r}")
+    return RemoteCommand(
+        "compose_up",
+        (
+            "platform-agent", "apply", _run_id(run_id), str(timeout_s), _compose_file(compose_path),
+            _service(service), sha or "-",
+        ),
+    )  # fmt: skip
+
+
+def agent_logs(run_id: str) -> RemoteCommand:
+    """Read-only: the raw output the host agent kept for one run, for the operator's screen only."""
+    return RemoteCommand("agent_logs", ("platform-agent", "logs", _run_id(run_id)))

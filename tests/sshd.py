@@ -54,6 +54,7 @@ STAND_IN_BIN = REPO / "tests" / "stand_in"  # the sources; hosts run copies
 STAND_INS = ("docker", "git")
 GATE = REPO / "host" / "platform-gate"
 GATE_CODE = REPO / "host" / "platform_gate.py"
+AGENT_CODE = REPO / "host" / "platform_agent.py"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_HEAD_SHA = "0123456789abcdef0123456789abcdef01234567"
 COMPOSE_FILE = "compose/core/compose.yaml"
@@ -175,6 +176,7 @@ class SshHost:
         # Truncate in place: the files stay owned by the deploy user who writes them.
         os.truncate(Path(self.state_dir, "calls.jsonl"), 0)
         Path(self.state_dir, "stdin.jsonl").unlink(missing_ok=True)  # what the rollbacks were given
+        Path(self.state_dir, "release").unlink(missing_ok=True)  # what lets a `hold` up finish
         os.truncate(self.log_path, 0)  # sshd appends (O_APPEND), so this is safe
         for path in Path(self.state_dir, "behaviour").iterdir():
             path.unlink()
@@ -305,8 +307,9 @@ def install_gate(lib: Path, link: Path) -> Path:
     for path in (lib.parent, lib):
         path.chmod(0o755)
     _install(GATE, lib / GATE.name)
-    shutil.copyfile(GATE_CODE, lib / GATE_CODE.name)
-    (lib / GATE_CODE.name).chmod(0o644)
+    for code in (GATE_CODE, AGENT_CODE):
+        shutil.copyfile(code, lib / code.name)
+        (lib / code.name).chmod(0o644)
     subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(lib)], check=True)
     cache = lib / "__pycache__"
     cache.chmod(0o755)  # readable by the deploy user whatever the umask was
@@ -409,6 +412,11 @@ def start_sshd(
         # By its path, as on a host, so that its #! line (/usr/bin/python3 -IS) applies.
         gate_program = install_gate(base / "lib" / "platform-gate", base / "platform-gate")
         options = "".join(f" --sacred {path}" for path in sacred)
+        # The agent's records and kept output: this server's own, so parallel tests never share a lock.
+        agent_state = base / "agent-state"
+        agent_state.mkdir(mode=0o700)
+        os.chown(agent_state, entry.pw_uid, entry.pw_gid)
+        options += f" --state {agent_state}"
         restrictions = f'command="{gate_program} --path {session_path}{options} {remote_root}",restrict '
 
     authorized_keys = base / "authorized_keys"
@@ -488,14 +496,15 @@ def serve(address: str, **options):
     host.stop()
 
 
+# Gated, as hosts are: the worker reaches a host only through the gate's agent verbs.
 @pytest.fixture(scope="session")
 def sshd_server():
-    yield from serve("127.0.0.1")
+    yield from serve("127.0.0.1", gate=True)
 
 
 @pytest.fixture(scope="session")
 def sshd_server2():
-    yield from serve("127.0.0.2")
+    yield from serve("127.0.0.2", gate=True)
 
 
 @pytest.fixture

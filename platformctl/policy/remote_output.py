@@ -15,12 +15,15 @@ import hashlib
 import re
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
 ErrorClass = Literal[
     "gate", "timeout", "env_file", "interpolation", "image", "port", "build", "permission", "engine", "config",
     "unknown",
 ]  # fmt: skip
 
 # Lower-cased needles, first match wins: the specific causes before the broad ones.
+# host/platform_agent.py keeps the same list (the agent classifies on the host).
 _CLASSES: tuple[tuple[ErrorClass, tuple[str, ...]], ...] = (
     ("env_file", ("failed to read", "env file", "unterminated quoted value", "unexpected character")),
     ("interpolation", ("invalid interpolation", "invalid template", "required variable")),
@@ -88,3 +91,51 @@ def failure(returncode: int | None, timed_out: bool, stdout: str, stderr: str) -
     if timed_out:
         return "timed out"
     return f"exited {returncode} ({error_class(returncode, timed_out, stdout, stderr)})"
+
+
+class AgentAnswer(BaseModel):
+    """The host agent's answer to `apply`, read as typed facts: a field that does
+    not fit its type makes the whole answer unreadable, and nothing of it is kept."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)  # a newer agent may say more
+
+    agent: int = Field(ge=0)
+    verb: Literal["apply"]
+    run: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    answer: Literal["ran", "busy", "interrupted", "run_conflict", "refused"]
+    # ran
+    returncode: int | None = Field(default=None, ge=-1, le=255)
+    timed_out: StrictBool = False
+    duration_s: float = Field(default=0.0, ge=0)
+    error_class: ErrorClass | None = None
+    progress: list[str] = Field(default_factory=list, max_length=MAX_PROGRESS)
+    output_bytes: int = Field(default=0, ge=0)
+    output_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    replayed: StrictBool = False
+    # busy
+    holder: str | None = Field(default=None, pattern=r"^[0-9a-f-]{36}$")
+    held_s: int | None = Field(default=None, ge=0)
+    # refused
+    reason: Literal["checkout", "compose_config", "host_storage"] | None = None
+    head: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
+    dirty: StrictBool = False
+
+    @field_validator("progress")
+    @classmethod
+    def _template_only(cls, lines: list[str]) -> list[str]:
+        return [line for line in lines if PROGRESS_LINE.fullmatch(line)]
+
+
+class UnreadableAnswer(ValueError):
+    """The agent's answer is not the typed facts it must be; its text is never repeated."""
+
+
+def agent_answer(stdout: str, run: str) -> AgentAnswer:
+    """The agent's one JSON line, for this run, or UnreadableAnswer."""
+    try:
+        answer = AgentAnswer.model_validate_json(stdout.strip())
+    except ValidationError:
+        raise UnreadableAnswer("the host agent's answer is not the facts the protocol allows") from None
+    if answer.run != run:
+        raise UnreadableAnswer("the host agent answered for another run")
+    return answer

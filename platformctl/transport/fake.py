@@ -7,8 +7,9 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from platformctl.commands import RemoteCommand
+from platformctl.commands import AGENT_PROTOCOL, GATE_REFUSED, RUN_ID, RemoteCommand
 from platformctl.models import HostConfig
+from platformctl.policy import remote_output
 from platformctl.transport.base import RemoteOutput
 
 Response = RemoteOutput | Exception | Callable[[float], Awaitable[RemoteOutput]]
@@ -79,9 +80,10 @@ class FakeTransport:
         try:
             if isinstance(response, Exception):
                 raise response
-            if callable(response):
-                return await response(timeout_s)
-            return response
+            agent = command.argv[:2] == ("platform-agent", "apply")
+            if callable(response):  # the agent kills compose at the timeout it was given
+                response = await response(float(command.argv[3]) if agent else timeout_s)
+            return agent_answer(command, response) if agent else response
         finally:
             self.running -= 1
 
@@ -96,7 +98,37 @@ class FakeTransport:
         return ok(head + "\n") if command.kind == "git_head" else ok()
 
     def commands(self, kind: str | None = None) -> list[str]:
-        return [c.render() for _, c in self.calls if kind is None or c.kind == kind]
+        """The rendered commands sent, each run id (random per workflow run) as RUN."""
+        return [runless(c.render()) for _, c in self.calls if kind is None or c.kind == kind]
 
     async def close(self) -> None:
         pass
+
+
+def runless(text: str) -> str:
+    """`text` with each workflow run id written as RUN."""
+    return RUN_ID.sub("RUN", text)
+
+
+def agent_answer(command: RemoteCommand, out: RemoteOutput) -> RemoteOutput:
+    """What host/platform_agent.py answers to `apply` when compose up printed `out`:
+    scripts say what compose does, and the agent's facts are made from it. A gate
+    refusal (an agent older than `apply`) is passed on as it is."""
+    if out.returncode == GATE_REFUSED:
+        return out
+    size, sha = remote_output.digest(out.stdout, out.stderr)
+    answer = {
+        "agent": AGENT_PROTOCOL,
+        "verb": "apply",
+        "run": command.argv[2],
+        "answer": "ran",
+        "returncode": out.returncode,
+        "timed_out": out.timed_out,
+        "duration_s": out.duration_s,
+        "error_class": remote_output.error_class(out.returncode, out.timed_out, out.stdout, out.stderr),
+        "progress": remote_output.progress(out.stdout, out.stderr),
+        "output_bytes": size,
+        "output_sha256": sha,
+        "replayed": False,
+    }
+    return ok(json.dumps(answer) + "\n")

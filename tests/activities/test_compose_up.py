@@ -4,11 +4,14 @@ signed and name this apply's plan, whatever the workflow scheduled."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
 
+import activities.compose_up as compose_up_module
 from activities.compose_up import ComposeUp
 from activities.single_flight import SingleFlight
 from platformctl.models import Approval, ComposeUpInput
@@ -16,6 +19,7 @@ from platformctl.policy.approval import sign
 from platformctl.policy.plan import plan_digest
 from platformctl.target import derive_target
 from platformctl.transport import RemoteOutput
+from platformctl.transport.fake import agent_answer
 from tests.activities.state_helpers import StubDeps, settings_for
 from tests.activities.test_single_flight import attempt
 from tests.platform_files import SHA, plan, write_platform
@@ -30,7 +34,7 @@ class CountingTransport:
 
     async def run(self, host: Any, command: Any, *, timeout_s: float) -> RemoteOutput:
         self.runs += 1
-        return RemoteOutput(returncode=0, stdout="", stderr="", duration_s=0.1)
+        return agent_answer(command, RemoteOutput(returncode=0, stdout="", stderr="", duration_s=0.1))
 
 
 def signed(digest: str | None) -> Approval:
@@ -60,3 +64,70 @@ async def test_compose_up_runs_only_for_an_approval_of_this_plan(tmp_path, appro
             await attempt(1).run(up, inp)
         assert refused.value.type == "ApprovalMismatch"
     assert transport.runs == runs
+
+
+class AgentTransport:
+    """Answers each `platform-agent apply` with the next of `answers` (a dict is the
+    agent's JSON for this run; a RemoteOutput is passed on as it is)."""
+
+    def __init__(self, *answers: dict[str, Any] | RemoteOutput) -> None:
+        self.answers = list(answers)
+        self.sent: list[Any] = []
+
+    async def run(self, host: Any, command: Any, *, timeout_s: float) -> RemoteOutput:
+        self.sent.append(command)
+        answer = self.answers.pop(0)
+        if isinstance(answer, RemoteOutput):
+            return answer
+        body = {"agent": 2, "verb": "apply", "run": command.argv[2], **answer}
+        return RemoteOutput(returncode=0, stdout=json.dumps(body), stderr="", duration_s=0.1)
+
+
+async def run_up(tmp_path: Path, transport: AgentTransport) -> Any:
+    settings = settings_for(tmp_path)
+    write_platform(settings.platform_root)
+    up = ComposeUp(StubDeps(settings, transport), SingleFlight()).compose_up  # type: ignore[arg-type]
+    inp = ComposeUpInput(
+        target=derive_target(settings, "honcho-redis"), timeout_seconds=60, module="honcho-redis", source_sha=SHA,
+        approval=Approval(approved_sha=SHA),
+    )
+    return await attempt(1).run(up, inp)
+
+
+RAN = {"answer": "ran", "returncode": 0, "duration_s": 1.5, "progress": ["Container core-redis-1 Started", "x y"],
+       "output_bytes": 10, "output_sha256": "0" * 64}
+
+
+async def test_a_busy_project_is_asked_again_until_the_agent_has_the_outcome(tmp_path, monkeypatch):
+    monkeypatch.setattr(compose_up_module, "BUSY_POLL_S", 0.01)
+    transport = AgentTransport({"answer": "busy", "holder": "0" * 8 + "-0000-4000-8000-" + "0" * 12, "held_s": 3},
+                               {**RAN, "replayed": True})
+    result = await run_up(tmp_path, transport)
+    assert result.remote.returncode == 0 and result.remote.progress == ["Container core-redis-1 Started"]
+    assert len(transport.sent) == 2 and transport.sent[0] == transport.sent[1]  # the same run, asked again
+
+
+@pytest.mark.parametrize(
+    "answer, error_type, words",
+    [
+        ({"answer": "interrupted"}, "RemoteFailed", "never run twice"),
+        ({"answer": "run_conflict"}, "PolicyViolation", "another request"),
+        ({"answer": "refused", "reason": "checkout", "head": "b" * 40, "dirty": False}, "PolicyViolation",
+         "holds commit " + "b" * 40),
+        ({"answer": "refused", "reason": "checkout", "head": SHA, "dirty": True}, "PolicyViolation", "local changes"),
+        ({"answer": "refused", "reason": "host_storage"}, "RemoteFailed", "nothing ran"),
+        ({"answer": "ran", "returncode": 0, "progress": "not a list"}, "RemoteFailed", "not the facts"),
+        (RemoteOutput(returncode=126, stdout="", stderr="platform-gate: command not allowed", duration_s=0.1),
+         "PolicyViolation", "older than v2"),
+        (RemoteOutput(returncode=127, stdout="", stderr="sh: platform-agent: not found", duration_s=0.1),
+         "PolicyViolation", "no host agent"),
+    ],
+    ids=["interrupted", "run-conflict", "another-commit", "local-edit", "host-storage", "unreadable", "old-gate",
+         "no-gate"],
+)
+async def test_what_the_agent_says_ends_the_apply_with_its_reason_and_no_retry(tmp_path, answer, error_type, words):
+    transport = AgentTransport(answer)
+    with pytest.raises(ApplicationError) as failed:
+        await run_up(tmp_path, transport)
+    assert failed.value.type == error_type and failed.value.non_retryable, failed.value
+    assert words in failed.value.message and "not allowed" not in failed.value.message

@@ -17,6 +17,7 @@ from activities.single_flight import SingleFlight
 from platformctl.models import Approval, ComposeUpInput, ComposeUpResult, RemoteRecord
 from platformctl.target import derive_target
 from platformctl.transport import RemoteOutput
+from platformctl.transport.fake import agent_answer
 from tests.activities.state_helpers import StubDeps
 from tests.platform_files import SHA, write_platform
 
@@ -25,7 +26,10 @@ RETRY = RetryPolicy(maximum_attempts=4)
 PROJECT = ("rs2000", "core")
 
 
-def attempt(n: int, activity_id: str = "7", run_id: str = "run-1") -> ActivityEnvironment:
+RUN_1, RUN_2, RUN_9 = (f"00000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 9))
+
+
+def attempt(n: int, activity_id: str = "7", run_id: str = RUN_1) -> ActivityEnvironment:
     env = ActivityEnvironment()
     env.info = dataclasses.replace(
         env.info, attempt=n, activity_id=activity_id, workflow_id="apply-1", workflow_run_id=run_id,
@@ -111,7 +115,7 @@ async def test_other_activities_and_runs_get_their_own_command():
     command.release.set()
     await attempt(1).run(flight.run, PROJECT, command)
     await attempt(1, activity_id="8").run(flight.run, PROJECT, command)  # the same workflow's next compose up
-    await attempt(1, run_id="run-2").run(flight.run, PROJECT, command)  # a reset or a new apply
+    await attempt(1, run_id=RUN_2).run(flight.run, PROJECT, command)  # a reset or a new apply
     assert command.runs == 3
 
 
@@ -197,7 +201,7 @@ async def test_an_orphan_of_the_same_apply_is_killed_before_its_next_command_of_
         env.cancel(DROPPED)
         with pytest.raises(asyncio.CancelledError):
             await first
-    elsewhere = start(attempt(1, run_id="run-9"), flight, other, project=("rs2000", "media"))
+    elsewhere = start(attempt(1, run_id=RUN_9), flight, other, project=("rs2000", "media"))
     await other.started.wait()
     assert orphan.killed == 0  # another project's command leaves it alone
 
@@ -217,7 +221,7 @@ async def test_another_runs_live_command_is_never_killed_the_next_one_waits_for_
     holder, newcomer = Command(log=log, name="holder"), Command(log=log, name="newcomer")
     first = start(attempt(1), flight, holder)
     await holder.started.wait()
-    second = start(attempt(1, run_id="run-2"), flight, newcomer)
+    second = start(attempt(1, run_id=RUN_2), flight, newcomer)
     await asyncio.sleep(0.2)
     assert log == ["holder started"]
     holder.release.set()
@@ -251,7 +255,9 @@ class OneUp:
     async def run(self, host: Any, command: Any, *, timeout_s: float) -> RemoteOutput:
         self.runs += 1
         await self.release.wait()
-        return RemoteOutput(returncode=0, stdout="", stderr="Container core-redis-1  Started", duration_s=1.0)
+        return agent_answer(
+            command, RemoteOutput(returncode=0, stdout="", stderr="Container core-redis-1  Started", duration_s=1.0)
+        )
 
 
 async def test_compose_up_runs_once_across_attempts(settings):

@@ -48,7 +48,7 @@ HEALTH = {"stable_seconds": 1, "timeout_seconds": 30, "poll_seconds": 1}
 
 @pytest.fixture(scope="module")
 def host() -> Any:
-    yield from serve(HOST_ADDRESS)
+    yield from serve(HOST_ADDRESS, gate=True)
 
 
 def module(i: int) -> str:

@@ -81,7 +81,7 @@ def slow_host():
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    host = start_sshd("127.0.0.1")
+    host = start_sshd("127.0.0.1", gate=True)
     try:
         docker = Path(host.bin_dir, "docker")
         docker.rename(Path(host.bin_dir, "docker-stand-in"))

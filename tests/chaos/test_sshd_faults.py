@@ -55,6 +55,7 @@ FROZEN_S = 3  # how long the host stays frozen before its sshd is killed
 ENDS_WITHIN_S = 60
 NEXT_APPLY_WITHIN_S = 20  # stable window 2 s, polls every second
 DOWN_S = 20  # sshd down during a health check with a 60 s timeout
+UP_TIMEOUT_S = 10  # the hung compose up's, which the agent enforces once sshd is gone
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,10 @@ def calls_of(host: SshHost, subcommand: str) -> int:
 @pytest.mark.parametrize("during", ["up", "health"])
 async def test_sshd_stopped_then_killed_mid_apply(lane: Lane, host: SshHost, during: str) -> None:
     host.set_behaviour(SERVICE, ("hang" if during == "up" else "succeed") + " spans=on")
+    if during == "up":
+        write_module(lane.root, MODULE, "h1", SERVICE, compose_file=add_project(host, "p-faults", [SERVICE]),
+                     up_timeout_seconds=UP_TIMEOUT_S, health={"stable_seconds": 2, "timeout_seconds": 30,
+                                                              "poll_seconds": 1})
     await lane.start_worker()
     handle = await lane.start(request())
     if during == "up":
@@ -150,7 +155,9 @@ async def test_sshd_stopped_then_killed_mid_apply(lane: Lane, host: SshHost, dur
         await asyncio.sleep(FROZEN_S)
     finally:
         kill_sshd(host, frozen)
-    assert await eventually(lambda: not compose_running(host), 5), f"compose left running: {compose_running(host)}"
+    if during == "up":  # compose outlives the session (the agent runs it detached) until the agent's timeout
+        assert compose_running(host)
+    assert await eventually(lambda: not compose_running(host), UP_TIMEOUT_S + 5), compose_running(host)
     out = await lane.outcome(handle, timeout_s=120)
     elapsed = time.monotonic() - started
 

@@ -15,8 +15,9 @@ events: the quick local checks may run as local activities):
   no worker runs;
 - lock: the query says waiting_for_lock behind the `up` case, which holds its
   project's lock across the kill;
-- up: the stand-in's `up` hangs (calls.jsonl shows it started); the kill takes
-  the SSH connection with it and the host gate kills the hung run;
+- up: the stand-in's `up` holds (calls.jsonl shows it started); the kill takes
+  the SSH connection with it, compose goes on under the host agent, and once it
+  is let finish the new worker's retry gets its outcome: never a second run;
 - health: killed between two polls (calls.jsonl shows the first `ps`), once
   with a health timeout longer than the outage and once shorter;
 - persist: the test holds the audit log's flock, so the worker stops right after
@@ -158,7 +159,7 @@ async def main_lane(lane: E2E, host: SshHost, cases: dict[str, Case]) -> None:
     # The rollback's up (killed after up_timeout_seconds) must still hang when the worker is killed.
     write_module(lane.root, rb.module, "h1", rb.service, compose_file=rb_file, up_timeout_seconds=300,
                  health={"stable_seconds": 1, "timeout_seconds": 3, "poll_seconds": 1})
-    for case, behaviour in ((ap, "succeed"), (up, "hang"), (lock, "succeed"), (rb, "unhealthy rollback=hang"),
+    for case, behaviour in ((ap, "succeed"), (up, "hold"), (lock, "succeed"), (rb, "unhealthy rollback=hang"),
                             (health, "starting_then_healthy 2"), (outage, "starting_then_healthy 1")):
         host.set_behaviour(case.service, f"{behaviour} spans=on")
     await lane.start_worker()
@@ -181,7 +182,7 @@ async def main_lane(lane: E2E, host: SshHost, cases: dict[str, Case]) -> None:
     outage.polls_before_kill = ps_calls(host, outage.service)
 
     await kill_and_check(lane, host, list(cases.values()))
-    host.set_behaviour(up.service, "succeed spans=on")
+    Path(host.state_dir, "release").touch()  # the held compose up (still running on the host) now ends
     host.set_behaviour(rb.service, "unhealthy spans=on")  # the rollback's up now succeeds
     await ap.handle.signal("approve", approval())  # while no worker runs
     await finish(lane, [ap, up, rb, lock, health, outage])
@@ -296,8 +297,12 @@ async def test_kill_9_at_each_step_then_a_new_worker_finishes(campaign: Campaign
     assert [line["status"] for line in lines] == [case.expected], f"{step}: audit lines {lines}"
     status = json.loads(case.lane.status_file(case.module).read_text())
     assert status["status"] == case.expected
-    # Docker compose never ran against itself: the killed run was gone at once, no finished runs overlapped.
-    assert case.left_running == [], f"{step}: compose runs left running after the kill: {case.left_running}"
+    # Docker compose never ran against itself: compose up outlived the worker under the host
+    # agent, a killed rollback was gone at once, no finished runs overlapped.
+    if step == "up":
+        assert case.left_running, "compose up did not outlive the worker (it runs detached under the agent)"
+    else:
+        assert case.left_running == [], f"{step}: compose runs left running after the kill: {case.left_running}"
     assert overlapping_runs(host) == []
     ups = [s for s in spans(host) if s["service"] == case.service]
     if step == "rollback":
@@ -305,9 +310,10 @@ async def test_kill_9_at_each_step_then_a_new_worker_finishes(campaign: Campaign
         assert await activity_attempts(case.handle, "compose_rollback") == [2]
         assert len(ups) == 2, ups  # compose up, then the rollback's second attempt (the first was killed)
     else:
-        assert len(ups) == 1, ups  # one finished compose up (the `up` case's first was killed)
+        assert len(ups) == 1, ups  # one compose up (the `up` case's too, though its worker was killed)
     if step == "up":
-        assert await activity_attempts(case.handle, "compose_up") == [2]
+        assert await activity_attempts(case.handle, "compose_up") == [2]  # the retry got the recorded outcome
+        assert sum(1 for c in host.calls() if c[4:5] == ["up"] and c[-1] == case.service) == 1
     if step == "lock":
         (holder,) = [s for s in spans(host) if s["service"] == campaign.cases["up"].service]
         assert ups[0]["start"] >= holder["end"], "the waiting apply ran compose before the holder was done"

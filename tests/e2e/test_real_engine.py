@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from platformctl.cli.apply import summary_line
+from platformctl.transport.fake import runless
 from tests.docker_engine import APP_V1, APP_V2, DockerEngine
 from tests.e2e.conftest import ENGINE_HEALTH, ENGINE_HOST, engine_service, write_engine_module
 from tests.platform_files import SHA, apply_input, change, plan
@@ -63,7 +64,7 @@ async def test_apply_on_a_real_engine_ends_applied_and_the_service_is_healthy(
     r = out.result
     assert (r["exitCode"], out.error_type, r["error"], r["rollback"]) == (9, None, None, None)
     assert (r["module"], r["host"], r["compose_service"]) == ("rt-ok", ENGINE_HOST, SERVICE)
-    assert r["command"] == f"docker compose -f {compose} up -d {SERVICE}"
+    assert runless(r["command"]) == f"platform-agent apply RUN 300 {compose} {SERVICE} {SHA}"
     assert r["remote"]["returncode"] == 0
     assert "Container rt-ok-app-1 Started" in r["remote"]["progress"], r["remote"]
     assert (r["health"]["state"], r["health"]["health"]) == ("running", "healthy")
@@ -77,8 +78,11 @@ async def test_apply_on_a_real_engine_ends_applied_and_the_service_is_healthy(
     # The snapshot: nothing ran before; the images it left running are the module's last good ones.
     assert r["snapshot"] == {"images": []}
     assert [i["image_id"] for i in r["images"]["images"]] == [docker_engine.image_ids[APP_V1]]
-    # Only the checkout check went to a stand-in; one pooled connection carried everything.
-    assert engine_host.calls() == [["git", "-C", engine_host.remote_root, "rev-parse", "HEAD"]]
+    # Only the checkout checks went to a stand-in (the worker's, then the agent's HEAD and
+    # local edits); one pooled connection carried everything.
+    head = ["git", "-C", engine_host.remote_root, "rev-parse", "HEAD"]
+    edits = ["git", "-C", engine_host.remote_root, "status", "--porcelain", "--untracked-files=no"]
+    assert engine_host.calls() == [head, head, edits]
     assert engine_host.connection_count() == 1
 
     status = json.loads(e2e.status_file("rt-ok").read_text())

@@ -18,6 +18,7 @@ import pytest
 from temporalio.common import SearchAttributeKey
 
 from platformctl.policy.plan import plan_digest
+from platformctl.transport.fake import runless
 from tests.e2e.conftest import (
     FAST_HEALTH,
     VENV_BIN,
@@ -63,8 +64,16 @@ def rollback_argv(host: SshHost, service: str) -> list[str]:
 
 def before_up(host: SshHost, service: str) -> list[list[str]]:
     """The checkout check (verify_checkout is on by default) and the image snapshot,
-    read side by side in either order, then compose up."""
-    return [git_head_argv(host), images_argv(host, service), compose_up_argv(host, service)]
+    read side by side in either order, then the agent's `apply`: the checkout again
+    (HEAD, no local edit), compose up."""
+    return [
+        git_head_argv(host), images_argv(host, service),
+        git_head_argv(host), ["git", "-C", host.remote_root, "status", "--porcelain", "--untracked-files=no"],
+        compose_up_argv(host, service),
+    ]  # fmt: skip
+
+
+UP = 5  # before_up's calls, compose up the last
 
 
 def reads_in_order(calls: list[list[str]]) -> list[list[str]]:
@@ -76,8 +85,8 @@ def only_up_then_ps(host: SshHost, service: str, min_ps: int = 1) -> list[list[s
     """A healthy apply: checkout, snapshot, compose up, then only ps polls and, listed
     while they run, the images compose up left running."""
     calls = reads_in_order(host.calls())
-    assert calls[:3] == before_up(host, service), calls
-    after = calls[3:]
+    assert calls[:UP] == before_up(host, service), calls
+    after = calls[UP:]
     assert after.count(images_argv(host, service)) == 1, calls
     polls = [c for c in after if c != images_argv(host, service)]
     assert len(polls) >= min_ps and all(c == compose_ps_argv(host, service) for c in polls), calls
@@ -106,7 +115,7 @@ async def test_applied_runs_exactly_up_then_ps_and_records_state(ssh_e2e, sshd_h
     r = out.result
     assert r["exitCode"] == 9 and out.error_type is None and r["error"] is None and r["rollback"] is None
     assert (r["module"], r["host"], r["compose_service"]) == ("e2e-ok", "h1", "svc-ok")
-    assert r["command"] == f"docker compose -f {sshd_host.compose_path} up -d svc-ok"
+    assert runless(r["command"]) == f"platform-agent apply RUN 300 {sshd_host.compose_path} svc-ok {SHA}"
     assert r["remote"]["returncode"] == 0
     assert r["remote"]["progress"][-1] == "Container core-svc-ok-1 Started" and r["remote"]["error_class"] is None
     assert (r["health"]["state"], r["health"]["health"]) == ("running", "healthy")
@@ -155,8 +164,8 @@ async def test_compose_up_fails_remote_failed_with_rollback(ssh_e2e, sshd_host):
     assert r["rollback"] is not None and r["rollback"]["last_good_sha"] is None
     # no health polls after a failed up: the rollback, then the polls of its own health smoke
     calls = reads_in_order(sshd_host.calls())
-    assert calls[:4] == [*before_up(sshd_host, "svc-fail"), rollback_argv(sshd_host, "svc-fail")], calls
-    assert calls[4:] and all(c == compose_ps_argv(sshd_host, "svc-fail") for c in calls[4:]), calls
+    assert calls[: UP + 1] == [*before_up(sshd_host, "svc-fail"), rollback_argv(sshd_host, "svc-fail")], calls
+    assert calls[UP + 1 :] and all(c == compose_ps_argv(sshd_host, "svc-fail") for c in calls[UP + 1 :]), calls
     assert r["rollback"]["image"]["outcome"] == "restored"
     status = json.loads(e2e.status_file("e2e-fail").read_text())
     assert status["status"] == "remote_failed" and status["last_apply_sha"] is None
@@ -185,7 +194,7 @@ async def test_hung_compose_up_is_killed_at_its_timeout(ssh_e2e, sshd_host):
     assert pid is not None
     assert await eventually(lambda: not process_running(pid), 5), f"remote compose (pid {pid}) survived the timeout"
     calls = reads_in_order(sshd_host.calls())
-    assert calls[:4] == [*before_up(sshd_host, "svc-hang"), rollback_argv(sshd_host, "svc-hang")], calls
+    assert calls[: UP + 1] == [*before_up(sshd_host, "svc-hang"), rollback_argv(sshd_host, "svc-hang")], calls
 
 
 @pytest.mark.parametrize(
@@ -216,7 +225,7 @@ async def test_unhealthy_after_up_rolls_back(
     assert r["rollback"] is not None and reason in r["rollback"]["reason"], r["rollback"]
     assert min_s <= out.seconds < max_s, f"{behaviour}: unhealthy after {out.seconds:.1f} s"
     calls = reads_in_order(sshd_host.calls())
-    assert calls[:3] == before_up(sshd_host, service), calls
+    assert calls[:UP] == before_up(sshd_host, service), calls
     assert rollback_argv(sshd_host, service) in calls, calls
     assert r["rollback"]["image"]["outcome"] == "unhealthy"  # the stand-in's service stays unhealthy
     assert json.loads(e2e.status_file(f"e2e-{behaviour}").read_text())["status"] == "unhealthy"
@@ -347,8 +356,8 @@ async def test_parallel_applies_on_two_hosts_use_one_connection_each(e2e, sshd_h
     elapsed = time.monotonic() - started
 
     assert (a.status, a.result["host"], b.status, b.result["host"]) == ("applied", "h1", "applied", "h2")
-    assert a.result["command"] == f"docker compose -f {sshd_host.compose_path} up -d svc-a"
-    assert b.result["command"] == f"docker compose -f {sshd_host2.compose_path} up -d svc-b"
+    assert runless(a.result["command"]) == f"platform-agent apply RUN 300 {sshd_host.compose_path} svc-a {SHA}"
+    assert runless(b.result["command"]) == f"platform-agent apply RUN 300 {sshd_host2.compose_path} svc-b {SHA}"
     only_up_then_ps(sshd_host, "svc-a", min_ps=3)
     only_up_then_ps(sshd_host2, "svc-b", min_ps=3)
     assert sshd_host.connection_count() == 1 and sshd_host2.connection_count() == 1

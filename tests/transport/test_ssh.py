@@ -14,10 +14,33 @@ import pytest
 from platformctl.commands import RemoteCommand, compose_images, compose_ps, compose_rollback, compose_up, git_head
 from platformctl.transport.base import AuthenticationFailed, ConnectFailed, HostKeyMismatch
 from platformctl.transport.ssh import SshTransport, _feed
-from tests.sshd import SshHost, eventually, known_hosts_pattern, make_keypair, process_running
+from tests.sshd import SshHost, eventually, known_hosts_pattern, make_keypair, process_running, serve
 from tests.transport.test_gate import forget_stdin, received_stdin
 
 IMAGE = "sha256:" + "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def plain_server():
+    """No gate: the transport's own behaviour, with whatever commands a test sends."""
+    yield from serve("127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def plain_server2():
+    yield from serve("127.0.0.2")
+
+
+@pytest.fixture
+def sshd_host(plain_server: SshHost) -> SshHost:
+    plain_server.reset()
+    return plain_server
+
+
+@pytest.fixture
+def sshd_host2(plain_server2: SshHost) -> SshHost:
+    plain_server2.reset()
+    return plain_server2
 
 
 @pytest.fixture

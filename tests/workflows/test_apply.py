@@ -18,7 +18,7 @@ from platformctl.models import LockRequest
 from platformctl.policy.plan import plan_digest
 from platformctl.state import read_status
 from platformctl.transport import ConnectFailed, HostKeyMismatch
-from platformctl.transport.fake import failed, hang, ok, ps
+from platformctl.transport.fake import failed, hang, ok, ps, runless
 from tests.platform_files import (
     OTHER_SHA,
     SHA,
@@ -35,7 +35,7 @@ from workflows.apply import HOST_UNOBSERVED
 from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
 from workflows.registry import ALL_WORKFLOWS
 
-COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
+COMMAND = f"platform-agent apply RUN 300 /opt/platform/compose/core/compose.yaml honcho-redis {SHA}"
 PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --all --format json honcho-redis"
 IMAGES_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml images --format json honcho-redis"
 GIT_HEAD = "git -C /opt/platform rev-parse HEAD"
@@ -59,7 +59,7 @@ async def test_applied_runs_exactly_the_contract_commands_and_persists(harness):
     out = await harness.apply(apply_input())
 
     assert out.status == "applied" and out.result["exitCode"] == 9 and out.error_type is None
-    assert out.result["command"] == COMMAND
+    assert runless(out.result["command"]) == COMMAND
     assert out.result["module"] == "honcho-redis" and out.result["host"] == "rs2000"
     assert out.result["remote"]["returncode"] == 0
     assert out.result["health"]["state"] == "running" and out.result["health"]["health"] == "healthy"
@@ -92,7 +92,8 @@ async def test_dry_run_when_phase_gate_closed(harness):
     harness.phase = ""
     out = await harness.apply(apply_input())
     assert (out.status, out.result["exitCode"], out.error_type) == ("dry_run", 0, None)
-    assert out.result["command"] == COMMAND
+    # What would run on the host (the agent's `apply` runs exactly this).
+    assert out.result["command"] == "docker compose -f /opt/platform/compose/core/compose.yaml up -d honcho-redis"
     assert harness.transport.calls == []
     assert read_status(harness.settings.state_dir, "honcho-redis") is None
 

@@ -238,8 +238,10 @@ async def test_a_reject_during_verify_checkout_stops_the_apply(harness):
 # ---- 4. a cancel leaves a trace, and rolls back once compose up started -----------
 
 
-async def test_a_cancel_during_compose_up_kills_it_then_rolls_back_and_records(harness):
-    harness.transport.script = {"compose_up": [hang]}
+async def test_a_cancel_during_compose_up_waits_for_its_outcome_then_rolls_back_and_records(harness):
+    # The first ask hangs until the cancel closes its channel; compose goes on on the
+    # host, and the cancel asks the agent again for its outcome before it reports.
+    harness.transport.script = {"compose_up": [hang, ok()]}
     async with harness.worker():
         handle = await harness.start(apply_input())
         for _ in range(200):
@@ -252,6 +254,8 @@ async def test_a_cancel_during_compose_up_kills_it_then_rolls_back_and_records(h
             await handle.result()
     assert isinstance(e.value.cause, CancelledError)
     assert harness.transport.running == 0
+    [first, again] = [c for _, c in harness.transport.calls if c.kind == "compose_up"]
+    assert first == again  # the same run's `apply`: the agent answers it, never runs it twice
     # Seen at the next heartbeat: worker.py's throttle, not 80% of the heartbeat timeout.
     assert time.monotonic() - cancelled_at < 10
     [line] = audit_lines(harness)

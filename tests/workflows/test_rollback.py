@@ -200,19 +200,21 @@ async def test_a_cancel_after_compose_up_rolls_back_to_the_snapshot(harness):
     assert line["rollback"]["image"]["outcome"] == "restored"
 
 
-async def test_a_cancel_whose_attempt_then_times_out_kills_compose_up_before_the_rollback(
+async def test_a_cancel_whose_attempt_then_times_out_ends_compose_up_before_the_rollback(
     dev_env, tmp_path, monkeypatch
 ):
     # The real server does not retry an attempt it times out after a cancel request
     # (the time-skipping one never ends it), so the workflow rolls back at once while
     # the attempt's compose up still runs on this worker, waiting to be taken over.
+    # The rollback's step ends that wait first; on a host, the gate then holds the
+    # rollback until the agent's compose up is done (tests/host/test_platform_agent.py).
     monkeypatch.setattr(single_flight, "heartbeating", functools.partial(heartbeating, 3600.0))  # one, then none
     write_platform(tmp_path, modules=[module_doc(health=FAST_HEALTH)])
     harness = Harness(client=dev_env.client, root=tmp_path, heartbeat_timeout_seconds=5)
     harness.transport.script = {
         "compose_images": [images("honcho-redis", OLD), images("honcho-redis", NEW)],
         "compose_ps": [ps("honcho-redis")],
-        "compose_up": [hang],
+        "compose_up": [hang, ok()],  # asked again once cancelled: the agent has the outcome
     }
     async with harness.worker():
         handle = await harness.start(apply_input())
@@ -221,7 +223,7 @@ async def test_a_cancel_whose_attempt_then_times_out_kills_compose_up_before_the
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()  # once the 5 s heartbeat timeout has passed
     assert kinds(harness.transport).count("compose_rollback") == 1
-    assert harness.transport.max_running == 1  # compose up was killed before the rollback's command ran
+    assert harness.transport.max_running == 1  # compose up had ended before the rollback's command ran
     assert harness.transport.running == 0
     # Still the cancel the operator asked for, not the attempt's timeout (`remote_failed`).
     assert isinstance(failure.value.cause, CancelledError)
