@@ -148,17 +148,27 @@ async def check_bound(handle: WorkflowHandle[Any, Any], settings: Settings, dige
         )
 
 
-async def _started_digest(handle: WorkflowHandle[Any, Any]) -> str | None:
-    """The digest of the plan the workflow was started with (its first history event:
-    what it runs, whatever its queries say); None when it holds no readable plan."""
+async def started_plan(handle: WorkflowHandle[Any, Any]) -> dict[str, Any] | None:
+    """The plan the workflow was started with (its first history event: what it runs,
+    whatever its queries say); None when it holds no readable plan."""
     try:
         async for event in handle.fetch_history_events(page_size=1, rpc_timeout=RPC_TIMEOUT):
             payloads = event.workflow_execution_started_event_attributes.input.payloads
             request = decode_json(payloads[0]) if len(payloads) == 1 else None
             plan = request.get("plan") if isinstance(request, dict) else None
-            return plan_digest(plan) if isinstance(plan, dict) else None
+            return plan if isinstance(plan, dict) else None
     except RPCError as e:
         raise CliError(EXIT_UNREACHABLE, f"cannot read {handle.id}: {one_line(e.message)}") from None
     except (UnreadablePayload, PolicyViolation):
         return None
     return None
+
+
+async def _started_digest(handle: WorkflowHandle[Any, Any]) -> str | None:
+    """The digest of the plan the workflow was started with (started_plan); None when
+    it holds no readable plan."""
+    plan = await started_plan(handle)
+    try:
+        return plan_digest(plan) if plan is not None else None
+    except PolicyViolation:
+        return None

@@ -49,6 +49,10 @@ async def test_applied_exits_9_with_a_summary_line_and_the_ui_summary(platform, 
     assert await described.static_summary() == f"{module}@{host_name} 0123456 PR #165"
     details = await described.static_details()
     assert details is not None and f"- `update` compose.service.{module}: bump redis" in details, details
+    # compose up's own output stayed on the host: the operator fetches it, nothing stores it.
+    logs = await cli.run("logs", apply_id)
+    assert logs.code == 0, logs
+    assert "== up.stderr:" in logs.out and f"Container core-{module}-1  Started" in logs.out, logs
 
 
 async def test_a_dry_run_exits_0_and_json_prints_the_apply_result(platform, sshd_host, host_name, cli, tmp_path):
