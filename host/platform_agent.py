@@ -89,10 +89,17 @@ def apply(root, bin_path, state, run, timeout, compose_file, service, sha):
     answer = {"agent": PROTOCOL, "verb": "apply", "run": run}
     answer.update(_apply(root, bin_path, state, run, timeout, compose_file, service, sha))
     try:
-        os.write(1, (json.dumps(answer, separators=(",", ":")) + "\n").encode())
+        _out(1, (json.dumps(answer, separators=(",", ":")) + "\n").encode())
     except OSError:
         pass  # the client is gone; the record answers its retry
     return 0
+
+
+def _out(fd, data):
+    """All of `data`: a write to a pipe may take only part of it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _apply(root, bin_path, state, run, timeout, compose_file, service, sha):
@@ -150,8 +157,8 @@ def logs(state, run):
         step = name[len(run) + 1 : -len(".log")]  # e.g. up.stderr
         with open(os.path.join(directory, name), "rb") as f:
             data = f.read()
-        os.write(1, f"== {step}: {len(data)} bytes kept ==\n".encode())
-        os.write(1, data if data.endswith(b"\n") or not data else data + b"\n")
+        _out(1, f"== {step}: {len(data)} bytes kept ==\n".encode())
+        _out(1, data if data.endswith(b"\n") or not data else data + b"\n")
     return 0
 
 
