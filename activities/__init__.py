@@ -16,6 +16,7 @@ from activities.notify import Notify
 from activities.operator_rollback import PlanRollback, RecordRollback
 from activities.persist_state import PersistState
 from activities.reapply import Reapply
+from activities.release_lease import ReleaseLease
 from activities.rollback import Rollback, RollbackImages
 from activities.single_flight import SingleFlight
 from activities.snapshot_images import SnapshotImages
@@ -36,6 +37,7 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
         ComposeUp(deps, compose_runs).compose_up,
         HealthSmoke(deps).compose_ps,
         PersistState(deps).persist_state,
+        ReleaseLease(deps).release_lease,
         RollbackImages(deps, compose_runs).compose_rollback,
         Rollback(deps).rollback,
         Notify(deps).notify,

@@ -16,20 +16,18 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
+from activities import host_agent
 from activities.base import Deps, StepActivities, step
 from activities.single_flight import SingleFlight
 from platformctl import commands
-from platformctl.models import ComposeUpInput, ComposeUpResult, RemoteRecord, Target
+from platformctl.models import ComposeUpInput, ComposeUpResult, Target
 from platformctl.outcomes import ApprovalMismatch, PolicyViolation, RemoteFailed
 from platformctl.policy.approval import check_binding, check_signature
-from platformctl.policy.remote_output import AgentAnswer, UnreadableAnswer, agent_answer
+from platformctl.policy.remote_output import AgentAnswer
 from platformctl.target import check_unchanged
-from platformctl.transport import TransportError
 
 # The agent's own steps around compose up: compose config, the lock wait, git.
 AGENT_MARGIN_S = 45
-NOT_FOUND = 127  # a login shell's answer when the deploy key is not forced through the gate
-BUSY_POLL_S = 5.0  # how soon to ask again while the project (or our own run) is busy on the host
 
 
 class ComposeUp(StepActivities):
@@ -74,58 +72,26 @@ class ComposeUp(StepActivities):
                 task.uncancel()  # so the transport's own timeouts still tell themselves apart
             await self._outcome(target, command, run, inp.timeout_seconds)
             raise
-        return ComposeUpResult(
-            executed=True,
-            command=command.render(),
-            timed_out=answer.timed_out,
-            remote=RemoteRecord(
-                returncode=answer.returncode,
-                duration_s=round(answer.duration_s, 3),
-                error_class=answer.error_class,
-                progress=answer.progress,
-                output_bytes=answer.output_bytes,
-                output_sha256=answer.output_sha256 or None,
-            ),
-        )
+        return host_agent.ran(command, answer)
 
     async def _outcome(self, target: Target, command: commands.RemoteCommand, run: str, timeout_s: int) -> AgentAnswer:
         """Ask the agent until it has this run's outcome; busy waits, bounded by the up timeout."""
-        host = target.host
-        loop = asyncio.get_running_loop()
-        busy_until = loop.time() + timeout_s + AGENT_MARGIN_S
-        while True:
-            # A lost connection fails this attempt; the retry asks the agent again.
-            out = await self.deps.transport.run(host, command, timeout_s=timeout_s + AGENT_MARGIN_S)
-            if out.returncode == NOT_FOUND:
-                raise PolicyViolation(
-                    f"{host.name}: no host agent (`platform-agent` not found, exit {NOT_FOUND}): the deploy key "
-                    "must run host/platform-gate as its forced command (README, preparing a host)"
-                )
-            if out.returncode == commands.GATE_REFUSED:
-                raise PolicyViolation(
-                    f"{host.name}: host agent older than v{commands.AGENT_PROTOCOL} (the gate refused `apply`): "
-                    "install host/ on the host (README, upgrade)"
-                )
-            if out.timed_out or out.returncode != 0:
-                # The agent itself failed before it answered: nothing it recorded ran twice on a retry.
-                raise TransportError(f"{host.name}: the host agent ended without an answer (exit {out.returncode})")
-            try:
-                answer = agent_answer(out.stdout, run)
-            except UnreadableAnswer as e:
-                raise RemoteFailed(f"{host.name}: {e}") from None
-            if answer.agent < commands.AGENT_PROTOCOL:
-                raise PolicyViolation(
-                    f"{host.name}: host agent v{answer.agent} is older than v{commands.AGENT_PROTOCOL}"
-                )
-            if answer.answer != "busy":
-                return _final(host.name, target, answer)
-            if loop.time() >= busy_until:
-                holder = "this apply" if answer.holder == run else f"run {answer.holder}"
-                raise RemoteFailed(
-                    f"{host.name}: compose project {target.project} busy on the host for {answer.held_s} s "
-                    f"(held by {holder}); nothing ran"
-                )
-            await asyncio.sleep(BUSY_POLL_S)
+        try:
+            answer = await host_agent.ask(
+                self.deps.transport, target, command, run, "apply",
+                timeout_s=timeout_s + AGENT_MARGIN_S, busy_for_s=timeout_s + AGENT_MARGIN_S,
+            )  # fmt: skip
+        except host_agent.OlderAgent:
+            raise PolicyViolation(
+                f"{target.host.name}: host agent older than v{commands.MIN_AGENT_PROTOCOL} (the gate refused "
+                "`apply`): install host/ on the host (README, upgrade)"
+            ) from None
+        if answer.answer == "busy":
+            raise RemoteFailed(
+                f"{target.host.name}: compose project {target.project} busy on the host "
+                f"(held by {host_agent.holder(answer, run)}); nothing ran"
+            )
+        return _final(target.host.name, target, answer)
 
 
 def _final(host: str, target: Target, answer: AgentAnswer) -> AgentAnswer:
@@ -144,6 +110,8 @@ def _final(host: str, target: Target, answer: AgentAnswer) -> AgentAnswer:
         held = answer.head or "something that is not a commit SHA"
         dirty = " with local changes" if answer.dirty else ""
         raise PolicyViolation(f"{host}:{target.host.remote_root} holds commit {held}{dirty}, not the approved one")
+    if answer.answer == "lease_lost" or answer.reason in ("no_snapshot", "undefined_service"):
+        raise PolicyViolation(f"{host}: the host agent answered {answer.answer} to `apply`")
     if answer.reason == "compose_config":
         raise RemoteFailed(f"{host}: compose cannot load {target.compose_path} ({answer.error_class}); nothing ran")
     raise RemoteFailed(f"{host}: the host agent cannot record the run (host storage); nothing ran")

@@ -1,10 +1,13 @@
 """The rollback step: runs on any failure after compose up started.
 
-Two activities. `compose_rollback` puts the service back on the image the
-snapshot saw before compose up: `docker compose -f F -f - up -d --no-deps
---no-build --pull never SERVICE`, with a one-service JSON image pin on
-standard input, so the compose file on the host is not touched and sibling
-services stay as they are (the workflow then watches its health again).
+Two activities. `compose_rollback` puts the service back on the image it ran
+before compose up: for an apply, the host agent's `rollback` verb pins the
+image the agent itself recorded before this run's compose up, under the run's
+lease; for an operator's rollback (and a host whose agent predates the verb),
+`docker compose -f F -f - up -d --no-deps --no-build --pull never SERVICE`
+with a one-service JSON image pin on standard input. Either way the compose
+file on the host is not touched and sibling services stay as they are (the
+workflow then watches its health again).
 `rollback` records what happened in the module's status file and says so
 loudly (the ROLLBACK log line and notification go out even when the record
 cannot be written), whether or not the images could be put back. A worker
@@ -19,12 +22,14 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
+from activities import host_agent
 from activities.base import Deps, StepActivities, ran, step
+from activities.compose_up import AGENT_MARGIN_S
 from activities.single_flight import SingleFlight
 from platformctl import commands
 from platformctl.models import ComposeUpResult, RollbackImagesInput, RollbackInput, RollbackRecord
 from platformctl.notify import Notification, send
-from platformctl.outcomes import PolicyViolation
+from platformctl.outcomes import PolicyViolation, RemoteFailed
 from platformctl.policy.approval import check_signature
 from platformctl.redact import redact
 from platformctl.state import StatusRecord, display_path, now_iso, read_status, status_path, write_status
@@ -48,6 +53,11 @@ class RollbackImages(StepActivities):
         if not (target.execute and settings.execute_remote):
             raise PolicyViolation("an image rollback needs PLATFORMCTL_PHASE=05, like compose up")
         check_unchanged(settings, inp.module, target)
+        if inp.approval is None:  # an apply's own rollback: the agent pins what it recorded
+            try:
+                return await self._agent_rollback(inp)
+            except host_agent.OlderAgent:
+                activity.logger.warning("%s: the host agent predates `rollback`: pinning by ID", target.host.name)
         if inp.approval is not None and activity.info().attempt == 1:
             # An operator's request, signed when a key is set: still unexpired, and signed
             # with the key as it is now, when the host changes (the lock wait may be long).
@@ -56,6 +66,33 @@ class RollbackImages(StepActivities):
         activity.logger.warning("rolling back on %s: %s (image %s)", target.host.name, command.render(), inp.image_id)
         out = await self.deps.transport.run(target.host, command, timeout_s=inp.timeout_seconds)
         return ran(command, out)
+
+
+    async def _agent_rollback(self, inp: RollbackImagesInput) -> ComposeUpResult:
+        target = inp.target
+        run = activity.info().workflow_run_id or ""
+        command = commands.agent_rollback(run, inp.timeout_seconds, target.compose_path, target.compose_service)
+        activity.logger.warning("rolling back on %s: %s", target.host.name, command.render())
+        answer = await host_agent.ask(
+            self.deps.transport, target, command, run, "rollback",
+            timeout_s=inp.timeout_seconds + AGENT_MARGIN_S, busy_for_s=AGENT_MARGIN_S,
+        )  # fmt: skip
+        host = target.host.name
+        if answer.answer == "busy":
+            raise RemoteFailed(f"{host}: project busy on the host (held by {host_agent.holder(answer, run)})")
+        if answer.answer == "lease_lost":
+            raise RemoteFailed(f"{host}: lease lost to run {answer.holder}: the project is another apply's now")
+        if answer.answer == "interrupted":
+            raise RemoteFailed(f"{host}: the rollback of this run was interrupted on the host; never run twice")
+        if answer.answer != "ran":
+            why = {"no_snapshot": "the agent recorded no one image before compose up",
+                   "undefined_service": "the compose file does not define the service"}.get(answer.reason or "", "")
+            refused = answer.reason or answer.answer
+            raise PolicyViolation(f"{host}: the host agent refused the rollback ({refused}): {why}")
+        if answer.image_id != inp.image_id:
+            activity.logger.warning("%s: the agent put back %s, the worker's snapshot saw %s", host,
+                                    answer.image_id, inp.image_id)  # fmt: skip
+        return host_agent.ran(command, answer)
 
 
 class Rollback(StepActivities):

@@ -4,6 +4,10 @@ host/platform_gate.py checks the command's shape (compose file under ROOT and
 not sacred, a service name, a run id) and then calls apply() or logs() here.
 
     platform-agent apply RUN TIMEOUT FILE SERVICE SHA|-
+    platform-agent health RUN FILE SERVICE
+    platform-agent rollback RUN TIMEOUT FILE SERVICE
+    platform-agent release RUN
+    platform-agent check
     platform-agent logs RUN
 
 `apply` is compose up made safe on the host, whatever the control plane does:
@@ -12,8 +16,13 @@ not sacred, a service name, a run id) and then calls apply() or logs() here.
   `docker compose -f FILE config --format json` reports, so `name:` and
   COMPOSE_PROJECT_NAME count) has a lock file held with flock by the agent
   and by compose itself (it inherits the descriptor), so the kernel frees it
-  only when both are gone, on death or reboot included. A held lock is waited
-  for LOCK_WAIT_S, then answered `busy` with the holder's run id;
+  only when both are gone, on death or reboot included. Beside it, the
+  project's lease (STATE/leases/PROJECT.json, fsynced) says which run may
+  change the project: taken by `apply`, renewed by that run's `health` and
+  `rollback`, freed by its `release`, and expired TTL seconds (the admin's
+  --lease-ttl, on CLOCK_BOOTTIME) after its run last spoke, so a vanished
+  worker cannot hold a project for ever. Another run's `apply` is answered
+  `busy` (holder, expires_in) while the lease or the lock is held;
 - at most once per run: RUN (the worker's workflow run id) keys a record
   written and fsynced as `started` before compose is spawned and `done` with
   the answer after. The same run again gets the recorded answer (`replayed`);
@@ -34,8 +43,22 @@ not sacred, a service name, a run id) and then calls apply() or logs() here.
   SHA-256 of the output, an error class from a fixed list and compose's
   progress lines rebuilt from names that match a template.
 
-`logs RUN` prints one run's kept output, for `platform-apply logs` (the
-operator's read-only key may run it, and not `apply`).
+`health` is one observation of the service, stopped containers included:
+per container its state, health, exit code and restart count, facts only.
+For a run that applied, it renews the lease; an expired lease still free is
+taken back (`retaken`), one another run took is `lease_lost`.
+
+`rollback` puts the service back on the image `apply` saw before compose up
+for this run (recorded here, never taken from the request), refused for a
+service the compose file does not define; once per run, under the lease.
+
+`release RUN` frees the run's lease; `check` lists the held leases and the
+protocol version; `logs RUN` prints one run's kept output, for
+`platform-apply logs` (the operator's read-only key may run these two).
+
+A host admin breaks a stuck lease locally, never over SSH:
+
+    python3 /usr/local/lib/platform-gate/platform_agent.py break-lease PROJECT [--state DIR]
 
 Stdlib only; imported only for these verbs, so the gate's other commands do
 not pay for `re`, `json` and `hashlib` at start-up.
@@ -50,16 +73,25 @@ import select
 import time
 from _signal import SIG_IGN, SIGHUP, SIGKILL, SIGPIPE, SIGXFSZ, signal
 
-from platform_gate import find_program
+from platform_gate import Refused, find_program
 
-PROTOCOL = 2  # AGENT_PROTOCOL in platformctl/commands.py
+PROTOCOL = 3  # AGENT_PROTOCOL in platformctl/commands.py
 LOCK_WAIT_S = 5.0
+LEASE_TTL_S = 600  # the gate's --lease-ttl default
+MAX_LEASE_TTL_S = 3600
+LEASE_FORMAT = 1
 MAX_OUTPUT_BYTES = 1 << 20
 MAX_OUTPUT_FILES = 400  # two a run (stdout, stderr): the newest 200 runs
 RECORD_FORMAT = 1
 RECORD_DAYS = 14  # records of finished runs older than this are removed
 NO_OUTPUT = 66  # `logs` of a run with nothing kept (EX_NOINPUT)
 PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")  # compose's own rule for project names
+IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
+# What docker reports (platformctl/policy/health.py's lists); anything else is "unknown".
+STATES = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
+HEALTHS = frozenset({"", "starting", "healthy", "unhealthy"})
+MAX_CONTAINERS = 100
 
 # The error classes and progress template of platformctl/policy/remote_output.py
 # (tests hold the two copies equal): lower-cased needles, first match wins.
@@ -84,10 +116,54 @@ PROGRESS = re.compile(rf"\s*(?:(Container|Network|Volume) \"?({NAME})\"?|({NAME}
 MAX_PROGRESS = 100
 
 
-def apply(root, bin_path, state, run, timeout, compose_file, service, sha):
+def apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha):
     signal(SIGHUP, SIG_IGN)  # a closed session must not stop compose half-way
-    answer = {"agent": PROTOCOL, "verb": "apply", "run": run}
-    answer.update(_apply(root, bin_path, state, run, timeout, compose_file, service, sha))
+    return _answer("apply", run, _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha))
+
+
+def health(bin_path, state, ttl, run, compose_file, service):
+    return _answer("health", run, _health(bin_path, state, ttl, run, compose_file, service))
+
+
+def rollback(bin_path, state, ttl, run, timeout, compose_file, service):
+    signal(SIGHUP, SIG_IGN)
+    return _answer("rollback", run, _rollback(bin_path, state, ttl, run, timeout, compose_file, service))
+
+
+def release(state, run):
+    """Free every lease `run` holds (normally one)."""
+    try:
+        dirs = _dirs(state)
+    except OSError:
+        return _answer("release", run, {"answer": "refused", "reason": "host_storage"})
+    released = 0
+    for project in _lease_projects(dirs):
+        fd = _lock_file(dirs, project)
+        try:
+            if not _lock(fd):
+                continue  # another run's verb holds the lock: then it holds the lease, not us
+            if (_read(_lease_path(dirs, project)) or {}).get("run") == run:
+                _unlink(_lease_path(dirs, project))
+                released += 1
+        finally:
+            os.close(fd)
+    return _answer("release", run, {"answer": "released", "released": released})
+
+
+def check(state):
+    """The protocol version and the leases held now, for `platform-apply doctor`."""
+    leases = []
+    directory = os.path.join(state, "leases")
+    for project in _lease_projects({"leases": directory}):
+        lease = _read(_lease_path({"leases": directory}, project)) or {}
+        left = _expires_in(lease)
+        if isinstance(lease.get("run"), str) and left is not None and left > 0:
+            leases.append({"project": project, "run": lease["run"], "step": lease.get("step"), "expires_in": int(left)})
+    return _answer("check", None, {"answer": "checked", "leases": leases})
+
+
+def _answer(verb, run, facts):
+    answer = {"agent": PROTOCOL, "verb": verb, "run": run, **facts}
     try:
         _out(1, (json.dumps(answer, separators=(",", ":")) + "\n").encode())
     except OSError:
@@ -102,19 +178,19 @@ def _out(fd, data):
         view = view[os.write(fd, view) :]
 
 
-def _apply(root, bin_path, state, run, timeout, compose_file, service, sha):
+def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha):
     try:
         dirs = _dirs(state)
     except OSError:
         return {"answer": "refused", "reason": "host_storage"}
     env = dict(os.environ, PATH=bin_path)
-    project, config_failure = _project(dirs, run, env, compose_file)
-    if project is None:
+    config, config_failure = _config(dirs, run, env, compose_file)
+    if config is None:
         return config_failure
-    lock = os.open(os.path.join(dirs["locks"], project + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    project = config[0]
+    lock = _lock_file(dirs, project)
     if not _lock(lock):
-        return {"answer": "busy", **_holder(dirs, project)}
-    _write(os.path.join(dirs["locks"], project + ".holder"), {"run": run, "since": _boottime()}, strict=False)
+        return _busy(dirs, project)
     path = os.path.join(dirs["runs"], run + ".up.json")
     request = hashlib.sha256(json.dumps([compose_file, service, sha, timeout]).encode()).hexdigest()
     record = _read(path)
@@ -122,24 +198,116 @@ def _apply(root, bin_path, state, run, timeout, compose_file, service, sha):
         if record.get("request") != request:
             return {"answer": "run_conflict"}
         if record.get("state") == "done" and isinstance(record.get("answer"), dict):
+            if _lease_of(dirs, project, run) != "lost":
+                _take_lease(dirs, project, run, "apply", ttl, strict=False)
             return dict(record["answer"], replayed=True)
         return {"answer": "interrupted"}  # we hold the lock: whoever started it is gone
+    if _lease_of(dirs, project, run) == "lost":
+        return _busy(dirs, project)
     if sha != "-":
         checkout = _checkout(root, env, sha)
         if checkout is not None:
             return checkout
+    images = _images(env, compose_file, service)
     try:
-        _write(path, {"format": RECORD_FORMAT, "request": request, "state": "started", "boot_id": _boot_id()})
+        _take_lease(dirs, project, run, "apply", ttl)
+        _write(path, {"format": RECORD_FORMAT, "request": request, "state": "started", "boot_id": _boot_id(),
+                      "project": project, "images": images})  # fmt: skip
     except OSError:
         return {"answer": "refused", "reason": "host_storage"}
     os.set_inheritable(lock, True)  # compose holds the project's lock until it ends, even if we die
     facts = _run(dirs, run, "up", env, timeout, ["compose", "-f", compose_file, "up", "-d", service])
-    result = {"answer": "ran", **facts, "replayed": False}
+    result = {"answer": "ran", **facts, "lease_ttl": ttl, "replayed": False}
+    _take_lease(dirs, project, run, "apply", ttl, strict=False)  # its TTL counts from the end of compose up
     try:
-        _write(path, {"format": RECORD_FORMAT, "request": request, "state": "done", "answer": result})
+        _write(path, {"format": RECORD_FORMAT, "request": request, "state": "done", "project": project,
+                      "images": images, "answer": result})  # fmt: skip
     except OSError:
         pass  # a retry then finds `started` and answers interrupted: never a second run
     _prune(dirs)
+    return result
+
+
+def _health(bin_path, state, ttl, run, compose_file, service):
+    try:
+        dirs = _dirs(state)
+    except OSError:
+        return {"answer": "refused", "reason": "host_storage"}
+    env = dict(os.environ, PATH=bin_path)
+    applied = _read(os.path.join(dirs["runs"], run + ".up.json"))
+    lease = "none"  # a run that did not apply here (an operator rollback's) only looks
+    if applied is not None and isinstance(applied.get("project"), str):
+        lease = _renew(dirs, applied["project"], run, "health", ttl)
+        if lease in ("busy", "lost"):
+            return _lost_or_busy(dirs, applied["project"], lease)
+    out = _capture(env, ["docker", "compose", "-f", compose_file, "ps", "--all", "--format", "json", service])
+    if out is None:
+        return {"answer": "unobserved", "lease": lease}
+    rows = _ps_rows(out)
+    if rows is None:
+        return {"answer": "unobserved", "lease": lease}
+    containers = []
+    for row in rows:
+        one_off = "com.docker.compose.oneoff=True" in str(row.get("Labels", "")).split(",")
+        if row.get("Service", service) != service or one_off:
+            continue  # `docker compose run` containers are not the service
+        state_, health_, code = row.get("State"), row.get("Health"), row.get("ExitCode")
+        containers.append({
+            "state": state_ if state_ in STATES else "unknown",
+            "health": health_ if health_ in HEALTHS else "unknown",
+            "exit_code": code if type(code) is int and 0 <= code <= 255 else None,
+            "restart_count": _restart_count(env, row.get("ID")),
+        })  # fmt: skip
+    return {"answer": "observed", "lease": lease, "containers": containers[:MAX_CONTAINERS]}
+
+
+def _rollback(bin_path, state, ttl, run, timeout, compose_file, service):
+    try:
+        dirs = _dirs(state)
+    except OSError:
+        return {"answer": "refused", "reason": "host_storage"}
+    env = dict(os.environ, PATH=bin_path)
+    applied = _read(os.path.join(dirs["runs"], run + ".up.json")) or {}
+    images = applied.get("images")
+    if not isinstance(images, list) or len(images) != 1 or not isinstance(applied.get("project"), str):
+        return {"answer": "refused", "reason": "no_snapshot"}  # nothing ran, or not one image to go back to
+    config, config_failure = _config(dirs, run, env, compose_file)
+    if config is None:
+        return config_failure
+    project, services = config
+    if service not in services:
+        return {"answer": "refused", "reason": "undefined_service"}
+    if project != applied["project"]:
+        return {"answer": "run_conflict"}
+    lock = _lock_file(dirs, project)
+    if not _lock(lock):
+        return _busy(dirs, project)
+    if _lease_of(dirs, project, run) == "lost":
+        return _lost_or_busy(dirs, project, "lost")
+    path = os.path.join(dirs["runs"], run + ".rollback.json")
+    request = hashlib.sha256(json.dumps([compose_file, service, timeout]).encode()).hexdigest()
+    record = _read(path)
+    if record is not None:
+        if record.get("request") != request:
+            return {"answer": "run_conflict"}
+        if record.get("state") == "done" and isinstance(record.get("answer"), dict):
+            return dict(record["answer"], replayed=True)
+        return {"answer": "interrupted"}
+    try:
+        _take_lease(dirs, project, run, "rollback", ttl)
+        _write(path, {"format": RECORD_FORMAT, "request": request, "state": "started", "boot_id": _boot_id()})
+    except OSError:
+        return {"answer": "refused", "reason": "host_storage"}
+    os.set_inheritable(lock, True)
+    pin = json.dumps({"services": {service: {"image": images[0]}}}, separators=(",", ":")).encode("ascii")
+    argv = ["compose", "-f", compose_file, "-f", "-", "up", "-d", "--no-deps", "--no-build", "--pull", "never", service]
+    facts = _run(dirs, run, "rollback", env, timeout, argv, stdin=pin)
+    result = {"answer": "ran", **facts, "image_id": images[0], "replayed": False}
+    _take_lease(dirs, project, run, "rollback", ttl, strict=False)
+    try:
+        _write(path, {"format": RECORD_FORMAT, "request": request, "state": "done", "answer": result})
+    except OSError:
+        pass
     return result
 
 
@@ -163,7 +331,7 @@ def logs(state, run):
 
 
 def _dirs(state):
-    dirs = {name: os.path.join(state, name) for name in ("locks", "runs", "output")}
+    dirs = {name: os.path.join(state, name) for name in ("locks", "leases", "runs", "output")}
     os.makedirs(state, mode=0o700, exist_ok=True)
     os.chmod(state, 0o700)  # where raw output lies: the deploy user's alone
     for path in dirs.values():
@@ -171,43 +339,53 @@ def _dirs(state):
     return dirs
 
 
-def _project(dirs, run, env, compose_file):
-    """(project name, None), or (None, the refusal) when compose cannot load the file."""
+def _config(dirs, run, env, compose_file):
+    """((project name, service names), None), or (None, the refusal) when compose cannot load the file."""
     facts = _run(dirs, run, "config", env, 30, ["compose", "-f", compose_file, "config", "--format", "json"])
     if facts["returncode"] == 0:
         stdout = os.path.join(dirs["output"], run + ".config.stdout.log")
         try:
             with open(stdout, "rb") as f:
-                name = _project_name(f.read())
+                config = _parse_config(f.read())
         except OSError:
-            name = None
+            config = None
         for stream in (stdout, os.path.join(dirs["output"], run + ".config.stderr.log")):
             _unlink(stream)  # the resolved config holds the secrets: kept only when it failed
-        if name is not None:
-            return name, None
+        if config is not None:
+            return config, None
     return None, {"answer": "refused", "reason": "compose_config", "error_class": facts["error_class"] or "config"}
 
 
-def _project_name(config):
-    """The project name in `docker compose config --format json`'s output, or None."""
+def _parse_config(config):
+    """(project name, service names) from `docker compose config --format json`'s output, or None."""
     try:
-        name = json.loads(config).get("name")
+        value = json.loads(config)
+        name, services = value.get("name"), value.get("services") or {}
     except (ValueError, AttributeError):
         return None
-    return name if isinstance(name, str) and PROJECT.fullmatch(name) else None
+    if not (isinstance(name, str) and PROJECT.fullmatch(name) and isinstance(services, dict)):
+        return None
+    return name, frozenset(services)
 
 
-def hold_project(state, bin_path, compose_file, gone):
-    """The project's lock for a gated compose command of the same project (the image
-    rollback), so that it never runs beside an `apply`: taken as soon as it is free,
-    waited for while `gone()` is false (the client still waits). The descriptor,
-    inheritable (the command holds it too), or None when the client went away first;
-    -1 for a file compose cannot load: no project to wait for, its command fails anyway."""
+def hold_project(state, bin_path, compose_file, service, gone):
+    """The project's lock for a gated compose command of the same project (the pin
+    rollback of an operator or of a worker older than the `rollback` verb), so that
+    it never runs beside an `apply`: taken as soon as it is free, waited for while
+    `gone()` is false (the client still waits). The descriptor, inheritable (the
+    command holds it too), or None when the client went away first; -1 for a file
+    compose cannot load: no project to wait for, its command fails anyway. Refused
+    for a service the file does not define, or while a run holds the project's lease."""
     env = dict(os.environ, PATH=bin_path)
-    name = _project_name(_capture(env, ["docker", "compose", "-f", compose_file, "config", "--format", "json"]) or b"")
-    if name is None:
+    out = _capture(env, ["docker", "compose", "-f", compose_file, "config", "--format", "json"])
+    config = _parse_config(out or b"")
+    if config is None:
         return -1
-    fd = os.open(os.path.join(_dirs(state)["locks"], name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    name, services = config
+    if service not in services:
+        raise Refused(f"platform-gate: service {service} is not defined by {compose_file}")
+    dirs = _dirs(state)
+    fd = _lock_file(dirs, name)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -217,8 +395,17 @@ def hold_project(state, bin_path, compose_file, gone):
                 return None
             time.sleep(0.2)
             continue
+        lease = _read(_lease_path(dirs, name)) or {}
+        left = _expires_in(lease)
+        if left is not None and left > 0:
+            os.close(fd)
+            raise Refused(f"platform-gate: project {name} is leased to run {lease.get('run')} for {int(left)} s more")
         os.set_inheritable(fd, True)
         return fd
+
+
+def _lock_file(dirs, project):
+    return os.open(os.path.join(dirs["locks"], project + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def _lock(fd):
@@ -233,13 +420,110 @@ def _lock(fd):
             time.sleep(0.1)
 
 
-def _holder(dirs, project):
-    holder = _read(os.path.join(dirs["locks"], project + ".holder")) or {}
-    run, since = holder.get("run"), holder.get("since")
-    return {
-        "holder": run if isinstance(run, str) else None,
-        "held_s": int(_boottime() - since) if isinstance(since, (int, float)) else None,
-    }
+def _lease_path(dirs, project):
+    return os.path.join(dirs["leases"], project + ".json")
+
+
+def _lease_projects(dirs):
+    try:
+        names = os.listdir(dirs["leases"])
+    except OSError:
+        return []
+    return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and PROJECT.fullmatch(n[: -len(".json")]))
+
+
+def _expires_in(lease):
+    """Seconds until `lease` expires (<= 0: expired), or None for no lease. After a
+    reboot it counts from boot, so its run can still finish its health check or rollback."""
+    expiry, ttl = lease.get("expiry"), lease.get("ttl")
+    if not (isinstance(expiry, (int, float)) and isinstance(ttl, (int, float)) and isinstance(lease.get("run"), str)):
+        return None
+    if lease.get("boot_id") != _boot_id():
+        expiry = ttl
+    return expiry - _boottime()
+
+
+def _lease_of(dirs, project, run):
+    """Under the project's lock: "mine", "free" (none, or expired), or "lost" (another run's, unexpired)."""
+    lease = _read(_lease_path(dirs, project)) or {}
+    left = _expires_in(lease)
+    if left is None:
+        return "free"
+    if lease["run"] == run:
+        return "mine" if left > 0 else "free"
+    return "lost" if left > 0 else "free"
+
+
+def _take_lease(dirs, project, run, step, ttl, strict=True):
+    lease = {"format": LEASE_FORMAT, "run": run, "step": step, "boot_id": _boot_id(), "expiry": _boottime() + ttl,
+             "ttl": ttl}  # fmt: skip
+    _write(_lease_path(dirs, project), lease, strict=strict)
+
+
+def _renew(dirs, project, run, step, ttl):
+    """For a run that applied: "held" (renewed), "retaken" (it had expired or gone, and
+    was free), "lost" (another run holds it) or "busy" (another verb holds the lock)."""
+    fd = _lock_file(dirs, project)
+    try:
+        if not _lock(fd):
+            return "busy"
+        now = _lease_of(dirs, project, run)
+        if now == "lost":
+            return "lost"
+        try:
+            _take_lease(dirs, project, run, step, ttl)
+        except OSError:
+            pass  # not renewed on a full disk: it may expire, and is then taken back or lost
+        return "held" if now == "mine" else "retaken"
+    finally:
+        os.close(fd)
+
+
+def _busy(dirs, project):
+    lease = _read(_lease_path(dirs, project)) or {}
+    left = _expires_in(lease)
+    return {"answer": "busy", "holder": lease.get("run") if left is not None else None,
+            "expires_in": max(0, int(left)) if left is not None else None}  # fmt: skip
+
+
+def _lost_or_busy(dirs, project, what):
+    if what == "busy":
+        return _busy(dirs, project)
+    return {"answer": "lease_lost", "holder": (_read(_lease_path(dirs, project)) or {}).get("run")}
+
+
+def _images(env, compose_file, service):
+    """The distinct image IDs the service's containers run now, or None when compose cannot say."""
+    out = _capture(env, ["docker", "compose", "-f", compose_file, "images", "--format", "json", service])
+    rows = _ps_rows(out) if out is not None else None
+    if rows is None:
+        return None
+    ids = []
+    for row in rows:
+        image = row.get("ID")
+        if not (isinstance(image, str) and IMAGE_ID.fullmatch(image)):
+            return None
+        if image not in ids:
+            ids.append(image)
+    return ids
+
+
+def _ps_rows(out):
+    """The objects of a compose JSON listing (one array, `null`, or one object a line), or None."""
+    text = out.strip()
+    try:
+        rows = json.loads(text) if text[:1] in (b"[", b"n") else [json.loads(line) for line in text.splitlines()]
+    except (ValueError, RecursionError):
+        return None
+    rows = rows or []
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else None
+
+
+def _restart_count(env, container):
+    if not (isinstance(container, str) and CONTAINER_ID.fullmatch(container)):
+        return None
+    out = _capture(env, ["docker", "inspect", "--format", "{{.RestartCount}}", container])
+    return int(out) if out is not None and re.fullmatch(rb"[0-9]{1,9}\n?", out) else None
 
 
 def _checkout(root, env, sha):
@@ -274,21 +558,27 @@ def _capture(env, argv):
     return b"".join(chunks) if code == 0 else None
 
 
-def _run(dirs, run, step, env, timeout, argv):
+def _run(dirs, run, step, env, timeout, argv, stdin=None):
     """Run docker with its stdout and stderr in STATE/output/RUN.STEP.{stdout,stderr}.log
-    (two files: one would cut a line of one stream with a block of the other); the facts of the run."""
+    (two files: one would cut a line of one stream with a block of the other), and
+    `stdin` (at most PIPE_BUF bytes) then EOF on its standard input; the facts of the run."""
     paths = [os.path.join(dirs["output"], f"{run}.{step}.{stream}.log") for stream in ("stdout", "stderr")]
     outs = [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for path in paths]
-    null = os.open(os.devnull, os.O_RDONLY)
+    if stdin is None:
+        source = os.open(os.devnull, os.O_RDONLY)
+    else:
+        source, feed = os.pipe()
+        os.write(feed, stdin)  # fits the pipe's buffer whole: written before compose starts
+        os.close(feed)
     start = time.monotonic()
     try:
-        actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, outs[0], 1), (os.POSIX_SPAWN_DUP2, outs[1], 2)]
+        actions = [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate((source, *outs))]
         pid = os.posix_spawn(
             _program("docker", env), ["docker", *argv], env, file_actions=actions, setsid=True,
             setsigdef=(SIGPIPE, SIGXFSZ),
         )
     finally:
-        for fd in (*outs, null):
+        for fd in (*outs, source):
             os.close(fd)
     ended = os.pidfd_open(pid)
     timed_out = not select.select([ended], [], [], timeout)[0]
@@ -369,9 +659,11 @@ def _prune(dirs):
     for path, _ in outputs[:-MAX_OUTPUT_FILES]:
         _unlink(path)
     cutoff = time.time() - RECORD_DAYS * 86400
+    leased = {(_read(_lease_path(dirs, p)) or {}).get("run") for p in _lease_projects(dirs)}
     for path, mtime in _by_age(dirs["runs"]):
         if mtime < cutoff and (_read(path) or {}).get("state") == "done":
-            _unlink(path)
+            if os.path.basename(path).split(".")[0] not in leased:
+                _unlink(path)
 
 
 def _by_age(directory):
@@ -433,3 +725,31 @@ def _boot_id():
             return f.read().strip()
     except OSError:
         return None
+
+
+def break_lease(argv):
+    """`break-lease PROJECT [--state DIR]`: a host admin frees a stuck lease, run on the
+    host by hand (the gate never runs it). Waits for a running verb of the project."""
+    if len(argv) not in (1, 3) or len(argv) == 3 and argv[1] != "--state" or not PROJECT.fullmatch(argv[0]):
+        os.write(2, b"usage: platform_agent.py break-lease PROJECT [--state DIR]\n")
+        return 64
+    state = argv[2] if len(argv) == 3 else os.path.join(os.path.expanduser("~"), ".platform-agent")
+    dirs = {"locks": os.path.join(state, "locks"), "leases": os.path.join(state, "leases")}
+    lease = _read(_lease_path(dirs, argv[0]))
+    if lease is None:
+        os.write(1, f"no lease on project {argv[0]}\n".encode())
+        return 0
+    fd = _lock_file(dirs, argv[0])
+    fcntl.flock(fd, fcntl.LOCK_EX)  # not beside a verb that is running: kill that one first
+    _unlink(_lease_path(dirs, argv[0]))
+    os.write(1, f"broke the lease of run {lease.get('run')} on project {argv[0]}\n".encode())
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["break-lease"]:
+        os.write(2, b"usage: platform_agent.py break-lease PROJECT [--state DIR] (the verbs run through the gate)\n")
+        sys.exit(64)
+    sys.exit(break_lease(sys.argv[2:]))

@@ -5,7 +5,7 @@ host/platform-gate, the program authorized_keys names, runs main() from here
 
     command="/usr/local/bin/platform-gate --sacred backups/ /opt/platform",restrict ssh-ed25519 AAAA...
 
-Usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--read-only] ROOT
+Usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--lease-ttl S] [--read-only] ROOT
 
 Run as root (effective uid 0, whatever the user is called), the gate refuses
 everything: the deploy user must not be root.
@@ -20,19 +20,25 @@ it is exactly one of
     docker compose -f ROOT/<rel>.yml|.yaml -f - up -d --no-deps --no-build --pull never SERVICE
     git -C ROOT rev-parse HEAD
     platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA|-
+    platform-agent health RUN ROOT/<rel>.yml|.yaml SERVICE
+    platform-agent rollback RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE
+    platform-agent release RUN
+    platform-agent check
     platform-agent logs RUN
 
-The last two are the host agent's verbs (platform_agent.py, installed beside
+The last six are the host agent's verbs (platform_agent.py, installed beside
 this file): RUN a lowercase UUID, TIMEOUT 1..3600 seconds, SHA 40 lowercase
-hex or `-`. Its records and the raw output it keeps live in --state DIR
-(default ~/.platform-agent). With --read-only (the operators' key) only
-`ps`, `images`, `git rev-parse HEAD` and `platform-agent logs` are allowed.
+hex or `-`. Its records, leases and the raw output it keeps live in --state
+DIR (default ~/.platform-agent); a lease expires --lease-ttl seconds after
+its run last spoke (default 600, at most 3600). With --read-only (the
+operators' key) only `ps`, `images`, `git rev-parse HEAD` and the agent's
+`check` and `logs` are allowed.
 
 The compose file must also stay inside ROOT, and not be or lie under a sacred
 path, once symlinks are resolved. Sacred paths are the defaults below plus
 each `--sacred PATH` (relative to ROOT, or absolute).
 
-The last compose shape (an image rollback) reads a compose override from
+The last compose shape (an image rollback; today an operator's) reads a compose override from
 standard input. The gate reads it first, up to EOF and at most PIN_MAX_BYTES,
 and allows it only if it is, byte for byte, the compact JSON pin of that same
 SERVICE to one image ID:
@@ -41,7 +47,9 @@ SERVICE to one image ID:
 
 (no whitespace, no newline, no other key). Compose then gets exactly those
 bytes on its standard input, so the override can change the service's image
-and nothing else. The other shapes get the session's standard input as it is.
+and nothing else. It runs under the project's lock, and is refused for a
+service the compose file does not define or while a run holds the project's
+lease. The other shapes get the session's standard input as it is.
 
 Everything else is refused with exit 126 and nothing runs. The program is
 started by absolute path, found on a fixed PATH (default below; `--path`
@@ -77,9 +85,10 @@ PIN_MAX_BYTES = 4096  # the same bound as PIN_MAX_BYTES in platformctl/commands.
 # The same list as DEFAULT_SACRED_PATHS in platformctl/config.py: the gate is
 # copied to hosts without platformctl, so it keeps its own copy.
 DEFAULT_SACRED = (".env", ".git/", "secrets/", "/etc/", "/root/")
-USAGE = "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--read-only] ROOT"
+USAGE = "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--lease-ttl S] [--read-only] ROOT"
 # The shapes the operator's read-only key may run: nothing that changes a host.
-READ_ONLY = frozenset({"ps", "images", "git_head", "agent_logs"})
+READ_ONLY = frozenset({"ps", "images", "git_head", "agent_check", "agent_logs"})
+LEASE_TTL_S, MAX_LEASE_TTL_S = 600, 3600  # platform_agent.py's
 MAX_UP_TIMEOUT_S = 3600  # MAX_UP_TIMEOUT_S in platformctl/commands.py
 # What may stand between `docker compose -f FILE` and SERVICE, by shape.
 COMPOSE_SHAPES = {
@@ -96,10 +105,11 @@ class Refused(Exception):
 
 
 def parse_args(argv):
-    """(root, bin_path, sacred, state, read_only) from the gate's own arguments,
+    """(root, bin_path, sacred, state, ttl, read_only) from the gate's own arguments,
     set by the host's admin."""
-    bin_path, sacred, state, read_only = DEFAULT_PATH, list(DEFAULT_SACRED), None, False
-    while argv and argv[0] == "--read-only" or len(argv) >= 2 and argv[0] in ("--path", "--sacred", "--state"):
+    bin_path, sacred, state, ttl, read_only = DEFAULT_PATH, list(DEFAULT_SACRED), None, LEASE_TTL_S, False
+    options = ("--path", "--sacred", "--state", "--lease-ttl")
+    while argv and argv[0] == "--read-only" or len(argv) >= 2 and argv[0] in options:
         if argv[0] == "--read-only":
             read_only, argv = True, argv[1:]
             continue
@@ -107,6 +117,10 @@ def parse_args(argv):
             bin_path = argv[1]
         elif argv[0] == "--state":
             state = argv[1]
+        elif argv[0] == "--lease-ttl":
+            if not (argv[1].isascii() and argv[1].isdigit() and 0 < int(argv[1]) <= MAX_LEASE_TTL_S):
+                raise Refused(f"platform-gate: --lease-ttl must be 1..{MAX_LEASE_TTL_S} seconds")
+            ttl = int(argv[1])
         else:
             sacred.append(argv[1])
         argv = argv[2:]
@@ -118,7 +132,7 @@ def parse_args(argv):
     state = state or os.path.join(os.path.expanduser("~"), ".platform-agent")
     if not normalized_absolute(state):
         raise Refused("platform-gate: --state must be a normalized absolute path")
-    return root, bin_path, sacred, state, read_only
+    return root, bin_path, sacred, state, ttl, read_only
 
 
 def has_control(text):
@@ -173,15 +187,29 @@ def run_id_ok(value):
     return [len(p) for p in parts] == [8, 4, 4, 4, 12] and set(value) <= HEX | {"-"}
 
 
+def timeout_ok(value):
+    return value.isdigit() and value.isascii() and 0 < int(value) <= MAX_UP_TIMEOUT_S
+
+
 def agent_shape(argv, root):
-    """The agent verb argv is ("agent_apply" or "agent_logs"), or None."""
-    if len(argv) == 3 and argv[1] == "logs" and run_id_ok(argv[2]):
-        return "agent_logs"
-    if len(argv) == 7 and argv[1] == "apply":
-        _, _, run, timeout, compose_file, service, sha = argv
+    """The agent verb argv is ("agent_apply", "agent_health", ...), or None."""
+    verb, args = argv[1:2], argv[2:]
+    if argv == ["platform-agent", "check"]:
+        return "agent_check"
+    if verb in (["logs"], ["release"]) and len(args) == 1 and run_id_ok(args[0]):
+        return "agent_" + verb[0]
+    if verb == ["health"] and len(args) == 3:
+        run, compose_file, service = args
+        if run_id_ok(run) and compose_file_ok(compose_file, root) and service_ok(service):
+            return "agent_health"
+    if verb == ["rollback"] and len(args) == 4:
+        run, timeout, compose_file, service = args
+        if run_id_ok(run) and timeout_ok(timeout) and compose_file_ok(compose_file, root) and service_ok(service):
+            return "agent_rollback"
+    if verb == ["apply"] and len(args) == 5:
+        run, timeout, compose_file, service, sha = args
         if (
-            run_id_ok(run)
-            and timeout.isdigit() and timeout.isascii() and 0 < int(timeout) <= MAX_UP_TIMEOUT_S
+            run_id_ok(run) and timeout_ok(timeout)
             and compose_file_ok(compose_file, root)
             and service_ok(service)
             and (sha == "-" or len(sha) == 40 and set(sha) <= HEX)
@@ -192,7 +220,7 @@ def agent_shape(argv, root):
 
 def shape(argv, root):
     """The permitted shape argv is, exactly ("up", "ps", "images", "rollback",
-    "git_head", "agent_apply" or "agent_logs"), or None."""
+    "git_head" or an agent verb's), or None."""
     if argv[:1] == ["platform-agent"]:
         return agent_shape(argv, root)
     if argv[:3] == ["docker", "compose", "-f"] and len(argv) > 4:
@@ -247,7 +275,7 @@ def parse(command, root, sacred):
     name = shape(argv, root)
     if name is None:
         raise Refused(f"platform-gate: command not allowed: {command}")
-    compose_file = argv[3] if argv[0] == "docker" else argv[4] if name == "agent_apply" else None
+    compose_file = argv[3] if argv[0] == "docker" else next((a for a in argv[2:] if a.startswith("/")), None)
     if compose_file is not None:
         entry = sacred_match(compose_file, root, sacred)
         if entry is not None:
@@ -364,29 +392,43 @@ def main(argv):
         # By uid, not name: a uid-0 account called "deploy" is root all the same.
         if os.geteuid() == 0:
             raise Refused("platform-gate: refusing to run as root (uid 0); use a non-root deploy user")
-        root, bin_path, sacred, state, read_only = parse_args(argv)
+        root, bin_path, sacred, state, ttl, read_only = parse_args(argv)
         command, name = parse(os.environ.get("SSH_ORIGINAL_COMMAND", ""), root, sacred)
         if read_only and name not in READ_ONLY:
             raise Refused(f"platform-gate: read-only key: {name} not allowed")
-        needs = {"agent_apply": "docker", "agent_logs": None}.get(name, command[0])
-        program = needs and find_program(needs, bin_path)
-        if needs and not program:
+        needs = "docker" if name in ("agent_apply", "agent_health", "agent_rollback") else command[0]
+        program = find_program(needs, bin_path) if needs != "platform-agent" else needs
+        if not program:
             raise Refused(f"platform-gate: {needs} not found on {bin_path}")
         pin = read_pin(command[-1]) if name == "rollback" else None
+        if name == "rollback":
+            import platform_agent
+
+            # Never beside an `apply` of the same project, nor inside another run's lease.
+            if platform_agent.hold_project(state, bin_path, command[3], command[-1], client_gone) is None:
+                return REFUSED  # the client stopped waiting: nothing ran
     except Refused as exc:
         print(exc, file=sys.stderr)
         return REFUSED
-    if name == "rollback":
-        import platform_agent
-
-        # Never beside an `apply` of the same project: it may still run, detached, on the host.
-        if platform_agent.hold_project(state, bin_path, command[3], client_gone) is None:
-            return REFUSED  # the client stopped waiting: nothing ran
     if name.startswith("agent_"):
-        import platform_agent  # here: the other shapes do not pay for its imports
-
-        if name == "agent_logs":
-            return platform_agent.logs(state, command[2])
-        return platform_agent.apply(root, bin_path, state, *command[2:3], int(command[3]), *command[4:])
+        return agent(name, command[2:], root, bin_path, state, ttl)
     return run_supervised(program, command, bin_path, pin)
+
+
+def agent(name, args, root, bin_path, state, ttl):
+    import platform_agent  # here: the other shapes do not pay for its imports
+
+    if name == "agent_apply":
+        run, timeout, compose_file, service, sha = args
+        return platform_agent.apply(root, bin_path, state, ttl, run, int(timeout), compose_file, service, sha)
+    if name == "agent_health":
+        return platform_agent.health(bin_path, state, ttl, *args)
+    if name == "agent_rollback":
+        run, timeout, compose_file, service = args
+        return platform_agent.rollback(bin_path, state, ttl, run, int(timeout), compose_file, service)
+    if name == "agent_release":
+        return platform_agent.release(state, args[0])
+    if name == "agent_check":
+        return platform_agent.check(state)
+    return platform_agent.logs(state, args[0])
 

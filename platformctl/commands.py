@@ -25,8 +25,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PIN_MAX_BYTES = 4096
 # host/platform-gate's exit status for a command it does not allow (nothing ran).
 GATE_REFUSED = 126
-# The host agent protocol this worker speaks (host/platform_agent.py's PROTOCOL).
-AGENT_PROTOCOL = 2
+# The host agent protocol this worker speaks (host/platform_agent.py's PROTOCOL), and
+# the oldest it still applies with: v2 has `apply` but no lease, `health` or `rollback`.
+AGENT_PROTOCOL = 3
+MIN_AGENT_PROTOCOL = 2
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SHA = re.compile(r"[0-9a-f]{40}")
 # The longest compose up the agent runs (its own cap is the same).
@@ -156,6 +158,35 @@ def agent_apply(run_id: str, timeout_s: int, compose_path: str, service: str, sh
             _service(service), sha or "-",
         ),
     )  # fmt: skip
+
+
+def agent_health(run_id: str, compose_path: str, service: str) -> RemoteCommand:
+    """One look at the service's containers, stopped ones included; for a run that
+    applied, it renews the project's lease on the host. Kind `compose_ps`: the same step."""
+    return RemoteCommand(
+        "compose_ps", ("platform-agent", "health", _run_id(run_id), _compose_file(compose_path), _service(service))
+    )
+
+
+def agent_rollback(run_id: str, timeout_s: int, compose_path: str, service: str) -> RemoteCommand:
+    """Put `service` back on the image the agent recorded before this run's compose
+    up (never an ID from here), under the run's lease, at most once."""
+    if not (isinstance(timeout_s, int) and 0 < timeout_s <= MAX_UP_TIMEOUT_S):
+        raise UnsafeCommand(f"compose up timeout must be 1..{MAX_UP_TIMEOUT_S} seconds: {timeout_s!r}")
+    return RemoteCommand(
+        "compose_rollback",
+        ("platform-agent", "rollback", _run_id(run_id), str(timeout_s), _compose_file(compose_path), _service(service)),
+    )
+
+
+def agent_release(run_id: str) -> RemoteCommand:
+    """Free the project lease this run holds on the host."""
+    return RemoteCommand("agent_release", ("platform-agent", "release", _run_id(run_id)))
+
+
+def agent_check() -> RemoteCommand:
+    """Read-only: the agent's protocol version and the leases it holds."""
+    return RemoteCommand("agent_check", ("platform-agent", "check"))
 
 
 def agent_logs(run_id: str) -> RemoteCommand:

@@ -316,6 +316,9 @@ class ServiceObservation(_Model):
     health: str  # "" when the service has no healthcheck
     error: RedactedText | None = None  # why this poll saw nothing
     exit_code: int | None = None  # a stopped (exited or dead) container's
+    restart_count: int | None = None  # the service's containers' restarts, summed (agent v3)
+    retaken: bool = False  # the run's lease on the host had expired and was taken back
+    lease_lost_to: str | None = Field(default=None, pattern=r"^[0-9a-f-]{36}$")  # the run that took it
 
 
 class SnapshotInput(_Model):

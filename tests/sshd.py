@@ -58,6 +58,7 @@ AGENT_CODE = REPO / "host" / "platform_agent.py"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_HEAD_SHA = "0123456789abcdef0123456789abcdef01234567"
 COMPOSE_FILE = "compose/core/compose.yaml"
+LEASE_TTL_S = 15
 
 
 def unavailable_reason() -> str | None:
@@ -177,6 +178,8 @@ class SshHost:
         os.truncate(Path(self.state_dir, "calls.jsonl"), 0)
         Path(self.state_dir, "stdin.jsonl").unlink(missing_ok=True)  # what the rollbacks were given
         Path(self.state_dir, "release").unlink(missing_ok=True)  # what lets a `hold` up finish
+        for lease in Path(self.base_dir, "agent-state", "leases").glob("*.json"):
+            lease.unlink()  # one test's unreleased lease (a killed worker's) is not the next test's
         os.truncate(self.log_path, 0)  # sshd appends (O_APPEND), so this is safe
         for path in Path(self.state_dir, "behaviour").iterdir():
             path.unlink()
@@ -416,7 +419,9 @@ def start_sshd(
         agent_state = base / "agent-state"
         agent_state.mkdir(mode=0o700)
         os.chown(agent_state, entry.pw_uid, entry.pw_gid)
-        options += f" --state {agent_state}"
+        # A short lease: a test whose apply could not release it (its host or worker was
+        # killed) has the next apply wait seconds, not the default ten minutes.
+        options += f" --state {agent_state} --lease-ttl {LEASE_TTL_S}"
         restrictions = f'command="{gate_program} --path {session_path}{options} {remote_root}",restrict '
 
     authorized_keys = base / "authorized_keys"

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.lock_holder import DescribeLockHolder
     from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
+    from activities.release_lease import ReleaseLease
     from activities.rollback import Rollback, RollbackImages
     from activities.snapshot_images import SnapshotImages
     from activities.validate_plan import ValidatePlan
@@ -147,6 +148,10 @@ LOCK_HOLDER_PATCH = "lock-holder-check"
 # record cannot be written, and drop a failed outcome's audit line. Asked when a record
 # fails, so an apply whose records are written carries no marker.
 DURABLE_RECORDS_PATCH = "durable-records"
+# Applies from before it leave their lease on the host's project to expire (host agent v3
+# holds it from compose up through health check and rollback). Asked when an apply that
+# ran compose up ends, so runs waiting for approval at the upgrade free theirs.
+HOST_LEASE_PATCH = "host-lease"
 # A record that cannot be written (full disk, broken mount) is tried again on durable
 # timers, first after RECORD_RETRY_FIRST_S, doubling up to RECORD_RETRY_MAX_S, for a day.
 RECORD_RETRY_FIRST_S = 5
@@ -170,6 +175,7 @@ STEP_SUMMARIES = {
     "compose_up": "5 compose up",
     "compose_ps": "6 health smoke: compose ps",
     "persist_state": "7 persist state",
+    "release_lease": "7 release the host's lease",
     "compose_rollback": "rollback: back to the snapshot's image",
     "rollback": "rollback: record",
     "notify": "notify a person",
@@ -365,6 +371,8 @@ class ApplyWorkflow:
                 self._error = f"cancelled during {self._phase}, after compose up started"
                 await self._roll_back("cancelled", self._error, target)
                 raise
+            finally:
+                await self._uncancellable(self._release_lease(target))
         # The release is live and healthy whether or not its record could be written: the
         # lock is free for the next apply while the record is tried again.
         await self._uncancellable(self._record_again("applied"))
@@ -554,6 +562,7 @@ class ApplyWorkflow:
         module = self._plan.module if self._plan else ""
         started = last = workflow.now()
         healthy_since = None
+        window_restarts: int | None = None  # the restart count when the stable window began
         waited = 0.0
         while True:
             try:
@@ -576,13 +585,27 @@ class ApplyWorkflow:
                 last = now
             else:
                 waited = (now - started).total_seconds()
+            if seen is not None and seen.lease_lost_to is not None:
+                # Another apply holds the project now: judging or undoing its release is not ours.
+                raise _Stop("remote_failed", f"lease lost to run {seen.lease_lost_to}; no rollback", restore=False)
+            if seen is None or seen.retaken:
+                healthy_since = None  # unseen, or the lease lapsed: nothing says it stayed stable
             if seen is None:
-                healthy_since = None
                 if waited >= cfg.timeout_seconds:
                     raise _Stop("remote_failed", HOST_UNOBSERVED, restore=False)
                 await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
                 continue
             state = verdict(seen)
+            restarts = seen.restart_count
+            if healthy_since is not None and window_restarts is not None and restarts is not None:
+                if restarts > window_restarts:  # a crash loop can look running at every poll
+                    raise _Stop(
+                        "unhealthy",
+                        f"service {target.compose_service!r} restarted during its stable window "
+                        f"(restart count {window_restarts} -> {restarts})",
+                    )
+            if healthy_since is None:
+                window_restarts = seen.restart_count
             healthy_since = (healthy_since or now) if state == "healthy" else None
             stable_s = (now - healthy_since).total_seconds() if healthy_since else 0.0
             record = HealthRecord(
@@ -790,6 +813,21 @@ class ApplyWorkflow:
                 action=policy,
                 image=image,
             )
+
+    async def _release_lease(self, target: Target) -> None:
+        """Free the project's lease on the host once the outcome is recorded. Best effort:
+        a lease not freed expires on the host after its TTL."""
+        if not workflow.patched(HOST_LEASE_PATCH):
+            return
+        try:
+            await self._step(
+                ReleaseLease.release_lease,
+                ComposePsInput(target=target, module=self._plan.module if self._plan else ""),
+                remote=True,
+                **READ_STEP,
+            )
+        except _Stop as e:
+            workflow.logger.warning("the host lease was not released (it expires on the host): %s", e.message)
 
     async def _restore_images(self, target: Target) -> ImageRollback:
         """The service back on the snapshot's image, with the file on the host

@@ -4,12 +4,14 @@ Local checks first (listed in hosts.yaml, passes the allowlist check, client
 key loads), then one SSH connection that sends only read-only commands of
 platformctl/commands.py: `git_head` (the checkout's SHA; it also proves the
 address is reachable, the host key matches the pin and the client key is
-accepted) and `compose_ps` on each compose file of this host's modules.
+accepted), the host agent's `check` (its protocol version, which only the
+gate answers, and the project leases held now) and `compose_ps` on each
+compose file of this host's modules.
 
-Not checked remotely, by choice: whether the gate is installed and refusing.
-Seeing it refuse takes sending a shape it must refuse, and doctor sends
-nothing outside platformctl/commands.py. The compose version is not checked
-either: no allowed command prints it.
+Not checked remotely, by choice: that the gate refuses what it must. Seeing
+it refuse takes sending a shape it must refuse, and doctor sends nothing
+outside platformctl/commands.py. The compose version is not checked either:
+no allowed command prints it.
 
 Exit 0 when everything checked is OK, 4 (the contract's remote failure) otherwise.
 """
@@ -32,6 +34,7 @@ from platformctl.outcomes import ApplyError
 from platformctl.policy.compose_path import guard_compose_path
 from platformctl.policy.health import UnreadablePs, observe
 from platformctl.policy.hosts import check_host
+from platformctl.policy.remote_output import UnreadableAnswer, agent_answer
 from platformctl.redact import redact
 from platformctl.transport.base import AuthenticationFailed, ConnectFailed, HostKeyMismatch, RemoteOutput
 from platformctl.transport.ssh import SshTransport
@@ -75,10 +78,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         transport = SshTransport()
         try:
             if await _checkout(transport, host, report):
+                await _agent(transport, host, report)
                 await _compose_files(transport, settings, host, report)
         finally:
             await transport.close()
-    report.skip("gate", "not checked remotely (doctor sends only the read-only commands of platformctl/commands.py)")
     report.skip("compose version", "not checked (no allowed command prints it)")
     for line in report.lines:
         print(line)
@@ -144,6 +147,37 @@ async def _checkout(transport: SshTransport, host: HostConfig, report: Report) -
     else:
         report.skip("checkout", f"unreadable ({_failure(out)}), and not required: verify_checkout is off")
     return True
+
+
+async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> None:
+    """The agent's version and the leases it holds: a lease is an apply between its
+    compose up and its end (or one whose worker vanished, until it expires)."""
+    try:
+        out = await transport.run(host, commands.agent_check(), timeout_s=COMMAND_TIMEOUT_S)
+    except (ConnectFailed, HostKeyMismatch, AuthenticationFailed) as e:
+        report.fail("host agent", str(e))
+        return
+    upgrade = "install host/ on the host (README, preparing a host)"
+    if out.returncode in (commands.GATE_REFUSED, 127):
+        gate = "the gate refused `check`" if out.returncode == commands.GATE_REFUSED else "no gate (exit 127)"
+        report.fail("host agent", f"older than v{commands.AGENT_PROTOCOL} or missing ({gate}): {upgrade}")
+        return
+    try:
+        answer = agent_answer(out.stdout, None, "check")
+    except UnreadableAnswer as e:
+        report.fail("host agent", f"{e} ({_failure(out)})")
+        return
+    if answer.agent < commands.AGENT_PROTOCOL:
+        report.fail("host agent", f"v{answer.agent}, older than this worker's v{commands.AGENT_PROTOCOL}: {upgrade}")
+        return
+    report.ok("host agent", f"v{answer.agent}, behind the gate")
+    if not answer.leases:
+        report.ok("leases", "none held")
+    for lease in answer.leases:
+        report.ok(
+            f"lease {lease.project}",
+            f"held by run {lease.run} ({lease.step or 'apply'}), expires in {lease.expires_in} s unless renewed",
+        )
 
 
 async def _compose_files(transport: SshTransport, settings: Settings, host: HostConfig, report: Report) -> None:

@@ -10,9 +10,11 @@ service and are left out.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from platformctl.models import ServiceObservation
+from platformctl.policy.remote_output import ContainerFacts
 
 Verdict = Literal["healthy", "waiting", "failed"]
 _FINAL_STATES = frozenset({"exited", "dead"})
@@ -58,7 +60,7 @@ def _exit_code(row: dict[str, Any], state: str) -> int | None:
     return None
 
 
-def _observation(row: dict[str, Any]) -> ServiceObservation:
+def observation(row: dict[str, Any]) -> ServiceObservation:
     state = _known(row.get("State", ""), _STATES)
     return ServiceObservation(
         state=state, health=_known(row.get("Health", ""), _HEALTHS), exit_code=_exit_code(row, state)
@@ -68,9 +70,23 @@ def _observation(row: dict[str, Any]) -> ServiceObservation:
 def observe(stdout: str, service: str) -> ServiceObservation:
     """Reduce every container of `service` to the least healthy one."""
     rows = [r for r in _rows(stdout) if r.get("Service", service) == service and not _one_off(r)]
-    if not rows:
+    return _least_healthy([observation(r) for r in rows])
+
+
+def observe_facts(containers: Sequence[ContainerFacts]) -> ServiceObservation:
+    """The agent's facts of each container, reduced to the least healthy one, with
+    the restarts of all of them (a crash loop in any one shows)."""
+    least = _least_healthy([
+        ServiceObservation(state=c.state, health=c.health, exit_code=c.exit_code if c.state in _FINAL_STATES else None)
+        for c in containers
+    ])  # fmt: skip
+    counts = [c.restart_count for c in containers if c.restart_count is not None]
+    return least.model_copy(update={"restart_count": sum(counts) if counts else None})
+
+
+def _least_healthy(observations: list[ServiceObservation]) -> ServiceObservation:
+    if not observations:
         return ServiceObservation(state="", health="")
-    observations = [_observation(r) for r in rows]
     rank = {"failed": 0, "waiting": 1, "healthy": 2}
     return min(observations, key=lambda o: rank[verdict(o)])
 

@@ -93,17 +93,46 @@ def failure(returncode: int | None, timed_out: bool, stdout: str, stderr: str) -
     return f"exited {returncode} ({error_class(returncode, timed_out, stdout, stderr)})"
 
 
+RUN_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+AgentVerb = Literal["apply", "health", "rollback", "release", "check"]
+
+
+class ContainerFacts(BaseModel):
+    """One container of the service, as the agent's `health` saw it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    state: Literal["created", "running", "paused", "restarting", "removing", "exited", "dead", "unknown"]
+    health: Literal["", "starting", "healthy", "unhealthy", "unknown"]
+    exit_code: int | None = Field(default=None, ge=0, le=255)
+    restart_count: int | None = Field(default=None, ge=0)
+
+
+class LeaseFacts(BaseModel):
+    """A lease held on the host, as the agent's `check` lists it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,127}$")
+    run: str = Field(pattern=RUN_PATTERN)
+    step: Literal["apply", "health", "rollback"] | None = None
+    expires_in: int = Field(ge=0)
+
+
 class AgentAnswer(BaseModel):
-    """The host agent's answer to `apply`, read as typed facts: a field that does
+    """The host agent's answer to one verb, read as typed facts: a field that does
     not fit its type makes the whole answer unreadable, and nothing of it is kept."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)  # a newer agent may say more
 
     agent: int = Field(ge=0)
-    verb: Literal["apply"]
-    run: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-    answer: Literal["ran", "busy", "interrupted", "run_conflict", "refused"]
-    # ran
+    verb: AgentVerb
+    run: str | None = Field(default=None, pattern=RUN_PATTERN)
+    answer: Literal[
+        "ran", "busy", "interrupted", "run_conflict", "refused", "lease_lost",
+        "observed", "unobserved", "released", "checked",
+    ]  # fmt: skip
+    # ran (apply, rollback)
     returncode: int | None = Field(default=None, ge=-1, le=255)
     timed_out: StrictBool = False
     duration_s: float = Field(default=0.0, ge=0)
@@ -112,11 +141,20 @@ class AgentAnswer(BaseModel):
     output_bytes: int = Field(default=0, ge=0)
     output_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     replayed: StrictBool = False
-    # busy
-    holder: str | None = Field(default=None, pattern=r"^[0-9a-f-]{36}$")
-    held_s: int | None = Field(default=None, ge=0)
+    lease_ttl: int | None = Field(default=None, ge=1)
+    image_id: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    # busy, lease_lost
+    holder: str | None = Field(default=None, pattern=RUN_PATTERN)
+    held_s: int | None = Field(default=None, ge=0)  # agent v2
+    expires_in: int | None = Field(default=None, ge=0)
+    # observed (health)
+    lease: Literal["held", "retaken", "none"] | None = None
+    containers: list[ContainerFacts] = Field(default_factory=list, max_length=100)
+    # released, checked
+    released: int | None = Field(default=None, ge=0)
+    leases: list[LeaseFacts] = Field(default_factory=list, max_length=1000)
     # refused
-    reason: Literal["checkout", "compose_config", "host_storage"] | None = None
+    reason: Literal["checkout", "compose_config", "host_storage", "no_snapshot", "undefined_service"] | None = None
     head: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
     dirty: StrictBool = False
 
@@ -130,12 +168,14 @@ class UnreadableAnswer(ValueError):
     """The agent's answer is not the typed facts it must be; its text is never repeated."""
 
 
-def agent_answer(stdout: str, run: str) -> AgentAnswer:
-    """The agent's one JSON line, for this run, or UnreadableAnswer."""
+def agent_answer(stdout: str, run: str | None, verb: AgentVerb = "apply") -> AgentAnswer:
+    """The agent's one JSON line, to `verb` for this run, or UnreadableAnswer."""
     try:
         answer = AgentAnswer.model_validate_json(stdout.strip())
     except ValidationError:
         raise UnreadableAnswer("the host agent's answer is not the facts the protocol allows") from None
+    if answer.verb != verb:
+        raise UnreadableAnswer(f"the host agent answered another verb than {verb}")
     if answer.run != run:
         raise UnreadableAnswer("the host agent answered for another run")
     return answer

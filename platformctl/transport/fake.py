@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from platformctl.commands import AGENT_PROTOCOL, GATE_REFUSED, RUN_ID, RemoteCommand
 from platformctl.models import HostConfig
 from platformctl.policy import remote_output
+from platformctl.policy.health import observation
 from platformctl.transport.base import RemoteOutput
 
 Response = RemoteOutput | Exception | Callable[[float], Awaitable[RemoteOutput]]
@@ -23,8 +25,13 @@ def failed(returncode: int = 1, stderr: str = "error") -> RemoteOutput:
     return RemoteOutput(returncode=returncode, stdout="", stderr=stderr, duration_s=0.01)
 
 
-def ps(service: str, state: str = "running", health: str = "healthy", exit_code: int = 0) -> RemoteOutput:
-    row = {"Name": f"core-{service}-1", "Service": service, "State": state, "Health": health, "ExitCode": exit_code}
+def ps(
+    service: str, state: str = "running", health: str = "healthy", exit_code: int = 0, restarts: int = 0
+) -> RemoteOutput:
+    """What compose ps prints for one container; `restarts` is what the agent's
+    `docker inspect` would add (compose ps does not show it)."""
+    row = {"Name": f"core-{service}-1", "Service": service, "State": state, "Health": health, "ExitCode": exit_code,
+           "RestartCount": restarts}  # fmt: skip
     return ok(json.dumps(row) + "\n")
 
 
@@ -80,9 +87,10 @@ class FakeTransport:
         try:
             if isinstance(response, Exception):
                 raise response
-            agent = command.argv[:2] == ("platform-agent", "apply")
+            agent = command.argv[0] == "platform-agent" and command.kind != "agent_logs"
             if callable(response):  # the agent kills compose at the timeout it was given
-                response = await response(float(command.argv[3]) if agent else timeout_s)
+                timed = agent and command.argv[1] in ("apply", "rollback")
+                response = await response(float(command.argv[3]) if timed else timeout_s)
             return agent_answer(command, response) if agent else response
         finally:
             self.running -= 1
@@ -111,16 +119,26 @@ def runless(text: str) -> str:
 
 
 def agent_answer(command: RemoteCommand, out: RemoteOutput) -> RemoteOutput:
-    """What host/platform_agent.py answers to `apply` when compose up printed `out`:
-    scripts say what compose does, and the agent's facts are made from it. A gate
-    refusal (an agent older than `apply`) is passed on as it is."""
+    """What host/platform_agent.py answers to a verb when docker printed `out`:
+    scripts say what compose does (`up`, `ps`, the rollback's `up`), and the
+    agent's facts are made from it. A gate refusal (an agent older than the
+    verb) is passed on as it is; an answer already scripted too, its run "RUN"
+    made this command's."""
     if out.returncode == GATE_REFUSED:
         return out
+    if out.stdout.startswith('{"agent"'):
+        return dataclasses.replace(out, stdout=out.stdout.replace('"RUN"', json.dumps(command.argv[2])))
+    verb = command.argv[1]
+    head = {"agent": AGENT_PROTOCOL, "verb": verb, "run": command.argv[2] if len(command.argv) > 2 else None}
+    if verb == "release":
+        return ok(json.dumps({**head, "answer": "released", "released": 1}) + "\n")
+    if verb == "check":
+        return ok(json.dumps({**head, "answer": "checked", "leases": []}) + "\n")
+    if verb == "health":
+        return ok(json.dumps({**head, **_observed(command.argv[-1], out)}) + "\n")
     size, sha = remote_output.digest(out.stdout, out.stderr)
     answer = {
-        "agent": AGENT_PROTOCOL,
-        "verb": "apply",
-        "run": command.argv[2],
+        **head,
         "answer": "ran",
         "returncode": out.returncode,
         "timed_out": out.timed_out,
@@ -132,3 +150,19 @@ def agent_answer(command: RemoteCommand, out: RemoteOutput) -> RemoteOutput:
         "replayed": False,
     }
     return ok(json.dumps(answer) + "\n")
+
+
+def _observed(service: str, out: RemoteOutput) -> dict[str, object]:
+    """The agent's `health` answer for what `compose ps --all` printed."""
+    if out.returncode != 0:
+        return {"answer": "unobserved", "lease": "held"}
+    try:
+        rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        rows = [r for row in rows for r in (row if isinstance(row, list) else [row])]
+        containers = [
+            {**observation(r).model_dump(include={"state", "health", "exit_code"}), "restart_count": r["RestartCount"]}
+            for r in rows if r.get("Service", service) == service
+        ]  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {"answer": "unobserved", "lease": "held"}
+    return {"answer": "observed", "lease": "held", "containers": containers}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
-import activities.compose_up as compose_up_module
+from activities import host_agent
 from activities.compose_up import ComposeUp
 from activities.single_flight import SingleFlight
 from platformctl.models import Approval, ComposeUpInput
@@ -99,8 +99,8 @@ RAN = {"answer": "ran", "returncode": 0, "duration_s": 1.5, "progress": ["Contai
 
 
 async def test_a_busy_project_is_asked_again_until_the_agent_has_the_outcome(tmp_path, monkeypatch):
-    monkeypatch.setattr(compose_up_module, "BUSY_POLL_S", 0.01)
-    transport = AgentTransport({"answer": "busy", "holder": "0" * 8 + "-0000-4000-8000-" + "0" * 12, "held_s": 3},
+    monkeypatch.setattr(host_agent, "BUSY_POLL_S", 0.01)
+    transport = AgentTransport({"answer": "busy", "holder": "0" * 8 + "-0000-4000-8000-" + "0" * 12, "expires_in": 3},
                                {**RAN, "replayed": True})
     result = await run_up(tmp_path, transport)
     assert result.remote.returncode == 0 and result.remote.progress == ["Container core-redis-1 Started"]

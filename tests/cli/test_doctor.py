@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from platformctl.commands import AGENT_PROTOCOL
 from tests.cli.conftest import PLATFORM_APPLY
 from tests.e2e.conftest import compose_ps_argv, ssh_host_entry, write_hosts, write_module, wrong_host_key_line
 from tests.platform_files import SHA
@@ -44,12 +45,13 @@ async def test_doctor_is_ok_against_the_real_sshd(doctor_env, sshd_host):
         assert any(line.startswith(f"OK   {check}: ") for line in lines), (check, lines)
     assert f"OK   checkout: {sshd_host.remote_root} is at {SHA}" in lines
     assert f"OK   compose ps redis: {sshd_host.compose_path} (running, healthy)" in lines
-    assert any(line.startswith("-    gate: not checked remotely") for line in lines), lines
+    assert f"OK   host agent: v{AGENT_PROTOCOL}, behind the gate" in lines
+    assert "OK   leases: none held" in lines
     assert "-    compose version: not checked (no allowed command prints it)" in lines
     assert sshd_host.calls() == [
         ["git", "-C", sshd_host.remote_root, "rev-parse", "HEAD"],
         compose_ps_argv(sshd_host, "redis"),
-    ]
+    ]  # `check` reads the agent's folder only
 
 
 async def test_doctor_says_when_a_hosts_gate_predates_ps_all(doctor_env, sshd_host):

@@ -140,8 +140,8 @@ async def test_rollback_to_the_previous_apply_exits_9_then_no_changes_and_status
 ):
     module = new_module()
     write_module(platform.root, module, host_name)
-    # compose images: apply 1 before/after, apply 2 before/after, the rollback, then the rollback again.
-    sshd_host.set_behaviour(module, f"succeed image={BEFORE},{FIRST},{FIRST},{SECOND},{SECOND},{FIRST}")
+    # compose images: before apply 1, after it, after apply 2, after the rollback.
+    sshd_host.set_behaviour(module, f"succeed image={BEFORE},{FIRST},{SECOND},{FIRST}")
     await platform.start_worker(phase="05")
     await two_applies(sshd_host, cli, tmp_path, module)
 
@@ -220,7 +220,7 @@ async def test_a_signed_rollback_reads_the_sha_from_the_module_state_and_the_wor
     platform.extra_env["PLATFORM_APPROVAL_KEY_FILE"] = str(key_file)
     module = new_module()
     write_module(platform.root, module, host_name)
-    sshd_host.set_behaviour(module, f"succeed image={BEFORE},{FIRST},{FIRST},{SECOND},{SECOND}")
+    sshd_host.set_behaviour(module, f"succeed image={BEFORE},{FIRST},{SECOND}")
     await platform.start_worker(phase="05")
     cli.env.pop("PLATFORM_APPROVAL_KEY_FILE", None)
     signed = {"PLATFORM_APPROVAL_KEY_FILE": str(key_file)}

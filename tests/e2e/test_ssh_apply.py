@@ -65,15 +65,15 @@ def rollback_argv(host: SshHost, service: str) -> list[str]:
 def before_up(host: SshHost, service: str) -> list[list[str]]:
     """The checkout check (verify_checkout is on by default) and the image snapshot,
     read side by side in either order, then the agent's `apply`: the checkout again
-    (HEAD, no local edit), compose up."""
+    (HEAD, no local edit), its own image snapshot (what its `rollback` goes back to), compose up."""
     return [
         git_head_argv(host), images_argv(host, service),
         git_head_argv(host), ["git", "-C", host.remote_root, "status", "--porcelain", "--untracked-files=no"],
-        compose_up_argv(host, service),
+        images_argv(host, service), compose_up_argv(host, service),
     ]  # fmt: skip
 
 
-UP = 5  # before_up's calls, compose up the last
+UP = 6  # before_up's calls, compose up the last
 
 
 def reads_in_order(calls: list[list[str]]) -> list[list[str]]:

@@ -62,6 +62,7 @@ def test_the_same_run_again_gets_the_recorded_outcome_and_never_runs_up_twice(ho
                                  "Container core-redis-1 Starting", "Container core-redis-1 Started"]
     assert again == {**first, "replayed": True}
     assert len(ups(state)) == 1
+    release(host, run)
     assert apply(host, run_id())["replayed"] is False and len(ups(state)) == 2  # another run runs
 
 
@@ -107,6 +108,7 @@ def test_runs_of_one_project_never_overlap_and_a_long_one_answers_busy(host):
     finally:
         first.kill()
         first.wait()
+    release(host, holder)
     (state / "behaviour" / "redis").write_text("slow spans=on")
     apply(host, run_id())
     spans = [json.loads(line) for line in (state / "spans.jsonl").read_text().splitlines()]
@@ -185,16 +187,24 @@ def test_the_gate_refuses_agent_verbs_outside_their_shape(host):
         f"platform-agent apply {run_id()} 30 {compose} redis HEAD",
         f"platform-agent apply {run_id()} 30 {compose} redis",
         f"platform-agent logs {run_id()} extra",
-        f"platform-agent release {run_id()}",
+        f"platform-agent release {run_id()} {run_id()}",
+        "platform-agent release",
+        "platform-agent check now",
+        f"platform-agent health {run_id()} {compose} redis extra",
+        f"platform-agent health {run_id()} /etc/compose.yaml redis",
+        f"platform-agent rollback {run_id()} 30 {compose} redis sha256:{'c' * 64}",
+        f"platform-agent rollback {run_id()} 0 {compose} redis",
+        f"platform-agent rollback {run_id()} 30 {root}/secrets/x.yml redis",
     ):
         result = run_gate(root, state, command, "--state", str(agent))
         assert result.returncode == commands.GATE_REFUSED, command
     assert recorded(state) == []
 
 
-def test_an_image_rollback_waits_for_a_running_apply_of_its_project(host):
-    """Compose up outlives its session; a rollback sent meanwhile (a cancelled apply's)
-    must not run beside it: the gate holds the rollback until the project is free."""
+def test_a_pinned_rollback_waits_for_a_running_apply_then_is_refused_inside_its_lease(host):
+    """Compose up outlives its session; an operator's rollback sent meanwhile must not
+    run beside it: the gate holds it until the project's lock is free, then refuses it
+    while the apply's lease is held (its health check is under way)."""
     root, state, agent = host
     (state / "behaviour" / "redis").write_text("hold spans=on")
     up = commands.agent_apply(run_id(), 60, f"{root}/{COMPOSE_FILE}", "redis", SHA).render()
@@ -206,14 +216,130 @@ def test_an_image_rollback_waits_for_a_running_apply_of_its_project(host):
             assert time.monotonic() < deadline, "compose up never started"
             time.sleep(0.05)
         second = subprocess.Popen(gate_argv(root, "--state", str(agent)), env=gate_env(rollback.render(), state),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         second.stdin.write(rollback.stdin)
         second.stdin.close()
         time.sleep(1.5)
         assert second.poll() is None and received_stdin(state) == []  # waiting, nothing ran
         (state / "release").touch()
-        assert second.wait(timeout=20) == 0 and first.wait(timeout=10) == 0
+        assert second.wait(timeout=20) == commands.GATE_REFUSED
+        assert b"is leased to run" in second.stderr.read()
+        assert first.wait(timeout=10) == 0
     finally:
         first.kill()
-    spans = [json.loads(line) for line in (state / "spans.jsonl").read_text().splitlines()]
-    assert len(spans) == 2 and spans[1]["start"] >= spans[0]["end"], spans
+    assert received_stdin(state) == []
+    assert len((state / "spans.jsonl").read_text().splitlines()) == 1
+
+
+def verb(host, command: commands.RemoteCommand, *options: str) -> dict:
+    """The agent's answer to `command`, read by the worker's model too."""
+    root, state, agent = host
+    result = run_gate(root, state, command.render(), "--state", str(agent), *options)
+    assert result.returncode == 0, result.stderr
+    agent_answer(result.stdout, command.argv[2] if len(command.argv) > 2 else None, command.argv[1])
+    return json.loads(result.stdout)
+
+
+def release(host, run: str) -> dict:
+    return verb(host, commands.agent_release(run))
+
+
+def health(host, run: str, *options: str) -> dict:
+    return verb(host, commands.agent_health(run, f"{host[0]}/{COMPOSE_FILE}", "redis"), *options)
+
+
+def rollback(host, run: str, *options: str) -> dict:
+    return verb(host, commands.agent_rollback(run, 30, f"{host[0]}/{COMPOSE_FILE}", "redis"), *options)
+
+
+def test_the_lease_holds_the_project_from_compose_up_until_its_run_releases_it(host):
+    """A forged hand-over of the control plane's lock cannot start another apply's
+    compose up during this one's health check: the host answers busy until release."""
+    _, state, _ = host
+    first, second = run_id(), run_id()
+    ran = apply(host, first)
+    assert ran["answer"] == "ran" and ran["lease_ttl"] == platform_agent.LEASE_TTL_S
+    started = time.monotonic()
+    busy = apply(host, second)
+    assert (busy["answer"], busy["holder"]) == ("busy", first) and 590 <= busy["expires_in"] <= 600, busy
+    assert time.monotonic() - started < 3  # a lease, unlike a running compose, is answered at once
+    assert health(host, first)["lease"] == "held"
+    assert health(host, second)["lease"] == "none"  # a run that did not apply only looks
+    assert release(host, second)["released"] == 0  # nor can it free another run's lease
+    assert apply(host, second)["answer"] == "busy" and len(ups(state)) == 1
+    assert release(host, first)["released"] == 1
+    assert apply(host, second)["answer"] == "ran" and len(ups(state)) == 2
+
+
+def test_an_expired_lease_is_taken_back_by_its_run_or_lost_to_another(host):
+    _, state, _ = host
+    first, second = run_id(), run_id()
+    apply(host, first, SHA, 30, "--lease-ttl", "1")
+    time.sleep(1.2)
+    assert health(host, first, "--lease-ttl", "1")["lease"] == "retaken"  # still free: its stable window restarts
+    time.sleep(1.2)
+    assert apply(host, second, SHA, 30, "--lease-ttl", "1")["answer"] == "ran"  # expired: free for the next
+    lost = health(host, first, "--lease-ttl", "1")
+    assert (lost["answer"], lost["holder"]) == ("lease_lost", second)
+    assert rollback(host, first, "--lease-ttl", "1")["answer"] == "lease_lost"
+    assert received_stdin(state) == []
+
+
+def test_a_lease_from_before_a_reboot_counts_its_ttl_from_boot(host, monkeypatch):
+    lease = {"run": run_id(), "boot_id": "another-boot", "expiry": 10**9, "ttl": 600}
+    monkeypatch.setattr(platform_agent, "_boottime", lambda: 100.0)
+    assert platform_agent._expires_in(lease) == 500
+    monkeypatch.setattr(platform_agent, "_boottime", lambda: 700.0)
+    assert platform_agent._expires_in(lease) == -100
+
+
+def test_health_reports_each_container_as_facts_with_exit_code_and_restarts(host):
+    _, state, _ = host
+    run = run_id()
+    apply(host, run)
+    (state / "behaviour" / "redis").write_text("exited")
+    seen = health(host, run)
+    assert seen["containers"] == [{"state": "exited", "health": "", "exit_code": 1, "restart_count": 0}]
+    (state / "behaviour" / "redis").write_text("crash_loop")
+    counts = [health(host, run)["containers"][0]["restart_count"] for _ in range(2)]
+    assert counts[1] > counts[0]
+    assert "Labels" not in json.dumps(seen)  # facts only: no text of the host's
+
+
+def test_rollback_pins_the_image_the_agent_recorded_once_per_run(host):
+    _, state, _ = host
+    before, after = "sha256:" + "b" * 64, "sha256:" + "c" * 64
+    (state / "behaviour" / "redis").write_text(f"succeed image={before},{after}")
+    run = run_id()
+    apply(host, run)
+    back = rollback(host, run)
+    assert (back["answer"], back["returncode"], back["image_id"]) == ("ran", 0, before)
+    [(argv, pin)] = received_stdin(state)
+    assert pin == commands.image_pin("redis", before)
+    assert rollback(host, run) == {**back, "replayed": True} and len(received_stdin(state)) == 1
+    assert rollback(host, run_id())["reason"] == "no_snapshot"  # a run that applied nothing here
+    assert len(received_stdin(state)) == 1
+
+
+def test_a_pinned_rollback_of_a_service_the_file_does_not_define_is_refused(host):
+    root, state, agent = host
+    command = commands.compose_rollback(f"{root}/{COMPOSE_FILE}", "ghost", "sha256:" + "c" * 64)
+    refused = run_gate(root, state, command.render(), "--state", str(agent), stdin=command.stdin)
+    assert refused.returncode == commands.GATE_REFUSED and "not defined" in refused.stderr
+    assert received_stdin(state) == []
+
+
+def test_check_lists_the_held_leases_and_an_admin_breaks_one_on_the_host(host):
+    root, state, agent = host
+    run = run_id()
+    apply(host, run)
+    checked = verb(host, commands.agent_check(), "--read-only")  # the operators' key may ask
+    assert checked["agent"] == commands.AGENT_PROTOCOL
+    assert [(x["project"], x["run"], x["step"]) for x in checked["leases"]] == [("core", run, "apply")]
+    broke = subprocess.run(
+        [sys.executable, str(REPO / "host" / "platform_agent.py"), "break-lease", "core", "--state", str(agent)],
+        capture_output=True, text=True, timeout=10,
+    )
+    assert broke.returncode == 0 and run in broke.stdout, broke
+    assert verb(host, commands.agent_check())["leases"] == []
+    assert apply(host, run_id())["answer"] == "ran"

@@ -342,9 +342,15 @@ def test_images_prints_the_stand_ins_image_id(local_root):
     assert (row["ID"], row["ContainerName"]) == (IMAGE, "core-redis-1")
 
 
+def define(root: str, service: str) -> None:
+    """The compose file defines `service` (the gate refuses a pin of any other)."""
+    (Path(root) / COMPOSE_FILE).write_text(f"services:\n  {service}:\n    image: x\n")
+
+
 @pytest.mark.parametrize("service", ["redis", "a_b.c-1", "0"])
 def test_rollback_passes_exactly_the_pin_to_the_program(local_root, service):
     root, state = local_root
+    define(root, service)
     command = compose_rollback(f"{root}/{COMPOSE_FILE}", service, IMAGE)
     result = run_gate(root, state, command.render(), stdin=command.stdin)
     assert result.returncode == 0, result.stderr
@@ -355,6 +361,7 @@ def test_rollback_passes_exactly_the_pin_to_the_program(local_root, service):
 def test_a_pin_of_exactly_the_bound_is_accepted(local_root):
     root, state = local_root
     service = "s" * (PIN_MAX_BYTES - len(image_pin("s", IMAGE)) + 1)
+    define(root, service)
     command = compose_rollback(f"{root}/{COMPOSE_FILE}", service, IMAGE)
     assert command.stdin is not None and len(command.stdin) == PIN_MAX_BYTES
     result = run_gate(root, state, command.render(), stdin=command.stdin)

@@ -483,7 +483,8 @@ async def test_stand_in_images(sshd_host, transport):
     for _ in range(3):
         out = await transport.run(config, images, timeout_s=10)
         seen.append([r["ID"] for r in json.loads(out.stdout)])
-    assert seen == [[IMAGE], [other], [other]]  # one per call since the reset, the last repeating
+        await transport.run(config, compose_up(sshd_host.compose_path, "redis"), timeout_s=10)
+    assert seen == [[IMAGE], [other], [other]]  # one per up since the reset, the last repeating
     ps = await transport.run(config, compose_ps(sshd_host.compose_path, "redis"), timeout_s=10)
     assert json.loads(ps.stdout)["Health"] == "starting"  # the options leave the mode alone
     sshd_host.set_behaviour("redis", "absent")

@@ -36,7 +36,8 @@ from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
 from workflows.registry import ALL_WORKFLOWS
 
 COMMAND = f"platform-agent apply RUN 300 /opt/platform/compose/core/compose.yaml honcho-redis {SHA}"
-PS_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml ps --all --format json honcho-redis"
+PS_COMMAND_V2 = "docker compose -f /opt/platform/compose/core/compose.yaml ps --all --format json honcho-redis"
+PS_COMMAND = "platform-agent health RUN /opt/platform/compose/core/compose.yaml honcho-redis"
 IMAGES_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml images --format json honcho-redis"
 GIT_HEAD = "git -C /opt/platform rev-parse HEAD"
 
@@ -214,19 +215,48 @@ async def test_exited_container_fails_without_waiting_out_the_timeout(harness):
     assert out.status == "unhealthy" and out.result["health"]["state"] == "exited"
     assert out.result["health"]["exit_code"] == 3
     assert out.result["error"] == "service 'honcho-redis' stopped: state=exited, health=none, exit code 3"
-    assert all(c.endswith("ps --all --format json honcho-redis") for c in harness.transport.commands("compose_ps"))
+    assert set(harness.transport.commands("compose_ps")) == {PS_COMMAND}
     # Two polls of the apply, one after the rollback (which sees the same exited container).
     assert len(harness.transport.commands("compose_ps")) == 3
     assert out.result["rollback"]["image"]["outcome"] == "unhealthy"
 
 
-async def test_a_gate_from_before_ps_all_is_asked_without_it(harness):
+async def test_a_gate_from_before_health_and_ps_all_is_asked_as_it_allows(harness):
     refused = failed(126, "platform-gate: refused")
-    harness.transport.script = {"compose_ps": [refused, ps("honcho-redis"), refused, ps("honcho-redis")]}
+    harness.transport.script = {"compose_ps": [refused, refused, ps("honcho-redis")]}
     out = await harness.apply(apply_input())
     assert out.status == "applied", out.result
     polls = harness.transport.commands("compose_ps")
-    assert [c.split(" ps ")[1] for c in polls[:2]] == ["--all --format json honcho-redis", "--format json honcho-redis"]
+    assert polls[:3] == [PS_COMMAND, *(PS_COMMAND_V2.replace(" --all", x) for x in (" --all", ""))], polls
+
+
+async def test_a_restart_during_the_stable_window_fails_the_apply(harness):
+    """A crash-looping container without a healthcheck can look running at every poll."""
+    harness.transport.script = {
+        "compose_ps": [ps("honcho-redis", "running", "", restarts=n) for n in (1, 1, 2)],
+    }
+    out = await harness.apply(apply_input())
+    assert out.status == "unhealthy", out.result
+    assert out.result["error"] == "service 'honcho-redis' restarted during its stable window (restart count 1 -> 2)"
+
+
+async def test_a_lease_lost_on_the_host_ends_the_apply_without_touching_the_project(harness):
+    other = "0" * 8 + "-0000-4000-8000-" + "0" * 12
+    lost = ok(json.dumps({"agent": 3, "verb": "health", "run": "RUN", "answer": "lease_lost", "holder": other}))
+    harness.transport.script = {"compose_ps": [ps("honcho-redis"), lost]}
+    out = await harness.apply(apply_input())
+    assert (out.status, out.result["error"]) == ("remote_failed", f"lease lost to run {other}; no rollback")
+    assert harness.transport.commands("compose_rollback") == []
+    assert harness.transport.commands("agent_release") == ["platform-agent release RUN"]
+
+
+async def test_every_apply_that_ran_compose_up_releases_its_lease_once(harness):
+    out = await harness.apply(apply_input())
+    assert out.status == "applied"
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "unhealthy")]}
+    out = await harness.apply(apply_input())
+    assert out.status == "unhealthy"
+    assert harness.transport.commands("agent_release") == ["platform-agent release RUN"] * 2
 
 
 async def test_health_flapping_restarts_the_stable_window(harness):

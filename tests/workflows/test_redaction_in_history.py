@@ -133,7 +133,7 @@ def compose_up_exits_1():
 def compose_ps_fails_with_secrets_on_stderr():
     stderr = "Error: password=Qx7psPw Authorization: Bearer Qx7psBearer0123456 from postgres://a:Qx7psUrl@db\n"
     script = {"compose_ps": [failed(1, stderr)]}
-    message = "last poll: compose ps exited 1 (unknown)"
+    message = "last poll: the host agent could not look (unobserved)"
     return script, ["Qx7psPw", "Qx7psBearer0123456", "Qx7psUrl"], "unhealthy", message
 
 

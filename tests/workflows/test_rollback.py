@@ -21,12 +21,11 @@ from temporalio.worker import Replayer
 
 import activities.single_flight as single_flight
 from activities.base import heartbeating
-from platformctl.commands import image_pin
 from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
 from platformctl.state import read_status
 from platformctl.transport import RemoteOutput
-from platformctl.transport.fake import FakeTransport, empty_images, failed, hang, images, ok, ps
+from platformctl.transport.fake import FakeTransport, empty_images, failed, hang, images, ok, ps, runless
 from tests.conftest import Harness
 from tests.platform_files import OTHER_SHA, SHA, apply_input, approval, module_doc, plan, write_platform
 from tests.workflows.conftest import FAST_HEALTH
@@ -35,10 +34,8 @@ from workflows.registry import ALL_WORKFLOWS
 OLD = "sha256:" + "a" * 64
 NEW = "sha256:" + "b" * 64
 FAST = {"stable_seconds": 10, "timeout_seconds": 60, "poll_seconds": 5}
-ROLLBACK_COMMAND = (
-    "docker compose -f /opt/platform/compose/core/compose.yaml -f - up -d --no-deps --no-build --pull never "
-    "honcho-redis"
-)
+# The agent pins the image it recorded before this run's compose up: no ID is sent.
+ROLLBACK_COMMAND = "platform-agent rollback RUN 300 /opt/platform/compose/core/compose.yaml honcho-redis"
 
 
 def kinds(transport: FakeTransport) -> list[str]:
@@ -84,9 +81,8 @@ async def test_an_unhealthy_apply_goes_back_to_the_image_it_ran_before(harness):
     assert sorted(kinds(harness.transport)[:2]) == ["compose_images", "git_head"]  # read side by side
     assert kinds(harness.transport)[2] == "compose_up"
     [(_, rollback)] = [(h, c) for h, c in harness.transport.calls if c.kind == "compose_rollback"]
-    assert rollback.render() == ROLLBACK_COMMAND
-    assert rollback.stdin == image_pin("honcho-redis", OLD)
-    assert kinds(harness.transport)[-1] == "compose_ps"  # watched after the rollback
+    assert runless(rollback.render()) == ROLLBACK_COMMAND and rollback.stdin is None
+    assert kinds(harness.transport)[-2:] == ["compose_ps", "agent_release"]  # watched after the rollback, then freed
     image = out.result["rollback"]["image"]
     assert (image["outcome"], image["image_id"], image["healthy"]) == ("restored", OLD, True)
     assert out.result["rollback"]["action"] == "image"

@@ -1,0 +1,86 @@
+"""Asking the host agent one verb (host/platform_agent.py), as every step that
+reaches a host through it does: what the exit codes of a host without the agent
+mean, the answer read as typed facts only, and `busy` asked again."""
+
+from __future__ import annotations
+
+import asyncio
+
+from platformctl import commands
+from platformctl.models import ComposeUpResult, RemoteRecord, Target
+from platformctl.outcomes import PolicyViolation, RemoteFailed
+from platformctl.policy.remote_output import AgentAnswer, AgentVerb, UnreadableAnswer, agent_answer
+from platformctl.transport import Transport, TransportError
+
+NOT_FOUND = 127  # a login shell's answer when the deploy key is not forced through the gate
+BUSY_POLL_S = 5.0  # how soon to ask again while the project is busy on the host
+
+
+class OlderAgent(Exception):
+    """The host's gate refused the verb (exit 126): its agent is older than the verb."""
+
+
+async def ask(
+    transport: Transport,
+    target: Target,
+    command: commands.RemoteCommand,
+    run: str | None,
+    verb: AgentVerb,
+    *,
+    timeout_s: float,
+    busy_for_s: float = 0.0,
+) -> AgentAnswer:
+    """The agent's answer; `busy` is asked again every BUSY_POLL_S for `busy_for_s`,
+    then returned. Each ask is one short SSH command: no channel waits on the host."""
+    host = target.host
+    loop = asyncio.get_running_loop()
+    busy_until = loop.time() + busy_for_s
+    while True:
+        # A lost connection fails this attempt; the retry asks the agent again.
+        out = await transport.run(host, command, timeout_s=timeout_s)
+        if out.returncode == NOT_FOUND:
+            raise PolicyViolation(
+                f"{host.name}: no host agent (`platform-agent` not found, exit {NOT_FOUND}): the deploy key "
+                "must run host/platform-gate as its forced command (README, preparing a host)"
+            )
+        if out.returncode == commands.GATE_REFUSED:
+            raise OlderAgent(f"{host.name}: the host's gate refused `{verb}`")
+        if out.timed_out or out.returncode != 0:
+            # The agent itself failed before it answered: nothing it recorded runs twice on a retry.
+            raise TransportError(f"{host.name}: the host agent ended without an answer (exit {out.returncode})")
+        try:
+            answer = agent_answer(out.stdout, run, verb)
+        except UnreadableAnswer as e:
+            raise RemoteFailed(f"{host.name}: {e}") from None
+        if answer.agent < commands.MIN_AGENT_PROTOCOL:
+            raise PolicyViolation(
+                f"{host.name}: host agent v{answer.agent} is older than v{commands.MIN_AGENT_PROTOCOL}"
+            )
+        if answer.answer != "busy" or loop.time() >= busy_until:
+            return answer
+        await asyncio.sleep(BUSY_POLL_S)
+
+
+def holder(answer: AgentAnswer, run: str | None) -> str:
+    """Who holds the project, for a message: a run id, never host text."""
+    who = "this apply" if answer.holder is not None and answer.holder == run else f"run {answer.holder}"
+    if answer.expires_in is not None:
+        return f"{who}, its lease expiring in {answer.expires_in} s"
+    return who if answer.held_s is None else f"{who}, for {answer.held_s} s"
+
+
+def ran(command: commands.RemoteCommand, answer: AgentAnswer) -> ComposeUpResult:
+    """A verb that ran compose, as its activity returns it: the agent's facts only."""
+    return ComposeUpResult(
+        executed=True,
+        command=command.render(),
+        timed_out=answer.timed_out,
+        remote=RemoteRecord(
+            returncode=answer.returncode,
+            duration_s=round(answer.duration_s, 3),
+            error_class=answer.error_class,
+            progress=answer.progress,
+            output_bytes=answer.output_bytes,
+            output_sha256=answer.output_sha256 or None,
+        ),
+    )
