@@ -67,8 +67,8 @@ async def test_compose_up_runs_only_for_an_approval_of_this_plan(tmp_path, appro
 
 
 class AgentTransport:
-    """Answers each `platform-agent apply` with the next of `answers` (a dict is the
-    agent's JSON for this run; a RemoteOutput is passed on as it is)."""
+    """Answers each command with the next of `answers` (a dict is the agent's JSON for
+    this run, verb `apply` unless it says; a RemoteOutput is passed on as it is)."""
 
     def __init__(self, *answers: dict[str, Any] | RemoteOutput) -> None:
         self.answers = list(answers)
@@ -79,7 +79,7 @@ class AgentTransport:
         answer = self.answers.pop(0)
         if isinstance(answer, RemoteOutput):
             return answer
-        body = {"agent": 2, "verb": "apply", "run": command.argv[2], **answer}
+        body = {"agent": 3, "verb": "apply", "run": command.argv[2], **answer}
         return RemoteOutput(returncode=0, stdout=json.dumps(body), stderr="", duration_s=0.1)
 
 

@@ -11,6 +11,8 @@ local/app:2 fails it.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +20,14 @@ from pathlib import Path
 from platformctl.cli.apply import summary_line
 from platformctl.transport.fake import runless
 from tests.docker_engine import APP_V1, APP_V2, DockerEngine
-from tests.e2e.conftest import ENGINE_HEALTH, ENGINE_HOST, engine_service, write_engine_module
+from tests.e2e.conftest import (
+    ENGINE_HEALTH,
+    ENGINE_HOST,
+    VENV_BIN,
+    engine_service,
+    json_text,
+    write_engine_module,
+)
 from tests.platform_files import SHA, apply_input, change, plan
 from tests.sshd import SshHost
 
@@ -158,3 +167,40 @@ async def test_a_container_that_exits_fails_its_apply_at_the_first_poll_with_its
     # Compose up takes a second or two, then one poll: far from the health timeout.
     assert out.seconds < ENGINE_HEALTH["timeout_seconds"] / 2, out.seconds
     assert engine_service(docker_engine, compose, SERVICE)["State"] == "exited"
+
+
+async def test_a_dollar_in_an_env_password_reaches_no_sink_on_a_successful_apply(
+    engine_e2e, engine_host: SshHost, docker_engine: DockerEngine
+):
+    """Compose reads `$rest` in an .env value as a variable and warns, on every up, that
+    "rest" is not set: the tail of the password, on stderr. The red team found it in
+    history, the UI, the status file, the audit and the worker's log."""
+    e2e = engine_e2e
+    compose = write_engine_module(e2e.root, engine_host, "rt-env", APP_V1)
+    tail = "Tail0fThePassw0rd"
+    Path(compose).write_text(Path(compose).read_text() + "    environment:\n      DB_PASSWORD: ${DB_PASSWORD}\n")
+    env_file = Path(compose).parent / ".env"
+    env_file.write_text(f"DB_PASSWORD=s3cret${tail}\n")
+    owner = Path(compose).stat()
+    os.chown(env_file, owner.st_uid, owner.st_gid)
+    worker = await e2e.start_worker()
+
+    out = await e2e.outcome(await e2e.start(request("rt-env"), workflow_id=workflow_id("env")), timeout_s=60)
+
+    assert out.status == "applied", out.result
+    # Compose did print it, and it stays in the agent's private folder on the host.
+    kept = "".join(p.read_text() for p in Path(engine_host.base_dir, "agent-state", "output").iterdir())
+    assert tail in kept and "variable is not set" in kept
+    shown = subprocess.run(
+        [str(VENV_BIN / "temporal"), "workflow", "show", "-w", out.handle.id, "-o", "json",
+         "--address", e2e.server.address],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    sinks = {
+        "the history": json_text(shown.stdout),
+        "the worker's log": worker.log(),
+        "the state files": "".join(p.read_text() for p in e2e.state_dir.rglob("*") if p.is_file()),
+        "the description": str(await out.handle.describe()),
+    }
+    assert [where for where, text in sinks.items() if tail in text] == []

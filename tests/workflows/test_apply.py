@@ -268,6 +268,18 @@ async def test_health_flapping_restarts_the_stable_window(harness):
     assert len(harness.transport.commands("compose_ps")) == 4 + 7
 
 
+async def test_a_lease_taken_back_after_it_expired_restarts_the_stable_window(harness):
+    """Nothing says the project stayed as it was while nobody held it."""
+    healthy = ps("honcho-redis")
+    retaken = ok(json.dumps({"agent": 3, "verb": "health", "run": "RUN", "answer": "observed", "lease": "retaken",
+                             "containers": [{"state": "running", "health": "healthy"}]}))
+    harness.transport.script = {"compose_ps": [healthy, healthy, healthy, retaken, healthy]}
+    out = await harness.apply(apply_input())
+    assert out.status == "applied" and out.result["health"]["observed_s"] >= 30
+    # The window starts again at the 4th poll: 6 more polls for its 30 s.
+    assert len(harness.transport.commands("compose_ps")) == 4 + 6
+
+
 async def test_service_without_healthcheck_is_healthy_when_running(harness):
     harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "")]}
     out = await harness.apply(apply_input())
