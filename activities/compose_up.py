@@ -83,11 +83,11 @@ class ComposeUp(StepActivities):
             )  # fmt: skip
         except host_agent.OlderAgent:
             raise PolicyViolation(
-                f"{target.host.name}: host agent older than v{commands.MIN_AGENT_PROTOCOL} (the gate refused "
-                "`apply`): install host/ on the host (README, upgrade)"
+                f"{target.host.name}: host agent older than v{commands.AGENT_PROTOCOL} (the gate refused "
+                "`apply --lease`): install host/ on the host (README, upgrade)"
             ) from None
         if answer.answer == "busy":
-            raise RemoteFailed(
+            raise PolicyViolation(
                 f"{target.host.name}: compose project {target.project} busy on the host "
                 f"(held by {host_agent.holder(answer, run)}); nothing ran"
             )

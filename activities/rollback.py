@@ -82,6 +82,8 @@ class RollbackImages(StepActivities):
             raise RemoteFailed(f"{host}: project busy on the host (held by {host_agent.holder(answer, run)})")
         if answer.answer == "lease_lost":
             raise RemoteFailed(f"{host}: lease lost to run {answer.holder}: the project is another apply's now")
+        if answer.reason == "not_applied":
+            return ComposeUpResult(executed=False, command=command.render())  # nothing to put back
         if answer.answer == "interrupted":
             raise RemoteFailed(f"{host}: the rollback of this run was interrupted on the host; never run twice")
         if answer.answer != "ran":

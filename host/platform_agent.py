@@ -3,7 +3,7 @@
 host/platform_gate.py checks the command's shape (compose file under ROOT and
 not sacred, a service name, a run id) and then calls apply() or logs() here.
 
-    platform-agent apply RUN TIMEOUT FILE SERVICE SHA|-
+    platform-agent apply RUN TIMEOUT FILE SERVICE SHA|- --lease
     platform-agent health RUN FILE SERVICE
     platform-agent rollback RUN TIMEOUT FILE SERVICE
     platform-agent release RUN
@@ -267,10 +267,12 @@ def _rollback(bin_path, state, ttl, run, timeout, compose_file, service):
     except OSError:
         return {"answer": "refused", "reason": "host_storage"}
     env = dict(os.environ, PATH=bin_path)
-    applied = _read(os.path.join(dirs["runs"], run + ".up.json")) or {}
+    applied = _read(os.path.join(dirs["runs"], run + ".up.json"))
+    if applied is None:
+        return {"answer": "refused", "reason": "not_applied"}  # compose up never ran here for this run
     images = applied.get("images")
     if not isinstance(images, list) or len(images) != 1 or not isinstance(applied.get("project"), str):
-        return {"answer": "refused", "reason": "no_snapshot"}  # nothing ran, or not one image to go back to
+        return {"answer": "refused", "reason": "no_snapshot"}  # not one image to go back to
     config, config_failure = _config(dirs, run, env, compose_file)
     if config is None:
         return config_failure

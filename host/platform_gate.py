@@ -19,7 +19,7 @@ it is exactly one of
     docker compose -f ROOT/<rel>.yml|.yaml images --format json SERVICE
     docker compose -f ROOT/<rel>.yml|.yaml -f - up -d --no-deps --no-build --pull never SERVICE
     git -C ROOT rev-parse HEAD
-    platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA|-
+    platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA|- --lease
     platform-agent health RUN ROOT/<rel>.yml|.yaml SERVICE
     platform-agent rollback RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE
     platform-agent release RUN
@@ -206,8 +206,10 @@ def agent_shape(argv, root):
         run, timeout, compose_file, service = args
         if run_id_ok(run) and timeout_ok(timeout) and compose_file_ok(compose_file, root) and service_ok(service):
             return "agent_rollback"
-    if verb == ["apply"] and len(args) == 5:
-        run, timeout, compose_file, service, sha = args
+    # `--lease` last: a gate older than the lease (v2) refuses the shape, so a worker
+    # that needs it never runs compose up there without one.
+    if verb == ["apply"] and len(args) == 6 and args[5] == "--lease":
+        run, timeout, compose_file, service, sha, _ = args
         if (
             run_id_ok(run) and timeout_ok(timeout)
             and compose_file_ok(compose_file, root)
@@ -419,7 +421,7 @@ def agent(name, args, root, bin_path, state, ttl):
     import platform_agent  # here: the other shapes do not pay for its imports
 
     if name == "agent_apply":
-        run, timeout, compose_file, service, sha = args
+        run, timeout, compose_file, service, sha, _ = args
         return platform_agent.apply(root, bin_path, state, ttl, run, int(timeout), compose_file, service, sha)
     if name == "agent_health":
         return platform_agent.health(bin_path, state, ttl, *args)

@@ -26,7 +26,8 @@ PIN_MAX_BYTES = 4096
 # host/platform-gate's exit status for a command it does not allow (nothing ran).
 GATE_REFUSED = 126
 # The host agent protocol this worker speaks (host/platform_agent.py's PROTOCOL), and
-# the oldest it still applies with: v2 has `apply` but no lease, `health` or `rollback`.
+# the oldest whose answers it still reads: a run whose compose up ran on a v2 agent
+# (no lease, `health` or `rollback`) is watched and rolled back as v2 allowed.
 AGENT_PROTOCOL = 3
 MIN_AGENT_PROTOCOL = 2
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -146,7 +147,9 @@ def agent_apply(run_id: str, timeout_s: int, compose_path: str, service: str, sh
     """The host agent's `apply` verb: under the compose project's lock on the host,
     at most once per run id, the checkout checked at `sha` (None: the host opted
     out of verify_checkout), then `docker compose -f FILE up -d SERVICE` detached
-    from the SSH channel. It answers one JSON line of facts; the output stays on the host."""
+    from the SSH channel, the project's lease taken first (`--lease`: a v2 gate, which
+    has no lease, refuses the shape). It answers one JSON line of facts; the output
+    stays on the host."""
     if not (isinstance(timeout_s, int) and 0 < timeout_s <= MAX_UP_TIMEOUT_S):
         raise UnsafeCommand(f"compose up timeout must be 1..{MAX_UP_TIMEOUT_S} seconds: {timeout_s!r}")
     if sha is not None and not SHA.fullmatch(sha):
@@ -155,7 +158,7 @@ def agent_apply(run_id: str, timeout_s: int, compose_path: str, service: str, sh
         "compose_up",
         (
             "platform-agent", "apply", _run_id(run_id), str(timeout_s), _compose_file(compose_path),
-            _service(service), sha or "-",
+            _service(service), sha or "-", "--lease",
         ),
     )  # fmt: skip
 

@@ -857,6 +857,8 @@ class ApplyWorkflow:
             )
         except _Stop as e:
             return ImageRollback(outcome="failed", image_id=image_id, error=e.message)
+        if not up.executed:
+            return ImageRollback(outcome="skipped", image_id=image_id, error="compose up never ran on the host")
         if up.timed_out or up.remote is None or up.remote.returncode != 0:
             why = "still running after its timeout: killed" if up.timed_out else (
                 f"exited with code {up.remote.returncode if up.remote else None}"

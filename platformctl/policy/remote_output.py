@@ -154,7 +154,9 @@ class AgentAnswer(BaseModel):
     released: int | None = Field(default=None, ge=0)
     leases: list[LeaseFacts] = Field(default_factory=list, max_length=1000)
     # refused
-    reason: Literal["checkout", "compose_config", "host_storage", "no_snapshot", "undefined_service"] | None = None
+    reason: Literal[
+        "checkout", "compose_config", "host_storage", "not_applied", "no_snapshot", "undefined_service"
+    ] | None = None
     head: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
     dirty: StrictBool = False
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities import host_agent
+from activities import compose_up, host_agent
 from activities.compose_up import ComposeUp
 from activities.single_flight import SingleFlight
 from platformctl.models import Approval, ComposeUpInput
@@ -107,6 +107,19 @@ async def test_a_busy_project_is_asked_again_until_the_agent_has_the_outcome(tmp
     assert len(transport.sent) == 2 and transport.sent[0] == transport.sent[1]  # the same run, asked again
 
 
+async def test_a_project_still_busy_at_the_bound_ends_the_apply_blocked_with_nothing_run(tmp_path, monkeypatch):
+    """The contract: a waiting apply fails as `blocked` after a bounded wait."""
+    monkeypatch.setattr(host_agent, "BUSY_POLL_S", 0.01)
+    monkeypatch.setattr(compose_up, "AGENT_MARGIN_S", -59)  # the bound: the up timeout (60 s) - 59 s
+    holder = "0" * 8 + "-0000-4000-8000-" + "0" * 12
+    transport = AgentTransport(*[{"answer": "busy", "holder": holder, "expires_in": 500}] * 1000)
+    with pytest.raises(ApplicationError) as failed:
+        await run_up(tmp_path, transport)
+    assert (failed.value.type, failed.value.non_retryable) == ("PolicyViolation", True)
+    assert f"busy on the host (held by run {holder}, its lease expiring in 500 s); nothing ran" in failed.value.message
+    assert 10 < len(transport.sent) < 1000
+
+
 @pytest.mark.parametrize(
     "answer, error_type, words",
     [
@@ -118,7 +131,7 @@ async def test_a_busy_project_is_asked_again_until_the_agent_has_the_outcome(tmp
         ({"answer": "refused", "reason": "host_storage"}, "RemoteFailed", "nothing ran"),
         ({"answer": "ran", "returncode": 0, "progress": "not a list"}, "RemoteFailed", "not the facts"),
         (RemoteOutput(returncode=126, stdout="", stderr="platform-gate: command not allowed", duration_s=0.1),
-         "PolicyViolation", "older than v2"),
+         "PolicyViolation", "older than v3"),
         (RemoteOutput(returncode=127, stdout="", stderr="sh: platform-agent: not found", duration_s=0.1),
          "PolicyViolation", "no host agent"),
     ],

@@ -120,3 +120,10 @@ async def test_release_frees_this_runs_lease_and_an_older_agent_has_none(tmp_pat
         release = ReleaseLease(StubDeps(settings, transport)).release_lease  # type: ignore[arg-type]
         assert await attempt(1).run(release, inp) == freed
         assert transport.sent[0].argv[:2] == ("platform-agent", "release")
+
+
+async def test_a_rollback_for_a_run_that_never_ran_compose_up_here_is_skipped(tmp_path):
+    """compose up refused before anything ran (busy, checkout, compose config, storage)."""
+    refused = {"verb": "rollback", "answer": "refused", "reason": "not_applied"}
+    result = await roll_back(tmp_path, AgentTransport(refused))
+    assert result.executed is False

@@ -73,7 +73,7 @@ async def test_apply_on_a_real_engine_ends_applied_and_the_service_is_healthy(
     r = out.result
     assert (r["exitCode"], out.error_type, r["error"], r["rollback"]) == (9, None, None, None)
     assert (r["module"], r["host"], r["compose_service"]) == ("rt-ok", ENGINE_HOST, SERVICE)
-    assert runless(r["command"]) == f"platform-agent apply RUN 300 {compose} {SERVICE} {SHA}"
+    assert runless(r["command"]) == f"platform-agent apply RUN 300 {compose} {SERVICE} {SHA} --lease"
     assert r["remote"]["returncode"] == 0
     assert "Container rt-ok-app-1 Started" in r["remote"]["progress"], r["remote"]
     assert (r["health"]["state"], r["health"]["health"]) == ("running", "healthy")

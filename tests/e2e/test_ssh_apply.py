@@ -115,7 +115,7 @@ async def test_applied_runs_exactly_up_then_ps_and_records_state(ssh_e2e, sshd_h
     r = out.result
     assert r["exitCode"] == 9 and out.error_type is None and r["error"] is None and r["rollback"] is None
     assert (r["module"], r["host"], r["compose_service"]) == ("e2e-ok", "h1", "svc-ok")
-    assert runless(r["command"]) == f"platform-agent apply RUN 300 {sshd_host.compose_path} svc-ok {SHA}"
+    assert runless(r["command"]) == f"platform-agent apply RUN 300 {sshd_host.compose_path} svc-ok {SHA} --lease"
     assert r["remote"]["returncode"] == 0
     assert r["remote"]["progress"][-1] == "Container core-svc-ok-1 Started" and r["remote"]["error_class"] is None
     assert (r["health"]["state"], r["health"]["health"]) == ("running", "healthy")
@@ -356,8 +356,8 @@ async def test_parallel_applies_on_two_hosts_use_one_connection_each(e2e, sshd_h
     elapsed = time.monotonic() - started
 
     assert (a.status, a.result["host"], b.status, b.result["host"]) == ("applied", "h1", "applied", "h2")
-    assert runless(a.result["command"]) == f"platform-agent apply RUN 300 {sshd_host.compose_path} svc-a {SHA}"
-    assert runless(b.result["command"]) == f"platform-agent apply RUN 300 {sshd_host2.compose_path} svc-b {SHA}"
+    assert runless(a.result["command"]) == f"platform-agent apply RUN 300 {sshd_host.compose_path} svc-a {SHA} --lease"
+    assert runless(b.result["command"]) == f"platform-agent apply RUN 300 {sshd_host2.compose_path} svc-b {SHA} --lease"
     only_up_then_ps(sshd_host, "svc-a", min_ps=3)
     only_up_then_ps(sshd_host2, "svc-b", min_ps=3)
     assert sshd_host.connection_count() == 1 and sshd_host2.connection_count() == 1

@@ -178,14 +178,16 @@ def test_the_gate_refuses_agent_verbs_outside_their_shape(host):
     root, state, agent = host
     compose = f"{root}/{COMPOSE_FILE}"
     for command in (
-        f"platform-agent apply not-a-uuid 30 {compose} redis {SHA}",
-        f"platform-agent apply {run_id()} 0 {compose} redis {SHA}",
-        f"platform-agent apply {run_id()} 3601 {compose} redis {SHA}",
-        f"platform-agent apply {run_id()} 30 /etc/compose.yaml redis {SHA}",
-        f"platform-agent apply {run_id()} 30 {root}/.env/x.yml redis {SHA}",
-        f"platform-agent apply {run_id()} 30 {compose} 'redis;id' {SHA}",
-        f"platform-agent apply {run_id()} 30 {compose} redis HEAD",
-        f"platform-agent apply {run_id()} 30 {compose} redis",
+        f"platform-agent apply not-a-uuid 30 {compose} redis {SHA} --lease",
+        f"platform-agent apply {run_id()} 0 {compose} redis {SHA} --lease",
+        f"platform-agent apply {run_id()} 3601 {compose} redis {SHA} --lease",
+        f"platform-agent apply {run_id()} 30 /etc/compose.yaml redis {SHA} --lease",
+        f"platform-agent apply {run_id()} 30 {root}/.env/x.yml redis {SHA} --lease",
+        f"platform-agent apply {run_id()} 30 {compose} 'redis;id' {SHA} --lease",
+        f"platform-agent apply {run_id()} 30 {compose} redis HEAD --lease",
+        f"platform-agent apply {run_id()} 30 {compose} redis --lease",
+        f"platform-agent apply {run_id()} 30 {compose} redis {SHA}",  # a v2 worker's: no lease
+        f"platform-agent apply {run_id()} 30 {compose} redis {SHA} --leased",
         f"platform-agent logs {run_id()} extra",
         f"platform-agent release {run_id()} {run_id()}",
         "platform-agent release",
@@ -317,7 +319,7 @@ def test_rollback_pins_the_image_the_agent_recorded_once_per_run(host):
     [(argv, pin)] = received_stdin(state)
     assert pin == commands.image_pin("redis", before)
     assert rollback(host, run) == {**back, "replayed": True} and len(received_stdin(state)) == 1
-    assert rollback(host, run_id())["reason"] == "no_snapshot"  # a run that applied nothing here
+    assert rollback(host, run_id())["reason"] == "not_applied"  # a run that applied nothing here
     assert len(received_stdin(state)) == 1
 
 

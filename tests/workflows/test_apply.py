@@ -35,7 +35,7 @@ from workflows.apply import HOST_UNOBSERVED
 from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
 from workflows.registry import ALL_WORKFLOWS
 
-COMMAND = f"platform-agent apply RUN 300 /opt/platform/compose/core/compose.yaml honcho-redis {SHA}"
+COMMAND = f"platform-agent apply RUN 300 /opt/platform/compose/core/compose.yaml honcho-redis {SHA} --lease"
 PS_COMMAND_V2 = "docker compose -f /opt/platform/compose/core/compose.yaml ps --all --format json honcho-redis"
 PS_COMMAND = "platform-agent health RUN /opt/platform/compose/core/compose.yaml honcho-redis"
 IMAGES_COMMAND = "docker compose -f /opt/platform/compose/core/compose.yaml images --format json honcho-redis"

@@ -250,3 +250,20 @@ async def test_reapply_never_reapplies_a_sha_that_was_rolled_back(dev_env, tmp_p
     assert state.last_failure.rollback.image.outcome == "restored"
     # What re-apply would apply is the last applied SHA; the rolled-back one never.
     assert state.last_applied.images[0].image_id == NEW
+
+
+async def test_nothing_is_put_back_when_compose_up_never_ran_on_the_host(harness):
+    """The agent refused compose up before anything ran (here: compose cannot load the
+    file): the apply fails, and the rollback is skipped, not a ROLLBACK FAILED alarm."""
+    refused = {"agent": 3, "run": "RUN", "answer": "refused"}
+    harness.transport.script = {
+        "compose_up": [ok(json.dumps({**refused, "verb": "apply", "reason": "compose_config",
+                                      "error_class": "interpolation"}))],
+        "compose_rollback": [ok(json.dumps({**refused, "verb": "rollback", "reason": "not_applied"}))],
+    }
+    out = await harness.apply(apply_input())
+    assert out.status == "remote_failed", out.result
+    assert "compose cannot load" in out.result["error"] and "(interpolation); nothing ran" in out.result["error"]
+    image = out.result["rollback"]["image"]
+    assert (image["outcome"], image["error"]) == ("skipped", "compose up never ran on the host")
+    assert harness.transport.commands("compose_ps") == []  # nothing to watch either
