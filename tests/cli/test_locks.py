@@ -41,6 +41,11 @@ async def test_locks_lists_the_holder_and_the_waiters_and_cancelled_applies_exit
     first = await cli.start("apply", str(first_plan), *flags)
     await first.wait_stderr(f"{holder_id}: health_check")
     await locks_until(cli, f"{host_name}/core held by {holder_id}")
+    # On the host, the agent's lease: what actually keeps the next compose up out.
+    run_id = (await platform.client.get_workflow_handle(holder_id).describe()).run_id
+    shown = await cli.run("locks", "--hosts")
+    leased = f"{host_name}/core leased on the host to run {run_id} (health), expires in "
+    assert shown.code == 0 and any(line.startswith(leased) for line in shown.out.splitlines()), shown
 
     second_plan = write_json(tmp_path / "b.json", plan(waiter, changes=[change(waiter)]))
     second = await cli.start("apply", str(second_plan), *flags)
@@ -53,9 +58,9 @@ async def test_locks_lists_the_holder_and_the_waiters_and_cancelled_applies_exit
         assert done.code == 5, done
         assert done.out.startswith(f"cancelled {module}@{host_name} 0123456 exit 5"), done
 
-    deadline = time.monotonic() + 30
-    while any(line.startswith(f"{host_name}/") for line in (await cli.run("locks")).out.splitlines()):
-        assert time.monotonic() < deadline, "the lock outlived its holder"
+    deadline = time.monotonic() + 30  # the lock and the host's lease, both freed
+    while any(line.startswith(f"{host_name}/") for line in (await cli.run("locks", "--hosts")).out.splitlines()):
+        assert time.monotonic() < deadline, "the lock or the lease outlived its holder"
         await asyncio.sleep(0.5)
 
 
