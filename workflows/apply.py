@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         CheckHostInput,
         ComposePsInput,
         ComposeUpInput,
+        ComposeUpResult,
         GuardComposePathInput,
         HealthConfig,
         HealthRecord,
@@ -152,6 +153,14 @@ DURABLE_RECORDS_PATCH = "durable-records"
 # holds it from compose up through health check and rollback). Asked when an apply that
 # ran compose up ends, so runs waiting for approval at the upgrade free theirs.
 HOST_LEASE_PATCH = "host-lease"
+# Applies from before it end `remote_failed` (and roll back) when compose up's retries run
+# out on a host that stopped answering, though compose may have finished there. Asked only
+# then, so an apply whose host answers carries no marker.
+HOST_REASK_PATCH = "host-reask"
+# Meanwhile the host agent is asked again every REASK_EVERY for its outcome, for up to
+# REASK_FOR past the up timeout; the agent's record answers, compose never runs twice.
+REASK_EVERY = timedelta(seconds=30)
+REASK_FOR = timedelta(minutes=10)
 # A record that cannot be written (full disk, broken mount) is tried again on durable
 # timers, first after RECORD_RETRY_FIRST_S, doubling up to RECORD_RETRY_MAX_S, for a day.
 RECORD_RETRY_FIRST_S = 5
@@ -222,11 +231,12 @@ class _Stop(Exception):
     """Ends the apply with a contract status; `restore`: put the service back on its
     snapshot's image (after compose up), False when nothing was seen to fail."""
 
-    def __init__(self, status: Status, message: str, *, restore: bool = True) -> None:
+    def __init__(self, status: Status, message: str, *, restore: bool = True, unreachable: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.restore = restore
+        self.unreachable = unreachable  # a remote step's retries ran out on a host that did not answer
 
 
 @workflow.defn(dynamic=True)
@@ -480,33 +490,16 @@ class ApplyWorkflow:
         self._checkout_verified = True
 
     async def _compose_up(self, target: Target, timeout_s: int) -> None:
-        assert self._plan is not None and self._input is not None and self._approval is not None
         try:
-            up = await self._step(
-                ComposeUp.compose_up,
-                ComposeUpInput(
-                    target=target,
-                    timeout_seconds=timeout_s,
-                    module=self._plan.module,
-                    source_sha=self._input.plan.source_sha,
-                    approval=self._approval,
-                    plan_digest=self._digest,
-                ),
-                remote=True,
-                # The transport kills the command at timeout_s; this only catches a lost worker.
-                start_to_close_timeout=timedelta(seconds=timeout_s + 60),
-                heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
-                retry_policy=REMOTE_RETRY,
-                # A cancel returns only once the command is gone on the host, so the
-                # rollback never overlaps it.
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
-        except _Stop:
+            up = await self._up_step(target, timeout_s)
+        except _Stop as stop:
             # The step failed after a cancel request reached it (the SDK then clears the
             # cancel): the apply was still cancelled, as CONTRACT.md's `cancelled` says.
             if workflow.cancellation_reason() is not None and workflow.patched(CANCEL_OUTRANKS_PATCH):
                 raise asyncio.CancelledError() from None
-            raise
+            if not (stop.unreachable and workflow.patched(HOST_REASK_PATCH)):
+                raise
+            up = await self._reask(target, timeout_s, stop)
         self._command = up.command
         self._remote = up.remote
         if up.timed_out:
@@ -515,6 +508,47 @@ class ApplyWorkflow:
             code = up.remote.returncode if up.remote else None
             why = f" ({up.remote.error_class})" if up.remote and up.remote.error_class else ""
             raise _Stop("remote_failed", f"compose up exited with code {code}{why}")
+
+    def _up_step(self, target: Target, timeout_s: int) -> Awaitable[ComposeUpResult]:
+        assert self._plan is not None and self._input is not None and self._approval is not None
+        return self._step(
+            ComposeUp.compose_up,
+            ComposeUpInput(
+                target=target,
+                timeout_seconds=timeout_s,
+                module=self._plan.module,
+                source_sha=self._input.plan.source_sha,
+                approval=self._approval,
+                plan_digest=self._digest,
+            ),
+            remote=True,
+            # The transport kills the command at timeout_s; this only catches a lost worker.
+            start_to_close_timeout=timedelta(seconds=timeout_s + 60),
+            heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
+            retry_policy=REMOTE_RETRY,
+            # A cancel returns only once the command is gone on the host, so the
+            # rollback never overlaps it.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _reask(self, target: Target, timeout_s: int, stop: _Stop) -> ComposeUpResult:
+        """The host stopped answering after compose up was sent: compose may have run to
+        its end there. Ask the agent again on durable timers (its record of this run
+        answers; it never runs compose twice) until it answers or REASK_FOR has passed."""
+        until = workflow.now() + timedelta(seconds=timeout_s) + REASK_FOR
+        while workflow.now() < until:
+            workflow.set_current_details(
+                f"{target.host.name} stopped answering during compose up ({stop.message}); asking its host "
+                f"agent for the outcome every {REASK_EVERY.seconds} s until {until:%H:%M:%S} UTC."
+            )
+            await workflow.sleep(REASK_EVERY)
+            try:
+                return await self._up_step(target, timeout_s)
+            except _Stop as again:
+                if not again.unreachable:
+                    raise
+                stop = again
+        raise stop
 
     async def _snapshot_images(self, target: Target, when: str) -> ImageSnapshot:
         assert self._plan is not None
@@ -955,7 +989,8 @@ class ApplyWorkflow:
             if isinstance(cause, CancelledError):
                 raise asyncio.CancelledError() from None  # our own cancel, come back from the activity
             if isinstance(cause, ApplicationError) and cause.type in STATUS_BY_ERROR_TYPE:
-                raise _Stop(STATUS_BY_ERROR_TYPE[cause.type], cause.message) from None
+                unreachable = remote and cause.type == "RemoteFailed" and not cause.non_retryable
+                raise _Stop(STATUS_BY_ERROR_TYPE[cause.type], cause.message, unreachable=unreachable) from None
             status: Status = "remote_failed" if remote else "tool_error"
             # A cause is always a FailureError (the SDK's failure converter builds it), typed as any exception.
             detail = cause.message if isinstance(cause, FailureError) else e.message
