@@ -56,9 +56,11 @@ service the compose file does not define; once per run, under the lease.
 protocol version; `logs RUN` prints one run's kept output, for
 `platform-apply logs` (the operator's read-only key may run these two).
 
-A host admin breaks a stuck lease locally, never over SSH:
+A host admin breaks a stuck lease locally, never over SSH (and host/install
+lists the leases held before it replaces the agent):
 
     python3 /usr/local/lib/platform-gate/platform_agent.py break-lease PROJECT [--state DIR]
+    python3 /usr/local/lib/platform-gate/platform_agent.py leases --state DIR
 
 Stdlib only; imported only for these verbs, so the gate's other commands do
 not pay for `re`, `json` and `hashlib` at start-up.
@@ -748,10 +750,27 @@ def break_lease(argv):
     return 0
 
 
+def held_leases(argv):
+    """`leases --state DIR`: print the leases held; exit 0 when none, 75 (EX_TEMPFAIL) when some."""
+    if len(argv) != 2 or argv[0] != "--state":
+        os.write(2, b"usage: platform_agent.py leases --state DIR\n")
+        return 64
+    dirs = {"leases": os.path.join(argv[1], "leases")}
+    held = 0
+    for project in _lease_projects(dirs):
+        lease = _read(_lease_path(dirs, project)) or {}
+        left = _expires_in(lease)
+        if left is not None and left > 0:
+            held += 1
+            os.write(1, f"project {project}: leased to run {lease['run']} for {int(left)} s more\n".encode())
+    return 75 if held else 0
+
+
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:2] != ["break-lease"]:
-        os.write(2, b"usage: platform_agent.py break-lease PROJECT [--state DIR] (the verbs run through the gate)\n")
+    admin = {"break-lease": break_lease, "leases": held_leases, "version": lambda _: print(PROTOCOL) or 0}
+    if sys.argv[1:2] == [] or sys.argv[1] not in admin:
+        os.write(2, b"usage: platform_agent.py break-lease|leases|version ... (the verbs run through the gate)\n")
         sys.exit(64)
-    sys.exit(break_lease(sys.argv[2:]))
+    sys.exit(admin[sys.argv[1]](sys.argv[2:]))
