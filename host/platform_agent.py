@@ -94,6 +94,7 @@ CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 STATES = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
 HEALTHS = frozenset({"", "starting", "healthy", "unhealthy"})
 MAX_CONTAINERS = 100
+STORAGE = {"answer": "refused", "reason": "host_storage"}  # nothing could be recorded, so nothing ran
 
 # The error classes and progress template of platformctl/policy/remote_output.py
 # (tests hold the two copies equal): lower-cased needles, first match wins.
@@ -137,7 +138,7 @@ def release(state, run):
     try:
         dirs = _dirs(state)
     except OSError:
-        return _answer("release", run, {"answer": "refused", "reason": "host_storage"})
+        return _answer("release", run, STORAGE)
     released = 0
     for project in _lease_projects(dirs):
         fd = _lock_file(dirs, project)
@@ -182,10 +183,9 @@ def _out(fd, data):
 
 def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha):
     try:
-        dirs = _dirs(state)
+        dirs, env, _ = _prepare(state, bin_path, run)
     except OSError:
-        return {"answer": "refused", "reason": "host_storage"}
-    env = dict(os.environ, PATH=bin_path)
+        return STORAGE
     config, config_failure = _config(dirs, run, env, compose_file)
     if config is None:
         return config_failure
@@ -216,7 +216,7 @@ def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha)
         _write(path, {"format": RECORD_FORMAT, "request": request, "state": "started", "boot_id": _boot_id(),
                       "project": project, "images": images})  # fmt: skip
     except OSError:
-        return {"answer": "refused", "reason": "host_storage"}
+        return STORAGE
     os.set_inheritable(lock, True)  # compose holds the project's lock until it ends, even if we die
     facts = _run(dirs, run, "up", env, timeout, ["compose", "-f", compose_file, "up", "-d", service])
     result = {"answer": "ran", **facts, "lease_ttl": ttl, "replayed": False}
@@ -232,11 +232,9 @@ def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha)
 
 def _health(bin_path, state, ttl, run, compose_file, service):
     try:
-        dirs = _dirs(state)
+        dirs, env, applied = _prepare(state, bin_path, run)
     except OSError:
-        return {"answer": "refused", "reason": "host_storage"}
-    env = dict(os.environ, PATH=bin_path)
-    applied = _read(os.path.join(dirs["runs"], run + ".up.json"))
+        return STORAGE
     lease = "none"  # a run that did not apply here (an operator rollback's) only looks
     if applied is not None and isinstance(applied.get("project"), str):
         lease = _renew(dirs, applied["project"], run, "health", ttl)
@@ -265,11 +263,9 @@ def _health(bin_path, state, ttl, run, compose_file, service):
 
 def _rollback(bin_path, state, ttl, run, timeout, compose_file, service):
     try:
-        dirs = _dirs(state)
+        dirs, env, applied = _prepare(state, bin_path, run)
     except OSError:
-        return {"answer": "refused", "reason": "host_storage"}
-    env = dict(os.environ, PATH=bin_path)
-    applied = _read(os.path.join(dirs["runs"], run + ".up.json"))
+        return STORAGE
     if applied is None:
         return {"answer": "refused", "reason": "not_applied"}  # compose up never ran here for this run
     images = applied.get("images")
@@ -301,7 +297,7 @@ def _rollback(bin_path, state, ttl, run, timeout, compose_file, service):
         _take_lease(dirs, project, run, "rollback", ttl)
         _write(path, {"format": RECORD_FORMAT, "request": request, "state": "started", "boot_id": _boot_id()})
     except OSError:
-        return {"answer": "refused", "reason": "host_storage"}
+        return STORAGE
     os.set_inheritable(lock, True)
     pin = json.dumps({"services": {service: {"image": images[0]}}}, separators=(",", ":")).encode("ascii")
     argv = ["compose", "-f", compose_file, "-f", "-", "up", "-d", "--no-deps", "--no-build", "--pull", "never", service]
@@ -332,6 +328,13 @@ def logs(state, run):
         _out(1, f"== {step}: {len(data)} bytes kept ==\n".encode())
         _out(1, data if data.endswith(b"\n") or not data else data + b"\n")
     return 0
+
+
+def _prepare(state, bin_path, run):
+    """(dirs, the environment docker runs in, `run`'s compose up record or None); OSError
+    when the state folder cannot be made."""
+    dirs = _dirs(state)
+    return dirs, dict(os.environ, PATH=bin_path), _read(os.path.join(dirs["runs"], run + ".up.json"))
 
 
 def _dirs(state):
