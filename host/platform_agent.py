@@ -141,6 +141,8 @@ def release(state, run):
         return _answer("release", run, STORAGE)
     released = 0
     for project in _lease_projects(dirs):
+        if (_read(_lease_path(dirs, project)) or {}).get("run") != run:
+            continue  # another run's: not ours to wait for
         fd = _lock_file(dirs, project)
         try:
             if not _lock(fd):

@@ -545,6 +545,8 @@ class ApplyWorkflow:
             try:
                 return await self._up_step(target, timeout_s)
             except _Stop as again:
+                if workflow.cancellation_reason() is not None:
+                    raise asyncio.CancelledError() from None  # as in _compose_up: the cancel outranks
                 if not again.unreachable:
                     raise
                 stop = again
