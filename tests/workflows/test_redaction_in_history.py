@@ -154,7 +154,6 @@ def unexpected_exception_with_secrets():
     [
         compose_up_exits_1,
         compose_ps_fails_with_secrets_on_stderr,
-        connection_error_with_secrets,
         unexpected_exception_with_secrets,
     ],
 )
