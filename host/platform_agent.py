@@ -157,14 +157,39 @@ def release(state, run):
 
 def check(state):
     """The protocol version and the leases held now, for `platform-apply doctor`."""
-    leases = []
-    directory = os.path.join(state, "leases")
-    for project in _lease_projects({"leases": directory}):
-        lease = _read(_lease_path({"leases": directory}, project)) or {}
-        left = _expires_in(lease)
-        if isinstance(lease.get("run"), str) and left is not None and left > 0:
-            leases.append({"project": project, "run": lease["run"], "step": lease.get("step"), "expires_in": int(left)})
+    leases = [
+        {"project": project, "run": lease["run"], "step": lease.get("step"), "expires_in": left}
+        for project, lease, left in _held_leases(state)
+    ]
     return _answer("check", None, {"answer": "checked", "leases": leases})
+
+
+def _held_leases(state):
+    """(project, lease, seconds left) of each lease held: unexpired, or its run's verb still
+    running under the project's lock (a lease never expires under a running verb)."""
+    dirs = {name: os.path.join(state, name) for name in ("locks", "leases")}
+    held = []
+    for project in _lease_projects(dirs):
+        lease = _read(_lease_path(dirs, project)) or {}
+        left = _expires_in(lease)
+        if left is not None and (left > 0 or _running(dirs, project)):
+            held.append((project, lease, max(0, int(left))))
+    return held
+
+
+def _running(dirs, project):
+    """Whether a verb holds the project's lock now (read-only: a shared lock, let go at once)."""
+    try:
+        fd = os.open(os.path.join(dirs["locks"], project + ".lock"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _answer(verb, run, facts):
@@ -760,14 +785,9 @@ def held_leases(argv):
     if len(argv) != 2 or argv[0] != "--state":
         os.write(2, b"usage: platform_agent.py leases --state DIR\n")
         return 64
-    dirs = {"leases": os.path.join(argv[1], "leases")}
-    held = 0
-    for project in _lease_projects(dirs):
-        lease = _read(_lease_path(dirs, project)) or {}
-        left = _expires_in(lease)
-        if left is not None and left > 0:
-            held += 1
-            os.write(1, f"project {project}: leased to run {lease['run']} for {int(left)} s more\n".encode())
+    held = _held_leases(argv[1])
+    for project, lease, left in held:
+        os.write(1, f"project {project}: leased to run {lease['run']} for {left} s more\n".encode())
     return 75 if held else 0
 
 

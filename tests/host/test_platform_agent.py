@@ -91,8 +91,9 @@ def test_runs_of_one_project_never_overlap_and_a_long_one_answers_busy(host):
     (state / "behaviour" / "redis").write_text("hold spans=on")
     holder = run_id()
     command = commands.agent_apply(holder, 60, f"{root}/{COMPOSE_FILE}", "redis", SHA).render()
-    first = subprocess.Popen(gate_argv(root, "--state", str(agent)), env=gate_env(command, state),
-                             stdout=subprocess.PIPE, text=True)
+    # A TTL shorter than compose up: the lease must not lapse under it.
+    first = subprocess.Popen(gate_argv(root, "--state", str(agent), "--lease-ttl", "1"),
+                             env=gate_env(command, state), stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10
         while not (state / "hang.pid").exists():
@@ -103,6 +104,9 @@ def test_runs_of_one_project_never_overlap_and_a_long_one_answers_busy(host):
         assert busy["answer"] == "busy" and busy["holder"] == holder, busy
         assert time.monotonic() - started >= platform_agent.LOCK_WAIT_S - 0.5  # waited a few seconds first
         assert len(ups(state)) == 1
+        # Past its TTL, still held: doctor and `locks --hosts` show it while compose runs.
+        [lease] = verb(host, commands.agent_check())["leases"]
+        assert (lease["run"], lease["step"], lease["expires_in"]) == (holder, "apply", 0), lease
         (state / "release").touch()
         assert json.loads(first.communicate(timeout=10)[0])["returncode"] == 0
     finally:
