@@ -88,7 +88,8 @@ class RollbackImages(StepActivities):
             raise RemoteFailed(f"{host}: the rollback of this run was interrupted on the host; never run twice")
         if answer.answer != "ran":
             why = {"no_snapshot": "the agent recorded no one image before compose up",
-                   "undefined_service": "the compose file does not define the service"}.get(answer.reason or "", "")
+                   "undefined_service": "the compose file does not define the service"}.get(
+                       answer.reason or "", "nothing was put back")
             refused = answer.reason or answer.answer
             raise PolicyViolation(f"{host}: the host agent refused the rollback ({refused}): {why}")
         if answer.image_id != inp.image_id:
