@@ -39,7 +39,8 @@ class HealthSmoke(StepActivities):
             return ServiceObservation(state="", health="", error=busy)
         if answer.answer != "observed":
             return ServiceObservation(state="", health="", error=f"the host agent could not look ({answer.answer})")
-        return observe_facts(answer.containers).model_copy(update={"retaken": answer.lease == "retaken"})
+        seen = observe_facts(answer.containers)
+        return seen.model_copy(update={"retaken": answer.lease == "retaken", "logs_kept": answer.logs_kept > 0})
 
     async def _compose_ps(self, target: Target) -> ServiceObservation:
         """A host whose agent predates `health`: compose ps, as hosts are upgraded after workers."""

@@ -45,6 +45,8 @@ not sacred, a service name, a run id) and then calls apply() or logs() here.
 
 `health` is one observation of the service, stopped containers included:
 per container its state, health, exit code and restart count, facts only.
+For a failing container (exited, dead, restarting or unhealthy) it keeps the
+last LOG_LINES log lines and the healthcheck's output with the run's output.
 For a run that applied, it renews the lease; an expired lease still free is
 taken back (`retaken`), one another run took is `lease_lost`.
 
@@ -94,6 +96,8 @@ CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 STATES = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
 HEALTHS = frozenset({"", "starting", "healthy", "unhealthy"})
 MAX_CONTAINERS = 100
+FAILING_STATES = frozenset({"exited", "dead", "restarting"})  # with health "unhealthy": logs are kept
+MAX_KEPT_CONTAINERS, LOG_LINES, KEEP_TIMEOUT_S = 3, 100, 10
 STORAGE = {"answer": "refused", "reason": "host_storage"}  # nothing could be recorded, so nothing ran
 
 # The error classes and progress template of platformctl/policy/remote_output.py
@@ -273,19 +277,40 @@ def _health(bin_path, state, ttl, run, compose_file, service):
     rows = _ps_rows(out)
     if rows is None:
         return {"answer": "unobserved", "lease": lease}
-    containers = []
+    containers, failing = [], []
     for row in rows:
         one_off = "com.docker.compose.oneoff=True" in str(row.get("Labels", "")).split(",")
         if row.get("Service", service) != service or one_off:
             continue  # `docker compose run` containers are not the service
-        state_, health_, code = row.get("State"), row.get("Health"), row.get("ExitCode")
+        state_, health_, code, cid = row.get("State"), row.get("Health"), row.get("ExitCode"), row.get("ID")
+        valid_id = isinstance(cid, str) and CONTAINER_ID.fullmatch(cid)
         containers.append({
             "state": state_ if state_ in STATES else "unknown",
             "health": health_ if health_ in HEALTHS else "unknown",
             "exit_code": code if type(code) is int and 0 <= code <= 255 else None,
-            "restart_count": _restart_count(env, row.get("ID")),
+            "restart_count": _restart_count(env, cid) if valid_id else None,
         })  # fmt: skip
-    return {"answer": "observed", "lease": lease, "containers": containers[:MAX_CONTAINERS]}
+        if valid_id and (state_ in FAILING_STATES or health_ == "unhealthy"):
+            failing.append(cid)
+    kept = _keep_failing(dirs, run, env, failing[:MAX_KEPT_CONTAINERS])
+    return {"answer": "observed", "lease": lease, "containers": containers[:MAX_CONTAINERS], "logs_kept": kept}
+
+
+def _keep_failing(dirs, run, env, containers):
+    """Keep each failing container's last log lines and healthcheck output with the run's
+    output (only `platform-apply logs` shows them); how many containers' logs were kept."""
+    kept = 0
+    for cid in containers:
+        step = f"health.{cid[:12]}"
+        try:
+            logs = _run(dirs, run, step, env, KEEP_TIMEOUT_S, ["logs", "--tail", str(LOG_LINES), cid])
+            _run(dirs, run, step + ".check", env, KEEP_TIMEOUT_S, ["inspect", "--format", "{{json .State.Health}}", cid])
+        except OSError:
+            break  # a full disk: the verdict does not need them
+        kept += logs["returncode"] == 0
+    if containers:
+        _prune(dirs)
+    return kept
 
 
 def _rollback(bin_path, state, ttl, run, timeout, compose_file, service):
@@ -554,8 +579,6 @@ def _ps_rows(out):
 
 
 def _restart_count(env, container):
-    if not (isinstance(container, str) and CONTAINER_ID.fullmatch(container)):
-        return None
     out = _capture(env, ["docker", "inspect", "--format", "{{.RestartCount}}", container])
     return int(out) if out is not None and re.fullmatch(rb"[0-9]{1,9}\n?", out) else None
 

@@ -319,6 +319,7 @@ class ServiceObservation(_Model):
     restart_count: int | None = None  # the service's containers' restarts, summed (agent v3)
     retaken: bool = False  # the run's lease on the host had expired and was taken back
     lease_lost_to: str | None = Field(default=None, pattern=r"^[0-9a-f-]{36}$")  # the run that took it
+    logs_kept: bool = False  # the host kept a failing container's last log lines for `platform-apply logs`
 
 
 class SnapshotInput(_Model):

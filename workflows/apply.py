@@ -227,6 +227,15 @@ def _seen(h: HealthRecord) -> str:
     return f"state={h.state}, health={h.health}{code}"
 
 
+def _kept(seen: ServiceObservation) -> str:
+    """Where to read why, when the host kept a failing container's logs (an apply's run only:
+    `platform-apply logs` reads ApplyWorkflow runs)."""
+    info = workflow.info()
+    if not seen.logs_kept or info.workflow_type != APPLY_WORKFLOW:
+        return ""
+    return f"; its last log lines are kept on the host: platform-apply logs {info.workflow_id}"
+
+
 class _Stop(Exception):
     """Ends the apply with a contract status; `restore`: put the service back on its
     snapshot's image (after compose up), False when nothing was seen to fail."""
@@ -654,13 +663,13 @@ class ApplyWorkflow:
             if state == "healthy" and stable_s >= cfg.stable_seconds:
                 return record
             if state == "failed":
-                raise _Stop("unhealthy", f"service {target.compose_service!r} stopped: {_seen(record)}")
+                raise _Stop("unhealthy", f"service {target.compose_service!r} stopped: {_seen(record)}{_kept(seen)}")
             if waited >= cfg.timeout_seconds:
                 why = f"; last poll: {seen.error}" if seen.error else ""
                 raise _Stop(
                     "unhealthy",
                     f"service {target.compose_service!r} did not stay healthy for {cfg.stable_seconds}s "
-                    f"within {cfg.timeout_seconds}s: {_seen(record)}{why}",
+                    f"within {cfg.timeout_seconds}s: {_seen(record)}{why}{_kept(seen)}",
                 )
             await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
 

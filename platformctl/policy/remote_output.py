@@ -150,6 +150,7 @@ class AgentAnswer(BaseModel):
     # observed (health)
     lease: Literal["held", "retaken", "none"] | None = None
     containers: list[ContainerFacts] = Field(default_factory=list, max_length=100)
+    logs_kept: int = Field(default=0, ge=0, le=100)  # failing containers whose logs the host kept
     # released, checked
     released: int | None = Field(default=None, ge=0)
     leases: list[LeaseFacts] = Field(default_factory=list, max_length=1000)

@@ -155,7 +155,8 @@ async def test_a_container_that_exits_fails_its_apply_at_the_first_poll_with_its
     """Compose lists no stopped container without --all: the apply used to wait its whole
     health timeout and end `state=absent`, with no hint why."""
     e2e = engine_e2e
-    compose = write_engine_module(e2e.root, engine_host, "rt-exit", APP_V1, command=["sh", "-c", "exit 3"])
+    command = ["sh", "-c", "echo 'cannot reach db: giving up' >&2; exit 3"]
+    compose = write_engine_module(e2e.root, engine_host, "rt-exit", APP_V1, command=command)
     await e2e.start_worker()
 
     out = await e2e.outcome(await e2e.start(request("rt-exit"), workflow_id=workflow_id("exit")), timeout_s=60)
@@ -167,6 +168,12 @@ async def test_a_container_that_exits_fails_its_apply_at_the_first_poll_with_its
     # Compose up takes a second or two, then one poll: far from the health timeout.
     assert out.seconds < ENGINE_HEALTH["timeout_seconds"] / 2, out.seconds
     assert engine_service(docker_engine, compose, SERVICE)["State"] == "exited"
+    # Why is on the host, where only `platform-apply logs` reads it; the error says so.
+    assert out.result["error"].endswith(f"kept on the host: platform-apply logs {out.handle.id}")
+    run = (await out.handle.describe()).run_id
+    kept = Path(engine_host.base_dir, "agent-state", "output")
+    assert "cannot reach db" in "".join(p.read_text() for p in kept.glob(f"{run}.health.*.stderr.log"))
+    assert "cannot reach db" not in json.dumps(out.result)
 
 
 async def test_a_dollar_in_an_env_password_reaches_no_sink_on_a_successful_apply(

@@ -228,6 +228,12 @@ async def test_unhealthy_after_up_rolls_back(
     assert calls[:UP] == before_up(sshd_host, service), calls
     assert rollback_argv(sshd_host, service) in calls, calls
     assert r["rollback"]["image"]["outcome"] == "unhealthy"  # the stand-in's service stays unhealthy
+    # Why it failed stays on the host (its last log lines and probe output), and the error says where.
+    assert r["error"].endswith(f"; its last log lines are kept on the host: platform-apply logs {out.handle.id}")
+    run = (await out.handle.describe()).run_id
+    kept = Path(sshd_host.base_dir, "agent-state", "output")
+    assert "giving up" in "".join(p.read_text() for p in kept.glob(f"{run}.health.*.stderr.log"))
+    assert "stand-in-url-pass" not in json.dumps(r)
     assert json.loads(e2e.status_file(f"e2e-{behaviour}").read_text())["status"] == "unhealthy"
     assert [a["status"] for a in e2e.audit()] == ["unhealthy"]
 

@@ -312,6 +312,24 @@ def test_health_reports_each_container_as_facts_with_exit_code_and_restarts(host
     assert "Labels" not in json.dumps(seen)  # facts only: no text of the host's
 
 
+@pytest.mark.parametrize("mode", ["exited", "unhealthy"])
+def test_a_failing_container_leaves_its_last_log_lines_and_probe_output_on_the_host(host, mode):
+    root, state, agent = host
+    run = run_id()
+    apply(host, run)
+    assert health(host, run)["logs_kept"] == 0  # healthy: nothing is kept, nothing costs
+    assert not any(".health." in p.name for p in (agent / "output").iterdir())
+    (state / "behaviour" / "redis").write_text(mode)
+    seen = health(host, run)
+    assert seen["logs_kept"] == 1
+    assert "postgres://" not in json.dumps(seen) and "POSTGRES_PASSWORD" not in json.dumps(seen)
+    shown = run_gate(root, state, commands.agent_logs(run).render(), "--state", str(agent), "--read-only")
+    assert shown.returncode == 0
+    assert "giving up" in shown.stdout and "DATABASE_URL=postgres://" in shown.stdout  # the container's lines
+    assert "probe failed" in shown.stdout and "POSTGRES_PASSWORD=" in shown.stdout  # its healthcheck's output
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (agent / "output").iterdir())
+
+
 def test_rollback_pins_the_image_the_agent_recorded_once_per_run(host):
     _, state, _ = host
     before, after = "sha256:" + "b" * 64, "sha256:" + "c" * 64
