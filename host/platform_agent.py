@@ -304,7 +304,8 @@ def _keep_failing(dirs, run, env, containers):
         step = f"health.{cid[:12]}"
         try:
             logs = _run(dirs, run, step, env, KEEP_TIMEOUT_S, ["logs", "--tail", str(LOG_LINES), cid])
-            _run(dirs, run, step + ".check", env, KEEP_TIMEOUT_S, ["inspect", "--format", "{{json .State.Health}}", cid])
+            probe = ["inspect", "--format", "{{json .State.Health}}", cid]
+            _run(dirs, run, step + ".check", env, KEEP_TIMEOUT_S, probe)
         except OSError:
             break  # a full disk: the verdict does not need them
         kept += logs["returncode"] == 0
