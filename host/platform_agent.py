@@ -159,13 +159,13 @@ def release(state, run):
     return _answer("release", run, {"answer": "released", "released": released})
 
 
-def check(state):
-    """The protocol version and the leases held now, for `platform-apply doctor`."""
+def check(state, ttl):
+    """The protocol version, the lease TTL and the leases held now, for `platform-apply doctor`."""
     leases = [
         {"project": project, "run": lease["run"], "step": lease.get("step"), "expires_in": left}
         for project, lease, left in _held_leases(state)
     ]
-    return _answer("check", None, {"answer": "checked", "leases": leases})
+    return _answer("check", None, {"answer": "checked", "lease_ttl": ttl, "leases": leases})
 
 
 def _held_leases(state):

@@ -431,6 +431,6 @@ def agent(name, args, root, bin_path, state, ttl):
     if name == "agent_release":
         return platform_agent.release(state, args[0])
     if name == "agent_check":
-        return platform_agent.check(state)
+        return platform_agent.check(state, ttl)
     return platform_agent.logs(state, args[0])
 

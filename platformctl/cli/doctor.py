@@ -78,8 +78,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         transport = SshTransport()
         try:
             if await _checkout(transport, host, report):
-                await _agent(transport, host, report)
-                await _compose_files(transport, settings, host, report)
+                lease_ttl = await _agent(transport, host, report)
+                await _compose_files(transport, settings, host, report, lease_ttl)
         finally:
             await transport.close()
     report.skip("compose version", "not checked (no allowed command prints it)")
@@ -149,28 +149,30 @@ async def _checkout(transport: SshTransport, host: HostConfig, report: Report) -
     return True
 
 
-async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> None:
+async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> int | None:
     """The agent's version and the leases it holds: a lease is an apply between its
-    compose up and its end (or one whose worker vanished, until it expires)."""
+    compose up and its end (or one whose worker vanished, until it expires). Its lease
+    TTL, when it says (v3 from its second release on)."""
     try:
         out = await transport.run(host, commands.agent_check(), timeout_s=COMMAND_TIMEOUT_S)
     except (ConnectFailed, HostKeyMismatch, AuthenticationFailed) as e:
         report.fail("host agent", str(e))
-        return
+        return None
     upgrade = "install host/ on the host (README, preparing a host)"
     if out.returncode in (commands.GATE_REFUSED, 127):
         gate = "the gate refused `check`" if out.returncode == commands.GATE_REFUSED else "no gate (exit 127)"
         report.fail("host agent", f"older than v{commands.AGENT_PROTOCOL} or missing ({gate}): {upgrade}")
-        return
+        return None
     try:
         answer = agent_answer(out.stdout, None, "check")
     except UnreadableAnswer as e:
         report.fail("host agent", f"{e} ({_failure(out)})")
-        return
+        return None
     if answer.agent < commands.AGENT_PROTOCOL:
         report.fail("host agent", f"v{answer.agent}, older than this worker's v{commands.AGENT_PROTOCOL}: {upgrade}")
-        return
-    report.ok("host agent", f"v{answer.agent}, behind the gate")
+        return None
+    ttl = f", leases expire {answer.lease_ttl} s after their run last spoke" if answer.lease_ttl else ""
+    report.ok("host agent", f"v{answer.agent}, behind the gate{ttl}")
     if not answer.leases:
         report.ok("leases", "none held")
     for lease in answer.leases:
@@ -178,10 +180,14 @@ async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> N
             f"lease {lease.project}",
             f"held by run {lease.run} ({lease.step or 'apply'}), expires in {lease.expires_in} s unless renewed",
         )
+    return answer.lease_ttl
 
 
-async def _compose_files(transport: SshTransport, settings: Settings, host: HostConfig, report: Report) -> None:
-    """compose ps on each compose file of this host's modules (one service each)."""
+async def _compose_files(
+    transport: SshTransport, settings: Settings, host: HostConfig, report: Report, lease_ttl: int | None
+) -> None:
+    """compose ps on each compose file of this host's modules (one service each), and
+    each module's health poll against the host's lease TTL."""
     checked: set[str] = set()
     root = settings.platform_root
     module_dir = root / "modules"
@@ -193,6 +199,14 @@ async def _compose_files(transport: SshTransport, settings: Settings, host: Host
             continue  # an unreadable module of some host: not this doctor's question
         if module.host != host.name:
             continue
+        poll = module.spec.health.poll_seconds
+        if lease_ttl is not None and poll * 3 > lease_ttl:
+            # Each poll renews the lease: one that lapses between polls restarts the stable window.
+            report.fail(
+                f"health poll of {name}",
+                f"every {poll} s, more than a third of the host's lease TTL ({lease_ttl} s): lower "
+                f"health.poll_seconds to {lease_ttl // 3} or less, or raise the gate's --lease-ttl",
+            )
         try:
             path = guard_compose_path(module.spec.runtime.compose_file, host.remote_root, load_sacred_paths(root))
         except ApplyError as e:

@@ -11,6 +11,7 @@ from platformctl.commands import AGENT_PROTOCOL
 from tests.cli.conftest import PLATFORM_APPLY
 from tests.e2e.conftest import compose_ps_argv, ssh_host_entry, write_hosts, write_module, wrong_host_key_line
 from tests.platform_files import SHA
+from tests.sshd import LEASE_TTL_S
 
 
 @pytest.fixture
@@ -45,13 +46,31 @@ async def test_doctor_is_ok_against_the_real_sshd(doctor_env, sshd_host):
         assert any(line.startswith(f"OK   {check}: ") for line in lines), (check, lines)
     assert f"OK   checkout: {sshd_host.remote_root} is at {SHA}" in lines
     assert f"OK   compose ps redis: {sshd_host.compose_path} (running, healthy)" in lines
-    assert f"OK   host agent: v{AGENT_PROTOCOL}, behind the gate" in lines
+    ttl = f"leases expire {LEASE_TTL_S} s after their run last spoke"
+    assert f"OK   host agent: v{AGENT_PROTOCOL}, behind the gate, {ttl}" in lines
     assert "OK   leases: none held" in lines
     assert "-    compose version: not checked (no allowed command prints it)" in lines
     assert sshd_host.calls() == [
         ["git", "-C", sshd_host.remote_root, "rev-parse", "HEAD"],
         compose_ps_argv(sshd_host, "redis"),
     ]  # `check` reads the agent's folder only
+
+
+async def test_doctor_fails_a_module_that_polls_too_slowly_to_keep_the_hosts_lease(doctor_env, sshd_host):
+    root, env = doctor_env
+    write_hosts(root, {"h1": ssh_host_entry(sshd_host)})
+    slow = LEASE_TTL_S // 3 + 1
+    write_module(root, "cache", "h1", "redis", health={"poll_seconds": slow, "timeout_seconds": 60})
+    write_module(root, "web", "h1", "web", health={"poll_seconds": LEASE_TTL_S // 3, "timeout_seconds": 60})
+
+    code, lines = await doctor(env, "h1")
+
+    assert code == 4, lines
+    [failed] = [line for line in lines if line.startswith("FAIL")]
+    assert failed == (
+        f"FAIL health poll of cache: every {slow} s, more than a third of the host's lease TTL ({LEASE_TTL_S} s): "
+        f"lower health.poll_seconds to {LEASE_TTL_S // 3} or less, or raise the gate's --lease-ttl"
+    )
 
 
 async def test_doctor_says_when_a_hosts_gate_predates_ps_all(doctor_env, sshd_host):
