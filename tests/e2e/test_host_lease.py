@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -48,3 +49,52 @@ async def test_a_forged_lock_release_during_a_health_check_never_lets_the_next_a
     # Without the lease the second compose up ran a second or two into the first one's window.
     assert spans["svc-lb"]["start"] >= spans["svc-la"]["end"] + STABLE_S, spans
     assert a.result["health"]["observed_s"] >= STABLE_S  # judged on a project nobody else changed
+
+
+async def test_a_frozen_worker_mid_compose_up_never_gets_the_project_run_twice(e2e, sshd_host):
+    """SIGSTOP the worker while its compose up runs on the host: the server gives its
+    attempt up at the heartbeat timeout and the second worker asks the agent again with
+    the same run id (the retry may also land on the frozen worker, whose open poll the
+    server picks). The agent answers `busy` while the first compose runs, then its
+    recorded outcome: compose up ran once, and the apply goes on from there."""
+    write_hosts(e2e.root, {"h1": ssh_host_entry(sshd_host)})
+    write_module(e2e.root, "frozen", "h1", "svc-frozen", health={"stable_seconds": 1, "timeout_seconds": 20,
+                                                                 "poll_seconds": 1})  # fmt: skip
+    sshd_host.set_behaviour("svc-frozen", "hold spans=on")  # compose up runs until `release` exists
+    first = await e2e.start_worker()
+    handle = await e2e.start(request("frozen", "svc-frozen"))
+    hang_pid = Path(sshd_host.state_dir, "hang.pid")
+    deadline = time.monotonic() + 60
+    while not hang_pid.exists():
+        assert time.monotonic() < deadline, "compose up never started on the host"
+        await asyncio.sleep(0.1)
+    await e2e.start_worker()
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 60
+        while not await compose_up_retried(handle):  # the frozen attempt timed out; the other worker asks
+            assert time.monotonic() < deadline, "compose up was never retried"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # the retry's first ask: busy, the first compose up still runs
+        assert len(up_spans_list(sshd_host)) == 0
+        Path(sshd_host.state_dir, "release").touch()
+    finally:
+        # Thawed, it finishes its stale attempt (the server refuses the result) and polls
+        # again; frozen, its open polls would swallow the next tasks until they time out.
+        first.proc.send_signal(signal.SIGCONT)
+    out = await e2e.outcome(handle)
+    assert out.status == "applied", out.result
+    assert len(up_spans_list(sshd_host)) == 1  # one compose up, whoever asked
+    assert [argv for argv in sshd_host.calls() if argv[4:5] == ["up"]] == [
+        ["docker", "compose", "-f", sshd_host.compose_path, "up", "-d", "svc-frozen"]
+    ]
+
+
+async def compose_up_retried(handle) -> bool:
+    pending = (await handle.describe()).raw_description.pending_activities
+    return any(p.activity_type.name == "compose_up" and p.attempt >= 2 for p in pending)
+
+
+def up_spans_list(host: SshHost) -> list[dict]:
+    path = Path(host.state_dir, "spans.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
