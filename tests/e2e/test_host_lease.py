@@ -76,15 +76,15 @@ async def test_a_frozen_worker_mid_compose_up_never_gets_the_project_run_twice(e
             assert time.monotonic() < deadline, "compose up was never retried"
             await asyncio.sleep(0.2)
         await asyncio.sleep(2)  # the retry's first ask: busy, the first compose up still runs
-        assert len(up_spans_list(sshd_host)) == 0
-        Path(sshd_host.state_dir, "release").touch()
+        assert frozen_ups(sshd_host) == []
     finally:
+        Path(sshd_host.state_dir, "release").touch()
         # Thawed, it finishes its stale attempt (the server refuses the result) and polls
         # again; frozen, its open polls would swallow the next tasks until they time out.
         first.proc.send_signal(signal.SIGCONT)
     out = await e2e.outcome(handle)
     assert out.status == "applied", out.result
-    assert len(up_spans_list(sshd_host)) == 1  # one compose up, whoever asked
+    assert len(frozen_ups(sshd_host)) == 1  # one compose up, whoever asked
     assert [argv for argv in sshd_host.calls() if argv[4:5] == ["up"]] == [
         ["docker", "compose", "-f", sshd_host.compose_path, "up", "-d", "svc-frozen"]
     ]
@@ -95,6 +95,7 @@ async def compose_up_retried(handle) -> bool:
     return any(p.activity_type.name == "compose_up" and p.attempt >= 2 for p in pending)
 
 
-def up_spans_list(host: SshHost) -> list[dict]:
-    path = Path(host.state_dir, "spans.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def frozen_ups(host: SshHost) -> list[dict]:
+    path = Path(host.state_dir, "spans.jsonl")  # not reset between tests: other services' spans too
+    spans = map(json.loads, path.read_text().splitlines()) if path.exists() else []
+    return [span for span in spans if span["service"] == "svc-frozen"]
