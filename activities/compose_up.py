@@ -6,7 +6,8 @@ the control plane does (host/platform_agent.py): a retry after a lost
 worker, a dropped connection or a forged lock hand-over gets the recorded
 outcome, or waits for the run still going. Compose outlives the SSH channel,
 so this activity returns, even when cancelled, only once the host has an
-outcome: the rollback never overlaps it.
+outcome: the rollback never overlaps it. Before it, the agent's `check` says
+whether the host's lease TTL outlasts the module's health poll.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from platformctl.target import check_unchanged
 
 # The agent's own steps around compose up: compose config, the lock wait, git.
 AGENT_MARGIN_S = 45
+CHECK_TIMEOUT_S = 30
 
 
 class ComposeUp(StepActivities):
@@ -61,6 +63,8 @@ class ComposeUp(StepActivities):
         key = settings.approval_key()
         check_binding(inp.approval, inp.plan_digest, signed=key is not None)
         check_signature(key, inp.module, inp.approval, datetime.now(UTC))
+        if inp.poll_seconds is not None:
+            await self._lease_outlasts_polls(target, inp.poll_seconds)
         activity.logger.info("running on %s: %s", target.host.name, command.render())
         try:
             answer = await self._outcome(target, command, run, inp.timeout_seconds)
@@ -73,6 +77,23 @@ class ComposeUp(StepActivities):
             await self._outcome(target, command, run, inp.timeout_seconds)
             raise
         return host_agent.ran(command, answer)
+
+    async def _lease_outlasts_polls(self, target: Target, poll_s: int) -> None:
+        """Each health poll renews the run's lease on the host: one that lapses between two
+        polls restarts the stable window every poll. Refused before anything runs."""
+        try:
+            answer = await host_agent.ask(
+                self.deps.transport, target, commands.agent_check(), None, "check", timeout_s=CHECK_TIMEOUT_S
+            )
+        except host_agent.OlderAgent:
+            return  # `apply --lease` is refused too, and says why
+        ttl = answer.lease_ttl
+        if ttl is not None and poll_s * 3 > ttl:
+            raise PolicyViolation(
+                f"{target.host.name}: health.poll_seconds {poll_s} is more than a third of the host's lease TTL "
+                f"({ttl} s), which each poll renews: lower it to {ttl // 3} or raise the gate's --lease-ttl; "
+                "nothing ran"
+            )
 
     async def _outcome(self, target: Target, command: commands.RemoteCommand, run: str, timeout_s: int) -> AgentAnswer:
         """Ask the agent until it has this run's outcome; busy waits, bounded by the up timeout."""

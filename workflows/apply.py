@@ -529,6 +529,7 @@ class ApplyWorkflow:
                 source_sha=self._input.plan.source_sha,
                 approval=self._approval,
                 plan_digest=self._digest,
+                poll_seconds=self._plan.health.poll_seconds,
             ),
             remote=True,
             # The transport kills the command at timeout_s; this only catches a lost worker.

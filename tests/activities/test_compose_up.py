@@ -79,17 +79,17 @@ class AgentTransport:
         answer = self.answers.pop(0)
         if isinstance(answer, RemoteOutput):
             return answer
-        body = {"agent": 3, "verb": "apply", "run": command.argv[2], **answer}
+        body = {"agent": 3, "verb": "apply", "run": command.argv[2] if len(command.argv) > 2 else None, **answer}
         return RemoteOutput(returncode=0, stdout=json.dumps(body), stderr="", duration_s=0.1)
 
 
-async def run_up(tmp_path: Path, transport: AgentTransport) -> Any:
+async def run_up(tmp_path: Path, transport: AgentTransport, poll_seconds: int | None = None) -> Any:
     settings = settings_for(tmp_path)
     write_platform(settings.platform_root)
     up = ComposeUp(StubDeps(settings, transport), SingleFlight()).compose_up  # type: ignore[arg-type]
     inp = ComposeUpInput(
         target=derive_target(settings, "honcho-redis"), timeout_seconds=60, module="honcho-redis", source_sha=SHA,
-        approval=Approval(approved_sha=SHA),
+        approval=Approval(approved_sha=SHA), poll_seconds=poll_seconds,
     )
     return await attempt(1).run(up, inp)
 
@@ -144,3 +144,25 @@ async def test_what_the_agent_says_ends_the_apply_with_its_reason_and_no_retry(t
         await run_up(tmp_path, transport)
     assert failed.value.type == error_type and failed.value.non_retryable, failed.value
     assert words in failed.value.message and "not allowed" not in failed.value.message
+
+
+@pytest.mark.parametrize(("poll_s", "applied"), [(200, True), (201, False)])
+async def test_a_health_poll_longer_than_a_third_of_the_hosts_lease_ttl_is_blocked_before_compose_up(
+    tmp_path, poll_s, applied
+):
+    """Each poll renews the lease: one that may lapse between two polls would restart the
+    stable window at every poll, so the apply is refused before anything runs."""
+    check = {"verb": "check", "answer": "checked", "lease_ttl": 600, "leases": []}
+    transport = AgentTransport(check, RAN)
+    if applied:
+        assert (await run_up(tmp_path, transport, poll_s)).remote.returncode == 0
+        assert [c.argv[1] for c in transport.sent] == ["check", "apply"]
+        return
+    with pytest.raises(ApplicationError) as refused:
+        await run_up(tmp_path, transport, poll_s)
+    assert (refused.value.type, refused.value.non_retryable) == ("PolicyViolation", True)
+    assert refused.value.message == (
+        "rs2000: health.poll_seconds 201 is more than a third of the host's lease TTL (600 s), which each poll "
+        "renews: lower it to 200 or raise the gate's --lease-ttl; nothing ran"
+    )
+    assert [c.argv[1] for c in transport.sent] == ["check"]  # apply never sent

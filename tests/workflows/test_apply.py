@@ -121,7 +121,7 @@ async def test_remote_failure_rolls_back_and_keeps_last_good_sha(harness):
     kinds = [c.kind for _, c in harness.transport.calls]
     # The checkout and the images are read side by side, both before compose up.
     assert sorted(kinds[:2]) == ["compose_images", "git_head"]
-    assert kinds[2:4] == ["compose_up", "compose_rollback"]
+    assert kinds[2:5] == ["agent_check", "compose_up", "compose_rollback"]  # check: the lease outlasts a poll
     assert out.result["rollback"]["image"]["outcome"] == "restored"
     state = read_status(harness.settings.state_dir, "honcho-redis")
     assert state.last_apply_sha == SHA and state.status == "remote_failed"
@@ -534,7 +534,8 @@ async def test_verify_checkout_confirms_the_host_holds_the_approved_commit(harne
     out = await harness.apply(apply_input())
     assert out.status == "applied"
     commands = harness.transport.commands()
-    assert sorted(commands[:2]) == sorted([GIT_HEAD, IMAGES_COMMAND]) and commands[2] == COMMAND  # read side by side
+    assert sorted(commands[:2]) == sorted([GIT_HEAD, IMAGES_COMMAND])  # read side by side
+    assert commands[2:4] == ["platform-agent check", COMMAND]
 
 
 @pytest.mark.parametrize("answer", [ok(stdout=OTHER_SHA + "\n"), failed(128, "fatal: not a git repository")])

@@ -79,7 +79,7 @@ async def test_an_unhealthy_apply_goes_back_to_the_image_it_ran_before(harness):
 
     assert (out.status, out.result["exitCode"], out.error_type) == ("unhealthy", 4, "Unhealthy")
     assert sorted(kinds(harness.transport)[:2]) == ["compose_images", "git_head"]  # read side by side
-    assert kinds(harness.transport)[2] == "compose_up"
+    assert kinds(harness.transport)[2:4] == ["agent_check", "compose_up"]
     [(_, rollback)] = [(h, c) for h, c in harness.transport.calls if c.kind == "compose_rollback"]
     assert runless(rollback.render()) == ROLLBACK_COMMAND and rollback.stdin is None
     assert kinds(harness.transport)[-2:] == ["compose_ps", "agent_release"]  # watched after the rollback, then freed
