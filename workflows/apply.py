@@ -84,7 +84,6 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.policy.plan import plan_digest
     from platformctl.policy.snapshot import rollback_image
     from platformctl.redact import redact_and_cap
-    from workflows.module_lock import ModuleLockWorkflow, lock_workflow_id
     from workflows.project_lock import (
         ENQUEUE,
         LOCK_FREE,
@@ -114,49 +113,22 @@ Phase = Literal[
 APPLY_WORKFLOW = "ApplyWorkflow"
 PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
 
-# Applies started before the per-project lock keep the per-module lock they began with.
-PROJECT_LOCK_PATCH = "project-lock"
-# Applies started before PlatformStatus followed the phases keep "running" until done.
-PHASE_STATUS_PATCH = "phase-status"
-# Applies that began waiting for approval before notifications keep their single timer.
-APPROVAL_NOTIFY_PATCH = "approval-notify"
-# Applies that passed compose up's lock before image snapshots only record a failure.
-IMAGE_ROLLBACK_PATCH = "image-rollback"
-# Applies started before the quick local checks ran as local activities (and the
-# host's checkout and images were read side by side) keep one server round trip per step.
-LOCAL_CHECKS_PATCH = "local-checks"
-# Health smokes started before health was judged by observation count every second of
-# wall time, outages of Temporal or the worker included.
-HEALTH_OBSERVED_PATCH = "health-observed"
-# Applies started before search attributes were coalesced upsert each change on its own
-# (9 upserts an apply; each is a visibility write on the server: bench/run.py --only overhead).
-COALESCED_SEARCH_ATTRIBUTES_PATCH = "coalesced-search-attributes"
-# Applies started before it wait LOCK_POLL from the first poll on, and leave it to their
-# lock to tell the next waiter (which may then find that lock still open).
-LOCK_HAND_OVER_PATCH = "lock-hand-over"
-# Applies cancelled during compose up before it end `remote_failed` when the step then
-# fails (its attempt timed out: the server does not retry one it was asked to cancel).
-# Asked only there, so an apply that never gets that far carries no marker.
-CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"
-# Health smokes from before it end `remote_failed` (and roll back) when one poll cannot
-# reach the host. Asked only then, so a smoke whose polls all answer carries no marker.
-HEALTH_MISSED_POLL_PATCH = "health-missed-poll"
+# Deprecated patches (Temporal's patched, then deprecated, then gone): runs of the
+# previous version hold their markers, so each is still asked, with
+# workflow.deprecate_patch, where that version asked workflow.patched. The branches
+# of the versions before it are gone (README, upgrading): a worker replays the
+# previous version's histories (tests/workflows/histories/v18) and its own.
+LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
+PHASE_STATUS_PATCH = "phase-status"  # at the start of a RollbackWorkflow
+PROJECT_LOCK_PATCH = "project-lock"  # a RollbackWorkflow's lock
+HEALTH_OBSERVED_PATCH = "health-observed"  # a RollbackWorkflow's health smoke
+CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"  # compose up failed after a cancel
+HEALTH_MISSED_POLL_PATCH = "health-missed-poll"  # a poll that could not reach the host
+LOCK_HOLDER_PATCH = "lock-holder-check"  # a start that found the lock's id taken
+DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
+HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends
+HOST_REASK_PATCH = "host-reask"  # compose up's retries ran out on a silent host
 HOST_UNOBSERVED = "host unreachable during the health check; no rollback (the release may be healthy)"
-# Applies from before it wait out LOCK_WAIT behind whatever holds their lock's id. Asked
-# when a start finds the id taken, so an apply that never waits carries no marker.
-LOCK_HOLDER_PATCH = "lock-holder-check"
-# Applies from before it end `tool_error` (and roll a healthy release back) when their
-# record cannot be written, and drop a failed outcome's audit line. Asked when a record
-# fails, so an apply whose records are written carries no marker.
-DURABLE_RECORDS_PATCH = "durable-records"
-# Applies from before it leave their lease on the host's project to expire (host agent v3
-# holds it from compose up through health check and rollback). Asked when an apply that
-# ran compose up ends, so runs waiting for approval at the upgrade free theirs.
-HOST_LEASE_PATCH = "host-lease"
-# Applies from before it end `remote_failed` (and roll back) when compose up's retries run
-# out on a host that stopped answering, though compose may have finished there. Asked only
-# then, so an apply whose host answers carries no marker.
-HOST_REASK_PATCH = "host-reask"
 # Meanwhile the host agent is asked again every REASK_EVERY for its outcome, for up to
 # REASK_FOR past the up timeout; the agent's record answers, compose never runs twice.
 REASK_EVERY = timedelta(seconds=30)
@@ -275,10 +247,9 @@ class ApplyWorkflow:
         self._checkout_verified: bool | None = None
         self._lock_id: str | None = None
         self._lock_free: list[str] | None = None  # the queue handed to us when our turn came
-        self._phase_status = False  # PlatformStatus follows the phases (PHASE_STATUS_PATCH)
-        self._local_checks = False  # LOCAL_CHECKS_PATCH, decided once at the start
-        self._coalesce = False  # COALESCED_SEARCH_ATTRIBUTES_PATCH
-        self._hand_over = False  # LOCK_HAND_OVER_PATCH
+        # An apply coalesces its search-attribute upserts (_upsert); a RollbackWorkflow
+        # sends each at once, as it always has (its histories replay so).
+        self._coalesce = False
         self._pending: dict[str, SearchAttributeUpdate[str]] = {}
 
     @workflow.run
@@ -290,16 +261,12 @@ class ApplyWorkflow:
                 type="UnknownWorkflowType",
                 non_retryable=True,
             )
+        workflow.deprecate_patch(LOCK_HAND_OVER_PATCH)
         if kind == ROLLBACK_WORKFLOW:
-            self._hand_over = workflow.patched(LOCK_HAND_OVER_PATCH)
-            self._phase_status = workflow.patched(PHASE_STATUS_PATCH)
+            workflow.deprecate_patch(PHASE_STATUS_PATCH)
             workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
             return await OperatorRollback(self).run(args)
-        # An apply started with the latest patch has every earlier change, so it asks for no
-        # other: each patch asked for is a marker and an upsert (TemporalChangeVersion).
-        self._hand_over = workflow.patched(LOCK_HAND_OVER_PATCH)
-        self._coalesce = self._hand_over or workflow.patched(COALESCED_SEARCH_ATTRIBUTES_PATCH)
-        self._phase_status = self._coalesce or workflow.patched(PHASE_STATUS_PATCH)
+        self._coalesce = True
         self._upsert(PLATFORM_STATUS.value_set("running"))
         try:
             result = await self._apply(args)
@@ -316,7 +283,6 @@ class ApplyWorkflow:
         )
 
     async def _apply(self, args: Sequence[RawValue]) -> ApplyResult:
-        self._local_checks = self._coalesce or workflow.patched(LOCAL_CHECKS_PATCH)
         inp = self._parse(args)
         # 1. Validate plan
         plan = await self._step(
@@ -345,17 +311,12 @@ class ApplyWorkflow:
             return await self._finish("dry_run")
         self._raise_if_rejected()
         async with self._project_lock(target):
-            if self._local_checks:
-                # Both only read the host; what a rollback goes back to is seen under
-                # the lock right before anything changes.
-                _, self._snapshot = await self._all(
-                    self._verify_checkout(target, inp.plan.source_sha),
-                    self._snapshot_images(target, "before compose up"),
-                )
-            else:
-                await self._verify_checkout(target, inp.plan.source_sha)
-                if workflow.patched(IMAGE_ROLLBACK_PATCH):
-                    self._snapshot = await self._snapshot_images(target, "before compose up")
+            # Both only read the host; what a rollback goes back to is seen under
+            # the lock right before anything changes.
+            _, self._snapshot = await self._all(
+                self._verify_checkout(target, inp.plan.source_sha),
+                self._snapshot_images(target, "before compose up"),
+            )
             self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
                 # 5. Compose up with a timeout
@@ -366,20 +327,14 @@ class ApplyWorkflow:
                 await self._compose_up(target, plan.up_timeout_seconds)
                 # 6. Post-apply health smoke
                 self._enter("health_check", self._health_details(plan.health))
-                if self._local_checks:
-                    # What compose up left running is listed while the health smoke watches it.
-                    # Only a read: when the apply fails meanwhile it is left to end on its own
-                    # (never cancelled: a cancel racing its own completion broke the SDK's and
-                    # the test server's bookkeeping of it).
-                    listing = asyncio.ensure_future(self._images_now(target))
-                    self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
-                    # From here a cancel is too late: the service is live and healthy.
-                    self._images = await self._uncancellable(listing)
-                else:
-                    self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
-                    # From here a cancel is too late: the service is live and healthy.
-                    if self._snapshot is not None:
-                        self._images = await self._uncancellable(self._images_now(target))
+                # What compose up left running is listed while the health smoke watches it.
+                # Only a read: when the apply fails meanwhile it is left to end on its own
+                # (never cancelled: a cancel racing its own completion broke the SDK's and
+                # the test server's bookkeeping of it).
+                listing = asyncio.ensure_future(self._images_now(target))
+                self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
+                # From here a cancel is too late: the service is live and healthy.
+                self._images = await self._uncancellable(listing)
                 # 7. Persist state
                 self._enter("persisting", "Recording the applied state.")
                 await self._uncancellable(self._record("applied"))
@@ -434,17 +389,14 @@ class ApplyWorkflow:
         arrived = lambda: self._signalled_approval is not None or self._rejection is not None  # noqa: E731
         self._flush_search_attributes()
         try:
-            if self._has(APPROVAL_NOTIFY_PATCH):
-                # Tell a person the apply waits for them, and again shortly before the wait ends.
-                await self._notify("awaiting_approval", deadline)
-                warn_s = timeout_s - min(3600, timeout_s // 10)
-                try:
-                    await workflow.wait_condition(arrived, timeout=timedelta(seconds=warn_s))
-                except TimeoutError:
-                    await self._notify("approval_expiring", deadline)
-                    await workflow.wait_condition(arrived, timeout=deadline - workflow.now())
-            else:
-                await workflow.wait_condition(arrived, timeout=timedelta(seconds=timeout_s))
+            # Tell a person the apply waits for them, and again shortly before the wait ends.
+            await self._notify("awaiting_approval", deadline)
+            warn_s = timeout_s - min(3600, timeout_s // 10)
+            try:
+                await workflow.wait_condition(arrived, timeout=timedelta(seconds=warn_s))
+            except TimeoutError:
+                await self._notify("approval_expiring", deadline)
+                await workflow.wait_condition(arrived, timeout=deadline - workflow.now())
         except TimeoutError:
             raise _Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
         self._raise_if_rejected()
@@ -504,10 +456,12 @@ class ApplyWorkflow:
         except _Stop as stop:
             # The step failed after a cancel request reached it (the SDK then clears the
             # cancel): the apply was still cancelled, as CONTRACT.md's `cancelled` says.
-            if workflow.cancellation_reason() is not None and workflow.patched(CANCEL_OUTRANKS_PATCH):
+            if workflow.cancellation_reason() is not None:
+                workflow.deprecate_patch(CANCEL_OUTRANKS_PATCH)
                 raise asyncio.CancelledError() from None
-            if not (stop.unreachable and workflow.patched(HOST_REASK_PATCH)):
+            if not stop.unreachable:
                 raise
+            workflow.deprecate_patch(HOST_REASK_PATCH)
             up = await self._reask(target, timeout_s, stop)
         self._command = up.command
         self._remote = up.remote
@@ -604,9 +558,9 @@ class ApplyWorkflow:
         reach the host is a missed observation, not a verdict: the stable window
         restarts and the time passes; when the timeout ends on one, the apply ends
         `remote_failed` with no rollback, as nothing was seen to fail."""
-        observed = self._has(HEALTH_OBSERVED_PATCH)
+        self._asked_by_rollbacks(HEALTH_OBSERVED_PATCH)
         module = self._plan.module if self._plan else ""
-        started = last = workflow.now()
+        last = workflow.now()
         healthy_since = None
         window_restarts: int | None = None  # the restart count when the stable window began
         waited = 0.0
@@ -616,21 +570,19 @@ class ApplyWorkflow:
                     HealthSmoke.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
                 )
             except _Stop as stop:
-                if stop.status != "remote_failed" or not workflow.patched(HEALTH_MISSED_POLL_PATCH):
+                if stop.status != "remote_failed":
                     raise
+                workflow.deprecate_patch(HEALTH_MISSED_POLL_PATCH)
                 workflow.logger.warning("health poll missed: %s", stop.message)
                 seen = None
             now = workflow.now()
-            if observed:
-                gap = (now - last).total_seconds()
-                # A missed poll's time counts in full: the host, not Temporal, was away.
-                if seen is not None and gap > cfg.poll_seconds + OUTAGE_GAP_S:
-                    workflow.logger.warning("health smoke saw nothing for %.0f s: its stable window starts again", gap)
-                    healthy_since, gap = None, cfg.poll_seconds
-                waited += gap
-                last = now
-            else:
-                waited = (now - started).total_seconds()
+            gap = (now - last).total_seconds()
+            # A missed poll's time counts in full: the host, not Temporal, was away.
+            if seen is not None and gap > cfg.poll_seconds + OUTAGE_GAP_S:
+                workflow.logger.warning("health smoke saw nothing for %.0f s: its stable window starts again", gap)
+                healthy_since, gap = None, cfg.poll_seconds
+            waited += gap
+            last = now
             if seen is not None and seen.lease_lost_to is not None:
                 # Another apply holds the project now: judging or undoing its release is not ours.
                 raise _Stop("remote_failed", f"lease lost to run {seen.lease_lost_to}; no rollback", restore=False)
@@ -683,16 +635,13 @@ class ApplyWorkflow:
         Waits up to LOCK_WAIT; a reject or cancel while waiting ends the apply.
         """
         assert self._plan is not None
-        if not self._has(PROJECT_LOCK_PATCH):
-            async with self._module_lock_v1(self._plan.module):
-                yield
-            return
+        self._asked_by_rollbacks(PROJECT_LOCK_PATCH)
         self._flush_search_attributes()
         me = workflow.info().workflow_id
         lock_id = project_lock_id(target.host.name, target.project)
         deadline = workflow.now() + LOCK_WAIT
         queue: list[str] = []  # handed to us by the previous holder
-        polls = iter(LOCK_POLLS if self._hand_over else ())
+        polls = iter(LOCK_POLLS)
         ask_holder = True  # at the first taken start, and again after the holder changed
         while True:
             self._raise_if_rejected()
@@ -702,7 +651,7 @@ class ApplyWorkflow:
                     LockRequest(
                         module=self._plan.module, holder_workflow_id=me,
                         host=target.host.name, project=target.project, queue=queue,
-                        holder_hands_on=self._hand_over,
+                        holder_hands_on=True,
                     ),
                     id=lock_id,
                     parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
@@ -711,7 +660,8 @@ class ApplyWorkflow:
                 break
             except WorkflowAlreadyStartedError:
                 pass
-            if ask_holder and workflow.patched(LOCK_HOLDER_PATCH):
+            if ask_holder:
+                workflow.deprecate_patch(LOCK_HOLDER_PATCH)
                 ask_holder = False
                 await self._refuse_squatter(lock_id)
             if self._phase != "waiting_for_lock":
@@ -735,8 +685,7 @@ class ApplyWorkflow:
             except FailureError:
                 ask_holder = True
                 continue  # the holder finished in between: try again at once
-            if not self._hand_over:
-                queue = []  # kept with the hand-over: that lock may close with it, so ours gets it too
+            # The queue is kept: that lock may close with it, so ours gets it too.
             try:
                 await workflow.wait_condition(
                     lambda: self._lock_free is not None or self._rejection is not None,
@@ -746,7 +695,7 @@ class ApplyWorkflow:
                 continue
             queue = self._lock_free or []
             ask_holder = True
-            polls = iter(LOCK_POLLS if self._hand_over else ())  # a new wait
+            polls = iter(LOCK_POLLS)  # a new wait
         self._lock_id = lock_id
         try:
             yield
@@ -784,38 +733,6 @@ class ApplyWorkflow:
             workflow.logger.warning("lock %s closed abnormally: %s", handle.id, e)
             return
         await hand_on(waiting)
-
-    @asynccontextmanager
-    async def _module_lock_v1(self, module: str) -> AsyncIterator[None]:
-        """The per-module lock of applies started before PROJECT_LOCK_PATCH."""
-        lock_id = lock_workflow_id(module)
-        deadline = workflow.now() + LOCK_WAIT
-        while True:
-            try:
-                handle = await workflow.start_child_workflow(
-                    ModuleLockWorkflow.run,
-                    LockRequest(module=module, holder_workflow_id=workflow.info().workflow_id),
-                    id=lock_id,
-                    parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
-                )
-                break
-            except WorkflowAlreadyStartedError:
-                if workflow.now() >= deadline:
-                    raise _Stop(
-                        "blocked",
-                        f"another apply of module {module!r} holds its lock ({lock_id}) "
-                        f"and did not finish within {int(LOCK_WAIT.total_seconds())} seconds",
-                    ) from None
-                self._phase, self._lock_id = "waiting_for_lock", lock_id
-                try:  # the same timer as a sleep, but a reject ends the wait
-                    await workflow.wait_condition(lambda: self._rejection is not None, timeout=LOCK_POLL)
-                except TimeoutError:
-                    pass
-                self._raise_if_rejected()
-        try:
-            yield
-        finally:
-            await self._uncancellable(self._release(handle))
 
     # ---- endings ----------------------------------------------------------
 
@@ -863,8 +780,7 @@ class ApplyWorkflow:
     async def _release_lease(self, target: Target) -> None:
         """Free the project's lease on the host once the outcome is recorded. Best effort:
         a lease not freed expires on the host after its TTL."""
-        if not workflow.patched(HOST_LEASE_PATCH):
-            return
+        workflow.deprecate_patch(HOST_LEASE_PATCH)
         try:
             await self._step(
                 ReleaseLease.release_lease,
@@ -930,11 +846,7 @@ class ApplyWorkflow:
     async def _finish(self, status: Status, message: str | None = None) -> ApplyResult:
         """End a non-applied outcome: one audit line, then the result."""
         self._error = message
-        try:
-            await self._uncancellable(self._record(status))
-        except _Stop as failed:
-            # Applies from before DURABLE_RECORDS_PATCH: the outcome stands, its audit line lost.
-            workflow.logger.error("audit line for %s not written: %s", status, failed.message)
+        await self._uncancellable(self._record(status))
         await self._uncancellable(self._record_again(status))
         return self._done(status)
 
@@ -944,8 +856,7 @@ class ApplyWorkflow:
         try:
             persisted = await self._step(PersistState.persist_state, self._persist_input(status), local=True)
         except _Stop as failed:
-            if not workflow.patched(DURABLE_RECORDS_PATCH):
-                raise
+            workflow.deprecate_patch(DURABLE_RECORDS_PATCH)
             self._record_pending = failed.message
             return
         self._record_pending = None
@@ -978,12 +889,12 @@ class ApplyWorkflow:
 
         `local`: a quick step on the worker's own files (a check of the platform
         files, the state record), run as a local activity (within the workflow task,
-        no server round trip) once LOCAL_CHECKS_PATCH applies; still an activity,
-        with its summary, in the history and the UI."""
+        no server round trip); still an activity, with its summary, in the history
+        and the UI."""
         config = workflow.ActivityConfig(**(options or LOCAL_STEP))
         config["summary"] = STEP_SUMMARIES.get(method.__name__)
         try:
-            if local and self._local_checks:
+            if local:
                 return await workflow.execute_local_activity_method(
                     method,
                     arg,
@@ -994,7 +905,7 @@ class ApplyWorkflow:
             self._flush_search_attributes()
             return await workflow.execute_activity_method(method, arg, **config)
         except FailureError as e:
-            if not isinstance(e, ActivityError) and not (local and self._local_checks):
+            if not isinstance(e, ActivityError) and not local:
                 raise
             # A local activity's own failure can arrive unwrapped.
             cause = e.cause if isinstance(e, ActivityError) else e
@@ -1082,24 +993,22 @@ class ApplyWorkflow:
         workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}{rolled}")
         return self._result(status, self._error)
 
-    def _has(self, patch: str) -> bool:
-        """workflow.patched(patch), for a change made before LOCAL_CHECKS_PATCH.
-
-        An apply started with the local checks has every earlier change, so it does
-        not ask: a patch marker recorded after a local activity in the same workflow
-        task does not replay (TMPRL1100, "patch marker encountered ... no
-        corresponding change command"; tests/workflows/test_replay.py)."""
-        return self._local_checks or workflow.patched(patch)
+    def _asked_by_rollbacks(self, patch: str) -> None:
+        """A RollbackWorkflow of the previous version asked `patch` here; an apply never
+        did: a patch marker after a local activity in the same workflow task does not
+        replay (TMPRL1100, "patch marker encountered ... no corresponding change command")."""
+        if not self._coalesce:
+            workflow.deprecate_patch(patch)
 
     def _enter(self, phase: Phase, details: str) -> None:
         """A new phase, shown in the status query, PlatformStatus and the UI's current details."""
-        if self._phase_status and phase != self._phase:
+        if phase != self._phase:
             self._upsert(PLATFORM_STATUS.value_set(phase))
         self._phase = phase
         workflow.set_current_details(details)
 
     def _upsert(self, update: SearchAttributeUpdate[str]) -> None:
-        """Coalesced (COALESCED_SEARCH_ATTRIBUTES_PATCH): kept until the apply next waits on
+        """Coalesced in an apply: kept until it next waits on
         the server (a scheduled step, the approval, the lock) or ends, then sent as one
         upsert with the last value of each attribute. Local steps run within the
         workflow task, so nobody could have seen what they pass through."""

@@ -34,10 +34,8 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.policy.reapply import drifted, skip_reason
 
 APPLY_WORKFLOW = "ApplyWorkflow"
-# Runs started before it counted applies, not projects, and waited for one
-# apply of a project to end before starting the next.
+# Deprecated patches: runs of the previous version hold their markers (workflows/apply.py).
 PIPELINE_PATCH = "reapply-pipeline"
-# Runs started before it re-applied approvals that name no plan_digest.
 PLAN_BOUND_PATCH = "reapply-plan-bound"
 
 Child = ChildWorkflowHandle[Any, dict[str, Any]]  # a started ApplyWorkflow
@@ -50,8 +48,8 @@ class ReapplyWorkflow:
     @workflow.run
     async def run(self, request: ReapplyInput | None = None) -> ReapplyResult:
         req = request or ReapplyInput()
-        pipelined = workflow.patched(PIPELINE_PATCH)
-        plan_bound = workflow.patched(PLAN_BOUND_PATCH)
+        workflow.deprecate_patch(PIPELINE_PATCH)
+        workflow.deprecate_patch(PLAN_BOUND_PATCH)
         candidates = await workflow.execute_activity_method(
             Reapply.plan_reapply,
             PlanReapplyInput(modules=req.modules),
@@ -63,7 +61,7 @@ class ReapplyWorkflow:
         entries: dict[str, ReapplyEntry] = {}
         lanes: dict[str, list[ReapplyCandidate]] = defaultdict(list)
         for c in candidates:
-            reason = c.problem or skip_reason(c, plan_bound=plan_bound)
+            reason = c.problem or skip_reason(c)
             if reason is not None:
                 entries[c.module] = ReapplyEntry(
                     module=c.module, outcome="failed" if c.problem else "skipped", reason=reason
@@ -97,27 +95,18 @@ class ReapplyWorkflow:
                 if ahead is not None:
                     await ahead
 
-        async def run_lane_unpipelined(lane: list[ReapplyCandidate]) -> None:
-            for c in lane:
-                async with slots:
-                    entries[c.module] = await self._outcome(c, await self._start(c))
-
-        each_lane = run_lane if pipelined else run_lane_unpipelined
-        lanes_done = asyncio.gather(*(each_lane(lane) for lane in lanes.values()))
-        if not pipelined:
+        lanes_done = asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
+        try:
+            await asyncio.shield(lanes_done)
+        except asyncio.CancelledError:
+            # Every apply in flight is cancelled, the one waiting on its project's lock
+            # too (awaited by nobody, it would take the lock and run compose up), and
+            # no other starts. Each ends as its cancel leaves it; then this run.
+            stopping = True
+            for task in list(running):
+                task.cancel()
             await lanes_done
-        else:
-            try:
-                await asyncio.shield(lanes_done)
-            except asyncio.CancelledError:
-                # Every apply in flight is cancelled, the one waiting on its project's lock
-                # too (awaited by nobody, it would take the lock and run compose up), and
-                # no other starts. Each ends as its cancel leaves it; then this run.
-                stopping = True
-                for task in list(running):
-                    task.cancel()
-                await lanes_done
-                raise
+            raise
         result = ReapplyResult(results=[entries[c.module] for c in candidates])
         failed = [e.module for e in result.results if e.outcome == "failed"]
         if failed:

@@ -16,16 +16,15 @@ from platformctl.models import ReapplyCandidate
 _CHANGED = ("Recreate", "Creat", "Start", "Restart", "Pull")
 
 
-def skip_reason(c: ReapplyCandidate, *, plan_bound: bool = True) -> str | None:
-    """Why this module is not re-applied, or None when it may be. `plan_bound`: False
-    only in re-applies started before approvals were bound to their plan."""
+def skip_reason(c: ReapplyCandidate) -> str | None:
+    """Why this module is not re-applied, or None when it may be."""
     if c.state is None or c.state.last_applied is None:
         return "no successful apply recorded"
     last = c.state.last_applied
     if last.plan.module != c.module:
         # Only a forged record says so; its plan would go to that module's host, unchecked here.
         return f"the recorded apply is a plan for module {last.plan.module[:100]!r}, not this one"
-    if plan_bound and (last.approval.plan_digest is None or last.plan_raw is None):
+    if last.approval.plan_digest is None or last.plan_raw is None:
         # Never sent again in the old form: that would take a signature back to what it no longer covers.
         return "approval predates plan binding: approve once more"
     pin = c.state.pinned

@@ -56,5 +56,3 @@ def test_a_recorded_plan_for_another_module_is_skipped():
 def test_an_approval_recorded_before_plan_binding_is_skipped_never_sent_in_the_old_form():
     old = candidate_for("x", bound=False)
     assert skip_reason(old) == "approval predates plan binding: approve once more"
-    # Re-applies started before the change replay as they ran.
-    assert skip_reason(old, plan_bound=False) is None
