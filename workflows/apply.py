@@ -1,6 +1,6 @@
 """ApplyWorkflow: the seven steps of the SPEC, in order. Orchestration only.
 
-Every step is an activity; any step that says no raises `_Stop`, which ends
+Every step is an activity; any step that says no raises `Stop`, which ends
 the apply with a contract status. Nothing here does I/O or reads a clock
 outside `workflow.*`.
 
@@ -14,17 +14,15 @@ once for the same reason.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar, Unpack
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy, SearchAttributeUpdate
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import (
-    ActivityError,
     ApplicationError,
-    CancelledError,
     FailureError,
     WorkflowAlreadyStartedError,
 )
@@ -36,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.check_host_allowlist import CheckHostAllowlist
     from activities.compose_up import ComposeUp
     from activities.guard_compose_path import GuardComposePath
-    from activities.health_smoke import HealthSmoke
     from activities.lock_holder import DescribeLockHolder
     from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
@@ -45,7 +42,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.snapshot_images import SnapshotImages
     from activities.validate_plan import ValidatePlan
     from activities.verify_checkout import VerifyCheckout
-    from platformctl.client import SEARCH_ATTRIBUTES
     from platformctl.models import (
         ApplyInput,
         ApplyResult,
@@ -69,7 +65,6 @@ with workflow.unsafe.imports_passed_through():
         RollbackInput,
         RollbackOutcome,
         RollbackRecord,
-        ServiceObservation,
         SnapshotInput,
         Target,
         ValidatedPlan,
@@ -77,13 +72,13 @@ with workflow.unsafe.imports_passed_through():
         VerifyCheckoutInput,
         brief_errors,
     )
-    from platformctl.outcomes import OUTCOMES, STATUS_BY_ERROR_TYPE, SUCCESS, Status
+    from platformctl.outcomes import OUTCOMES, SUCCESS, Status
     from platformctl.payload import UnreadablePayload, decode_json
     from platformctl.policy.approval import check_approval
-    from platformctl.policy.health import verdict
     from platformctl.policy.plan import plan_digest
     from platformctl.policy.snapshot import rollback_image
     from platformctl.redact import redact_and_cap
+    from workflows import health_check
     from workflows.project_lock import (
         ENQUEUE,
         LOCK_FREE,
@@ -94,24 +89,22 @@ with workflow.unsafe.imports_passed_through():
         workflow_ids,
     )
     from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
+    from workflows.steps import (
+        APPLY_WORKFLOW,
+        LOCAL_STEP,
+        PLATFORM_HOST,
+        PLATFORM_MODULE,
+        PLATFORM_STATUS,
+        READ_STEP,
+        REMOTE_RETRY,
+        Steps,
+        Stop,
+        both,
+        uncancellable,
+    )
 
 T = TypeVar("T")
 A = TypeVar("A")  # an activity's argument
-
-# What the apply is doing now, as the status query and the approve Update report it.
-Phase = Literal[
-    "awaiting_approval",
-    "validating",
-    "waiting_for_lock",
-    "applying",
-    "health_check",
-    "persisting",
-    "rolling_back",
-    "done",
-]
-
-APPLY_WORKFLOW = "ApplyWorkflow"
-PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
 
 # Deprecated patches (Temporal's patched, then deprecated, then gone): runs of the
 # previous version hold their markers, so each is still asked, with
@@ -121,14 +114,11 @@ PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
 PHASE_STATUS_PATCH = "phase-status"  # at the start of a RollbackWorkflow
 PROJECT_LOCK_PATCH = "project-lock"  # a RollbackWorkflow's lock
-HEALTH_OBSERVED_PATCH = "health-observed"  # a RollbackWorkflow's health smoke
 CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"  # compose up failed after a cancel
-HEALTH_MISSED_POLL_PATCH = "health-missed-poll"  # a poll that could not reach the host
 LOCK_HOLDER_PATCH = "lock-holder-check"  # a start that found the lock's id taken
 DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
 HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends
 HOST_REASK_PATCH = "host-reask"  # compose up's retries ran out on a silent host
-HOST_UNOBSERVED = "host unreachable during the health check; no rollback (the release may be healthy)"
 # Meanwhile the host agent is asked again every REASK_EVERY for its outcome, for up to
 # REASK_FOR past the up timeout; the agent's record answers, compose never runs twice.
 REASK_EVERY = timedelta(seconds=30)
@@ -138,31 +128,8 @@ REASK_FOR = timedelta(minutes=10)
 RECORD_RETRY_FIRST_S = 5
 RECORD_RETRY_MAX_S = 600
 RECORD_RETRY_FOR_S = 86400
-# A poll that comes this much later than planned means nobody was looking (Temporal or the
-# worker was down, or the host was slow to answer): that gap is neither stable time nor
-# spent health timeout. Small: it only ever restarts the stable window, never fails one.
-OUTAGE_GAP_S = 3.0
 # Failures after compose up started that put the service back on its snapshot's image.
 ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
-# What the Web UI shows for each activity (its summary).
-STEP_SUMMARIES = {
-    "validate_plan": "1 validate plan",
-    "check_approval": "2 check approval",
-    "guard_compose_path": "3 guard compose path",
-    "check_host_allowlist": "4 check host allowlist",
-    "verify_checkout": "4 verify the host's checkout",
-    "compose_images": "5 snapshot: compose images",
-    "describe_lock_holder": "5 lock: who holds it",
-    "compose_up": "5 compose up",
-    "compose_ps": "6 health smoke: compose ps",
-    "persist_state": "7 persist state",
-    "release_lease": "7 release the host's lease",
-    "compose_rollback": "rollback: back to the snapshot's image",
-    "rollback": "rollback: record",
-    "notify": "notify a person",
-    "plan_rollback": "rollback: what to go back to",
-    "record_rollback": "rollback: record",
-}
 LOCK_WAIT = timedelta(minutes=15)
 LOCK_POLL = timedelta(seconds=10)
 # A wait (the first, and each after our turn came) asks again after each of these, then every
@@ -176,54 +143,11 @@ LOCK_HOLDER_STEP = workflow.ActivityConfig(
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
 )
 
-# Local checks: a few quick tries, then the apply ends as tool_error.
-LOCAL_STEP = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
-)
-# Remote steps: retried only while the host may yet answer (connection refused
-# or timed out, worker lost); a wrong key or a failed command is final.
-REMOTE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=4,
-)
-# Read-only remote steps (ps, git rev-parse).
-READ_STEP = workflow.ActivityConfig(start_to_close_timeout=timedelta(seconds=60), retry_policy=REMOTE_RETRY)
-
-
-def _seen(h: HealthRecord) -> str:
-    """What a health poll saw, as messages and the UI details say it."""
-    code = f", exit code {h.exit_code}" if h.exit_code is not None else ""
-    return f"state={h.state}, health={h.health}{code}"
-
-
-def _kept(seen: ServiceObservation) -> str:
-    """Where to read why, when the host kept a failing container's logs (an apply's run only:
-    `platform-apply logs` reads ApplyWorkflow runs)."""
-    info = workflow.info()
-    if not seen.logs_kept or info.workflow_type != APPLY_WORKFLOW:
-        return ""
-    return f"; its last log lines are kept on the host: platform-apply logs {info.workflow_id}"
-
-
-class _Stop(Exception):
-    """Ends the apply with a contract status; `restore`: put the service back on its
-    snapshot's image (after compose up), False when nothing was seen to fail."""
-
-    def __init__(self, status: Status, message: str, *, restore: bool = True, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.restore = restore
-        self.unreachable = unreachable  # a remote step's retries ran out on a host that did not answer
-
 
 @workflow.defn(dynamic=True)
 class ApplyWorkflow:
     def __init__(self) -> None:
-        self._phase: Phase = "validating"
+        self._steps = Steps()
         self._status: str = "running"  # an apply's Status, or a RollbackWorkflow's, when done
         self._signalled_approval: Any = None  # decoded, parsed like a given one once it is used
         self._approval: Approval | None = None
@@ -247,10 +171,6 @@ class ApplyWorkflow:
         self._checkout_verified: bool | None = None
         self._lock_id: str | None = None
         self._lock_free: list[str] | None = None  # the queue handed to us when our turn came
-        # An apply coalesces its search-attribute upserts (_upsert); a RollbackWorkflow
-        # sends each at once, as it always has (its histories replay so).
-        self._coalesce = False
-        self._pending: dict[str, SearchAttributeUpdate[str]] = {}
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> ApplyResult | RollbackOutcome:
@@ -266,11 +186,11 @@ class ApplyWorkflow:
             workflow.deprecate_patch(PHASE_STATUS_PATCH)
             workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
             return await OperatorRollback(self).run(args)
-        self._coalesce = True
-        self._upsert(PLATFORM_STATUS.value_set("running"))
+        self._steps.coalesce = True
+        self._steps.upsert(PLATFORM_STATUS.value_set("running"))
         try:
             result = await self._apply(args)
-        except _Stop as stop:
+        except Stop as stop:
             result = await self._finish(stop.status, stop.message)
         except asyncio.CancelledError:
             # Canceled in Temporal's terms; recorded like every other outcome.
@@ -285,7 +205,7 @@ class ApplyWorkflow:
     async def _apply(self, args: Sequence[RawValue]) -> ApplyResult:
         inp = self._parse(args)
         # 1. Validate plan
-        plan = await self._step(
+        plan = await self._steps.run(
             ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan, plan_digest=self._digest), local=True
         )
         self._known_target(plan)
@@ -295,13 +215,13 @@ class ApplyWorkflow:
         given = inp.approval if inp.approval is not None else await self._await_approval(inp.approval_timeout_seconds)
         await self._check_approval(inp, given)
         # 3. Resolve and guard the compose path
-        guarded = await self._step(
+        guarded = await self._steps.run(
             GuardComposePath.guard_compose_path,
             GuardComposePathInput(host=plan.host, compose_file=plan.compose_file),
             local=True,
         )
         # 4. Check the host allowlist (and read the phase gate)
-        target = await self._step(
+        target = await self._steps.run(
             CheckHostAllowlist.check_host_allowlist,
             CheckHostInput(host=plan.host, guarded=guarded, compose_service=plan.compose_service),
             local=True,
@@ -313,81 +233,83 @@ class ApplyWorkflow:
         async with self._project_lock(target):
             # Both only read the host; what a rollback goes back to is seen under
             # the lock right before anything changes.
-            _, self._snapshot = await self._all(
+            _, self._snapshot = await both(
                 self._verify_checkout(target, inp.plan.source_sha),
                 self._snapshot_images(target, "before compose up"),
             )
             self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
                 # 5. Compose up with a timeout
-                self._enter(
+                self._steps.enter(
                     "applying",
                     f"Running `{target.command}` on {target.host.name} (killed after {plan.up_timeout_seconds} s).",
                 )
                 await self._compose_up(target, plan.up_timeout_seconds)
                 # 6. Post-apply health smoke
-                self._enter("health_check", self._health_details(plan.health))
+                self._steps.enter("health_check", health_check.details(plan.health, self._health))
                 # What compose up left running is listed while the health smoke watches it.
                 # Only a read: when the apply fails meanwhile it is left to end on its own
                 # (never cancelled: a cancel racing its own completion broke the SDK's and
                 # the test server's bookkeeping of it).
                 listing = asyncio.ensure_future(self._images_now(target))
-                self._health = await self._health_smoke(target, plan.health, self._on_apply_health)
+                self._health = await health_check.watch(
+                    self._steps, target, plan.module, plan.health, self._on_apply_health
+                )
                 # From here a cancel is too late: the service is live and healthy.
-                self._images = await self._uncancellable(listing)
+                self._images = await uncancellable(listing)
                 # 7. Persist state
-                self._enter("persisting", "Recording the applied state.")
-                await self._uncancellable(self._record("applied"))
-            except _Stop as stop:
+                self._steps.enter("persisting", "Recording the applied state.")
+                await uncancellable(self._record("applied"))
+            except Stop as stop:
                 await self._roll_back(stop.status, stop.message, target, restore=stop.restore)
                 raise
             except asyncio.CancelledError:
-                self._error = f"cancelled during {self._phase}, after compose up started"
+                self._error = f"cancelled during {self._steps.phase}, after compose up started"
                 await self._roll_back("cancelled", self._error, target)
                 raise
             finally:
-                await self._uncancellable(self._release_lease(target))
+                await uncancellable(self._release_lease(target))
         # The release is live and healthy whether or not its record could be written: the
         # lock is free for the next apply while the record is tried again.
-        await self._uncancellable(self._record_again("applied"))
+        await uncancellable(self._record_again("applied"))
         return self._done("applied")
 
     # ---- steps ------------------------------------------------------------
 
     def _parse(self, args: Sequence[RawValue]) -> ApplyInput:
         if len(args) != 1:
-            raise _Stop("blocked", f"invalid apply input: expected one JSON object, got {len(args)} arguments")
+            raise Stop("blocked", f"invalid apply input: expected one JSON object, got {len(args)} arguments")
         try:
             request = decode_json(args[0].payload)
         except UnreadablePayload as e:
-            raise _Stop("blocked", f"invalid apply input: {e}") from None
+            raise Stop("blocked", f"invalid apply input: {e}") from None
         try:
             inp = ApplyInput.model_validate(request)
         except ValidationError as e:
             if isinstance(request, dict) and isinstance(request.get("plan"), dict):
                 module = request["plan"].get("module")
                 self._module = module[:64] if isinstance(module, str) else None
-            raise _Stop("blocked", f"invalid apply input: {brief_errors(e)}") from None
+            raise Stop("blocked", f"invalid apply input: {brief_errors(e)}") from None
         self._plan_raw = request["plan"]  # a dict: ApplyInput parsed it as a plan object
         self._digest = plan_digest(self._plan_raw)  # decode_json refused what has no UTF-8 form
         self._input = inp
         self._module = inp.plan.module[:64]
-        self._upsert(PLATFORM_MODULE.value_set(self._module))
+        self._steps.upsert(PLATFORM_MODULE.value_set(self._module))
         return inp
 
     def _known_target(self, plan: ValidatedPlan) -> None:
         self._plan = plan
-        self._upsert(PLATFORM_HOST.value_set(plan.host))
+        self._steps.upsert(PLATFORM_HOST.value_set(plan.host))
 
     async def _await_approval(self, timeout_s: int) -> Any:
         deadline = workflow.now() + timedelta(seconds=timeout_s)
-        self._enter(
+        self._steps.enter(
             "awaiting_approval",
             f"Waiting for an approval of `{self._sha7()}` until {deadline:%Y-%m-%d %H:%M} UTC: "
             "the `approve` Update or signal, or `reject`.",
         )
         arrived = lambda: self._signalled_approval is not None or self._rejection is not None  # noqa: E731
-        self._flush_search_attributes()
+        self._steps.flush()
         try:
             # Tell a person the apply waits for them, and again shortly before the wait ends.
             await self._notify("awaiting_approval", deadline)
@@ -398,22 +320,25 @@ class ApplyWorkflow:
                 await self._notify("approval_expiring", deadline)
                 await workflow.wait_condition(arrived, timeout=deadline - workflow.now())
         except TimeoutError:
-            raise _Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
+            raise Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
         self._raise_if_rejected()
-        self._enter("validating", "Checking the approval, the compose path and the host allowlist.")
+        self._steps.enter("validating", "Checking the approval, the compose path and the host allowlist.")
         return self._signalled_approval
 
     async def _notify(self, event: Literal["awaiting_approval", "approval_expiring"], deadline: datetime) -> None:
         """Best effort: a notification that cannot be sent never changes the apply."""
         try:
-            await self._step(
+            await self._steps.run(
                 Notify.notify,
                 NotifyInput(
-                    event=event, module=self._module or "", host=self._plan.host if self._plan else None,
-                    workflow_id=workflow.info().workflow_id, deadline=deadline.isoformat(),
+                    event=event,
+                    module=self._module or "",
+                    host=self._plan.host if self._plan else None,
+                    workflow_id=workflow.info().workflow_id,
+                    deadline=deadline.isoformat(),
                 ),
             )
-        except _Stop as e:
+        except Stop as e:
             workflow.logger.warning("notification %s not sent: %s", event, e.message)
 
     async def _check_approval(self, inp: ApplyInput, given: Any) -> None:
@@ -422,13 +347,13 @@ class ApplyWorkflow:
             try:
                 self._approval = Approval.model_validate(given)
             except ValidationError as e:
-                raise _Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
-            await self._step(
+                raise Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
+            await self._steps.run(
                 CheckApproval.check_approval,
                 CheckApprovalInput(plan=inp.plan, approval=self._approval, plan_digest=self._digest),
                 local=True,
             )
-        except _Stop as stop:
+        except Stop as stop:
             self._approval_verdict = stop.message
             raise
         self._approval_verdict = ""
@@ -436,13 +361,13 @@ class ApplyWorkflow:
     def _raise_if_rejected(self) -> None:
         if self._rejection is not None:
             who = f" by {self._rejection.rejected_by}" if self._rejection.rejected_by else ""
-            raise _Stop("rejected", f"rejected{who}: {self._rejection.reason or 'no reason given'}")
+            raise Stop("rejected", f"rejected{who}: {self._rejection.reason or 'no reason given'}")
 
     async def _verify_checkout(self, target: Target, sha: str) -> None:
         if not target.host.verify_checkout:
             self._checkout_verified = False  # the host opted out: the result and audit line say so
             return
-        await self._step(
+        await self._steps.run(
             VerifyCheckout.verify_checkout,
             VerifyCheckoutInput(target=target, approved_sha=sha, module=self._plan.module if self._plan else ""),
             remote=True,
@@ -453,7 +378,7 @@ class ApplyWorkflow:
     async def _compose_up(self, target: Target, timeout_s: int) -> None:
         try:
             up = await self._up_step(target, timeout_s)
-        except _Stop as stop:
+        except Stop as stop:
             # The step failed after a cancel request reached it (the SDK then clears the
             # cancel): the apply was still cancelled, as CONTRACT.md's `cancelled` says.
             if workflow.cancellation_reason() is not None:
@@ -466,15 +391,15 @@ class ApplyWorkflow:
         self._command = up.command
         self._remote = up.remote
         if up.timed_out:
-            raise _Stop("remote_failed", f"compose up still running after {timeout_s} seconds: killed")
+            raise Stop("remote_failed", f"compose up still running after {timeout_s} seconds: killed")
         if up.remote is None or up.remote.returncode != 0:
             code = up.remote.returncode if up.remote else None
             why = f" ({up.remote.error_class})" if up.remote and up.remote.error_class else ""
-            raise _Stop("remote_failed", f"compose up exited with code {code}{why}")
+            raise Stop("remote_failed", f"compose up exited with code {code}{why}")
 
     def _up_step(self, target: Target, timeout_s: int) -> Awaitable[ComposeUpResult]:
         assert self._plan is not None and self._input is not None and self._approval is not None
-        return self._step(
+        return self._steps.run(
             ComposeUp.compose_up,
             ComposeUpInput(
                 target=target,
@@ -495,7 +420,7 @@ class ApplyWorkflow:
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
 
-    async def _reask(self, target: Target, timeout_s: int, stop: _Stop) -> ComposeUpResult:
+    async def _reask(self, target: Target, timeout_s: int, stop: Stop) -> ComposeUpResult:
         """The host stopped answering after compose up was sent: compose may have run to
         its end there. Ask the agent again on durable timers (its record of this run
         answers; it never runs compose twice) until it answers or REASK_FOR has passed."""
@@ -508,7 +433,7 @@ class ApplyWorkflow:
             await workflow.sleep(REASK_EVERY)
             try:
                 return await self._up_step(target, timeout_s)
-            except _Stop as again:
+            except Stop as again:
                 if workflow.cancellation_reason() is not None:
                     raise asyncio.CancelledError() from None  # as in _compose_up: the cancel outranks
                 if not again.unreachable:
@@ -518,10 +443,10 @@ class ApplyWorkflow:
 
     async def _snapshot_images(self, target: Target, when: str) -> ImageSnapshot:
         assert self._plan is not None
-        self._enter(
+        self._steps.enter(
             "applying", f"Listing the images `{target.compose_service}` runs on {target.host.name} {when}."
         )
-        return await self._step(
+        return await self._steps.run(
             SnapshotImages.compose_images,
             SnapshotInput(target=target, module=self._plan.module),
             remote=True,
@@ -533,98 +458,19 @@ class ApplyWorkflow:
         Only a record: failing to list them does not fail a healthy apply."""
         assert self._plan is not None
         try:
-            return await self._step(
+            return await self._steps.run(
                 SnapshotImages.compose_images,
                 SnapshotInput(target=target, module=self._plan.module),
                 remote=True,
                 **READ_STEP,
             )
-        except _Stop as e:
+        except Stop as e:
             workflow.logger.warning("images after the apply not recorded: %s", e.message)
             return None
 
     def _on_apply_health(self, record: HealthRecord, cfg: HealthConfig) -> None:
         self._health = record
-        workflow.set_current_details(self._health_details(cfg))
-
-    async def _health_smoke(
-        self, target: Target, cfg: HealthConfig, on_poll: Callable[[HealthRecord, HealthConfig], None]
-    ) -> HealthRecord:
-        """Poll with durable timers until healthy for a stable window, or fail.
-
-        Judged by what the polls saw: a gap between two polls much longer than
-        planned (Temporal or the worker was down) restarts the stable window and
-        costs the timeout one poll, not the outage's length. A poll that cannot
-        reach the host is a missed observation, not a verdict: the stable window
-        restarts and the time passes; when the timeout ends on one, the apply ends
-        `remote_failed` with no rollback, as nothing was seen to fail."""
-        self._asked_by_rollbacks(HEALTH_OBSERVED_PATCH)
-        module = self._plan.module if self._plan else ""
-        last = workflow.now()
-        healthy_since = None
-        window_restarts: int | None = None  # the restart count when the stable window began
-        waited = 0.0
-        while True:
-            try:
-                seen: ServiceObservation | None = await self._step(
-                    HealthSmoke.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
-                )
-            except _Stop as stop:
-                if stop.status != "remote_failed":
-                    raise
-                workflow.deprecate_patch(HEALTH_MISSED_POLL_PATCH)
-                workflow.logger.warning("health poll missed: %s", stop.message)
-                seen = None
-            now = workflow.now()
-            gap = (now - last).total_seconds()
-            # A missed poll's time counts in full: the host, not Temporal, was away.
-            if seen is not None and gap > cfg.poll_seconds + OUTAGE_GAP_S:
-                workflow.logger.warning("health smoke saw nothing for %.0f s: its stable window starts again", gap)
-                healthy_since, gap = None, cfg.poll_seconds
-            waited += gap
-            last = now
-            if seen is not None and seen.lease_lost_to is not None:
-                # Another apply holds the project now: judging or undoing its release is not ours.
-                raise _Stop("remote_failed", f"lease lost to run {seen.lease_lost_to}; no rollback", restore=False)
-            if seen is None or seen.retaken:
-                healthy_since = None  # unseen, or the lease lapsed: nothing says it stayed stable
-            if seen is None:
-                if waited >= cfg.timeout_seconds:
-                    raise _Stop("remote_failed", HOST_UNOBSERVED, restore=False)
-                await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
-                continue
-            state = verdict(seen)
-            restarts = seen.restart_count
-            if healthy_since is not None and window_restarts is not None and restarts is not None:
-                if restarts > window_restarts:  # a crash loop can look running at every poll
-                    raise _Stop(
-                        "unhealthy",
-                        f"service {target.compose_service!r} restarted during its stable window "
-                        f"(restart count {window_restarts} -> {restarts})",
-                    )
-            if healthy_since is None:
-                window_restarts = seen.restart_count
-            healthy_since = (healthy_since or now) if state == "healthy" else None
-            stable_s = (now - healthy_since).total_seconds() if healthy_since else 0.0
-            record = HealthRecord(
-                state=seen.state or "absent",
-                health=seen.health or "none",
-                observed_s=round(stable_s, 1),
-                exit_code=seen.exit_code,
-            )
-            on_poll(record, cfg)
-            if state == "healthy" and stable_s >= cfg.stable_seconds:
-                return record
-            if state == "failed":
-                raise _Stop("unhealthy", f"service {target.compose_service!r} stopped: {_seen(record)}{_kept(seen)}")
-            if waited >= cfg.timeout_seconds:
-                why = f"; last poll: {seen.error}" if seen.error else ""
-                raise _Stop(
-                    "unhealthy",
-                    f"service {target.compose_service!r} did not stay healthy for {cfg.stable_seconds}s "
-                    f"within {cfg.timeout_seconds}s: {_seen(record)}{why}{_kept(seen)}",
-                )
-            await workflow.sleep(timedelta(seconds=min(cfg.poll_seconds, max(1.0, cfg.timeout_seconds - waited))))
+        workflow.set_current_details(health_check.details(cfg, self._health))
 
     # ---- the project lock -------------------------------------------------
 
@@ -635,8 +481,8 @@ class ApplyWorkflow:
         Waits up to LOCK_WAIT; a reject or cancel while waiting ends the apply.
         """
         assert self._plan is not None
-        self._asked_by_rollbacks(PROJECT_LOCK_PATCH)
-        self._flush_search_attributes()
+        self._steps.asked_by_rollbacks(PROJECT_LOCK_PATCH)
+        self._steps.flush()
         me = workflow.info().workflow_id
         lock_id = project_lock_id(target.host.name, target.project)
         deadline = workflow.now() + LOCK_WAIT
@@ -649,8 +495,11 @@ class ApplyWorkflow:
                 handle = await workflow.start_child_workflow(
                     ProjectLockWorkflow.run,
                     LockRequest(
-                        module=self._plan.module, holder_workflow_id=me,
-                        host=target.host.name, project=target.project, queue=queue,
+                        module=self._plan.module,
+                        holder_workflow_id=me,
+                        host=target.host.name,
+                        project=target.project,
+                        queue=queue,
                         holder_hands_on=True,
                     ),
                     id=lock_id,
@@ -664,8 +513,8 @@ class ApplyWorkflow:
                 workflow.deprecate_patch(LOCK_HOLDER_PATCH)
                 ask_holder = False
                 await self._refuse_squatter(lock_id)
-            if self._phase != "waiting_for_lock":
-                self._enter(
+            if self._steps.phase != "waiting_for_lock":
+                self._steps.enter(
                     "waiting_for_lock",
                     f"Waiting until {deadline:%H:%M:%S} UTC for `{lock_id}`, held by another apply "
                     f"of compose project {target.project!r} on {target.host.name}.",
@@ -673,13 +522,13 @@ class ApplyWorkflow:
             self._lock_id = lock_id
             remaining = deadline - workflow.now()
             if remaining <= timedelta(0):
-                raise _Stop(
+                raise Stop(
                     "blocked",
                     f"compose project {target.project!r} on {target.host.name} is locked by another apply ({lock_id}) "
                     f"that did not finish within {int(LOCK_WAIT.total_seconds())} seconds",
                 )
             self._lock_free = None
-            self._flush_search_attributes()  # waiting_for_lock, for whoever looks meanwhile
+            self._steps.flush()  # waiting_for_lock, for whoever looks meanwhile
             try:
                 await workflow.get_external_workflow_handle(lock_id).signal(ENQUEUE, [me, *queue])
             except FailureError:
@@ -700,22 +549,22 @@ class ApplyWorkflow:
         try:
             yield
         finally:
-            self._flush_search_attributes()
-            await self._uncancellable(self._release(handle))
+            self._steps.flush()
+            await uncancellable(self._release(handle))
 
     async def _refuse_squatter(self, lock_id: str) -> None:
         """End the apply `blocked` when the lock's id is held by anything but this task
         queue's lock, which would never hand it on. A describe that fails leaves it waiting."""
         try:
-            holder = await self._step(
+            holder = await self._steps.run(
                 DescribeLockHolder.describe_lock_holder, LockHolderInput(lock_id=lock_id), **LOCK_HOLDER_STEP
             )
-        except _Stop as e:
+        except Stop as e:
             workflow.logger.warning("who holds %s is unknown: %s", lock_id, e.message)
             return
         if holder.kind in ("other_type", "other_queue"):
             what = "a workflow of another type" if holder.kind == "other_type" else "a lock on another task queue"
-            raise _Stop(
+            raise Stop(
                 "blocked",
                 f"the lock id {lock_id} is held by {what}, which never hands it on: "
                 f"ask an operator to end it (temporal workflow terminate --workflow-id {lock_id})",
@@ -740,16 +589,16 @@ class ApplyWorkflow:
         """Put the service back on the image it ran before (where the snapshot, the
         module's policy and `restore` allow), then record the failure. Neither is cut
         short by a cancel; the apply's status stays the failure it was."""
-        self._enter("rolling_back", f"Rolling back after `{status}`: {message}")
+        self._steps.enter("rolling_back", f"Rolling back after `{status}`: {message}")
         self._status = status
         # Applies from before image snapshots have none, and only record.
         policy = self._plan.rollback if self._plan and self._snapshot is not None and restore else "record"
         image = None
         if policy == "image" and status in ROLLED_BACK:
-            image = await self._uncancellable(self._restore_images(target))
+            image = await uncancellable(self._restore_images(target))
         try:
-            rollback = await self._uncancellable(
-                self._step(
+            rollback = await uncancellable(
+                self._steps.run(
                     Rollback.rollback,
                     RollbackInput(
                         result=self._result(status, message),
@@ -767,7 +616,7 @@ class ApplyWorkflow:
             )
             self._rollback = rollback
             self._state_artifact = rollback.state_artifact
-        except _Stop as failed:
+        except Stop as failed:
             workflow.logger.error("rollback could not record the failure: %s", failed.message)
             self._rollback = RollbackRecord(
                 reason=f"{message} (rollback record failed: {failed.message})",
@@ -782,13 +631,13 @@ class ApplyWorkflow:
         a lease not freed expires on the host after its TTL."""
         workflow.deprecate_patch(HOST_LEASE_PATCH)
         try:
-            await self._step(
+            await self._steps.run(
                 ReleaseLease.release_lease,
                 ComposePsInput(target=target, module=self._plan.module if self._plan else ""),
                 remote=True,
                 **READ_STEP,
             )
-        except _Stop as e:
+        except Stop as e:
             workflow.logger.warning("the host lease was not released (it expires on the host): %s", e.message)
 
     async def _restore_images(self, target: Target) -> ImageRollback:
@@ -801,13 +650,13 @@ class ApplyWorkflow:
             image_id = rollback_image(self._snapshot)
         except ValueError as e:
             return ImageRollback(outcome="skipped", error=str(e))
-        self._enter(
+        self._steps.enter(
             "rolling_back",
             f"Putting `{target.compose_service}` on {target.host.name} back on image {image_id} "
             f"(killed after {plan.up_timeout_seconds} s).",
         )
         try:
-            up = await self._step(
+            up = await self._steps.run(
                 RollbackImages.compose_rollback,
                 RollbackImagesInput(
                     target=target, module=plan.module, image_id=image_id, timeout_seconds=plan.up_timeout_seconds
@@ -817,45 +666,49 @@ class ApplyWorkflow:
                 heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
                 retry_policy=REMOTE_RETRY,
             )
-        except _Stop as e:
+        except Stop as e:
             return ImageRollback(outcome="failed", image_id=image_id, error=e.message)
         if not up.executed:
             return ImageRollback(outcome="skipped", image_id=image_id, error="compose up never ran on the host")
         if up.timed_out or up.remote is None or up.remote.returncode != 0:
-            why = "still running after its timeout: killed" if up.timed_out else (
-                f"exited with code {up.remote.returncode if up.remote else None}"
+            why = (
+                "still running after its timeout: killed"
+                if up.timed_out
+                else (f"exited with code {up.remote.returncode if up.remote else None}")
             )
             return ImageRollback(outcome="failed", image_id=image_id, remote=up.remote, error=f"compose up {why}")
         seen: list[HealthRecord] = []
 
         def on_poll(record: HealthRecord, cfg: HealthConfig) -> None:
             seen.append(record)
-            workflow.set_current_details(
-                f"Rolled back to {image_id}. {self._health_details(cfg, record)}"
-            )
+            workflow.set_current_details(f"Rolled back to {image_id}. {health_check.details(cfg, record)}")
 
         try:
-            health = await self._health_smoke(target, plan.health, on_poll)
-        except _Stop as e:
+            health = await health_check.watch(self._steps, target, plan.module, plan.health, on_poll)
+        except Stop as e:
             return ImageRollback(
-                outcome="unhealthy", image_id=image_id, healthy=False, health=seen[-1] if seen else None,
-                remote=up.remote, error=e.message,
+                outcome="unhealthy",
+                image_id=image_id,
+                healthy=False,
+                health=seen[-1] if seen else None,
+                remote=up.remote,
+                error=e.message,
             )
         return ImageRollback(outcome="restored", image_id=image_id, healthy=True, health=health, remote=up.remote)
 
     async def _finish(self, status: Status, message: str | None = None) -> ApplyResult:
         """End a non-applied outcome: one audit line, then the result."""
         self._error = message
-        await self._uncancellable(self._record(status))
-        await self._uncancellable(self._record_again(status))
+        await uncancellable(self._record(status))
+        await uncancellable(self._record_again(status))
         return self._done(status)
 
     async def _record(self, status: Status) -> None:
         """Write the outcome's records (state in Temporal, status file, audit line). When they
         cannot be written the outcome stands: `_record_again` tries later, on durable timers."""
         try:
-            persisted = await self._step(PersistState.persist_state, self._persist_input(status), local=True)
-        except _Stop as failed:
+            persisted = await self._steps.run(PersistState.persist_state, self._persist_input(status), local=True)
+        except Stop as failed:
             workflow.deprecate_patch(DURABLE_RECORDS_PATCH)
             self._record_pending = failed.message
             return
@@ -875,70 +728,6 @@ class ApplyWorkflow:
             workflow.logger.error("record of %s not written after %d s: %s", status, waited, self._record_pending)
 
     # ---- plumbing ---------------------------------------------------------
-
-    async def _step(
-        self,
-        method: Callable[[Any, A], Awaitable[T]],
-        arg: A,
-        *,
-        remote: bool = False,
-        local: bool = False,
-        **options: Unpack[workflow.ActivityConfig],
-    ) -> T:
-        """Run one activity; turn its failure into the contract status.
-
-        `local`: a quick step on the worker's own files (a check of the platform
-        files, the state record), run as a local activity (within the workflow task,
-        no server round trip); still an activity, with its summary, in the history
-        and the UI."""
-        config = workflow.ActivityConfig(**(options or LOCAL_STEP))
-        config["summary"] = STEP_SUMMARIES.get(method.__name__)
-        try:
-            if local:
-                return await workflow.execute_local_activity_method(
-                    method,
-                    arg,
-                    start_to_close_timeout=config.get("start_to_close_timeout"),
-                    retry_policy=config.get("retry_policy"),
-                    summary=config["summary"],
-                )
-            self._flush_search_attributes()
-            return await workflow.execute_activity_method(method, arg, **config)
-        except FailureError as e:
-            if not isinstance(e, ActivityError) and not local:
-                raise
-            # A local activity's own failure can arrive unwrapped.
-            cause = e.cause if isinstance(e, ActivityError) else e
-            if isinstance(cause, CancelledError):
-                raise asyncio.CancelledError() from None  # our own cancel, come back from the activity
-            if isinstance(cause, ApplicationError) and cause.type in STATUS_BY_ERROR_TYPE:
-                unreachable = remote and cause.type == "RemoteFailed" and not cause.non_retryable
-                raise _Stop(STATUS_BY_ERROR_TYPE[cause.type], cause.message, unreachable=unreachable) from None
-            status: Status = "remote_failed" if remote else "tool_error"
-            # A cause is always a FailureError (the SDK's failure converter builds it), typed as any exception.
-            detail = cause.message if isinstance(cause, FailureError) else e.message
-            raise _Stop(status, f"{method.__name__} failed: {detail}") from None
-
-    @staticmethod
-    async def _all(first: Awaitable[A], second: Awaitable[T]) -> tuple[A, T]:
-        """Both steps side by side; the first one's failure (a `_Stop`) is raised once both
-        have ended, so neither is left running behind the apply's next step. A cancel
-        reaches both."""
-        a, b = await asyncio.gather(first, second, return_exceptions=True)
-        for outcome in (a, b):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return a, b  # type: ignore[return-value]
-
-    @staticmethod
-    async def _uncancellable(step: Awaitable[T]) -> T:
-        """Finish `step` even when a cancel request arrives meanwhile: records and
-        lock releases must not be cut short. The caller's cancel is handled after."""
-        task = asyncio.ensure_future(step)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            return await task
 
     def _approved_by(self) -> str | None:
         """Who approved, as shown: signed as given, redacted wherever it is seen or kept."""
@@ -983,54 +772,18 @@ class ApplyWorkflow:
         )
 
     def _done(self, status: Status) -> ApplyResult:
-        self._phase = "done"
+        self._steps.phase = "done"
         self._status = status
-        self._upsert(PLATFORM_STATUS.value_set(status))
-        self._flush_search_attributes()  # now: nothing may follow the workflow's completion
+        self._steps.upsert(PLATFORM_STATUS.value_set(status))
+        self._steps.flush()  # now: nothing may follow the workflow's completion
         error = f": {self._error}" if self._error else ""
         image = self._rollback.image if self._rollback else None
         rolled = f"\n\nImage rollback: **{image.outcome}** {image.image_id or ''} {image.error or ''}" if image else ""
         workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}{rolled}")
         return self._result(status, self._error)
 
-    def _asked_by_rollbacks(self, patch: str) -> None:
-        """A RollbackWorkflow of the previous version asked `patch` here; an apply never
-        did: a patch marker after a local activity in the same workflow task does not
-        replay (TMPRL1100, "patch marker encountered ... no corresponding change command")."""
-        if not self._coalesce:
-            workflow.deprecate_patch(patch)
-
-    def _enter(self, phase: Phase, details: str) -> None:
-        """A new phase, shown in the status query, PlatformStatus and the UI's current details."""
-        if phase != self._phase:
-            self._upsert(PLATFORM_STATUS.value_set(phase))
-        self._phase = phase
-        workflow.set_current_details(details)
-
-    def _upsert(self, update: SearchAttributeUpdate[str]) -> None:
-        """Coalesced in an apply: kept until it next waits on
-        the server (a scheduled step, the approval, the lock) or ends, then sent as one
-        upsert with the last value of each attribute. Local steps run within the
-        workflow task, so nobody could have seen what they pass through."""
-        if self._coalesce:
-            self._pending[update.key.name] = update
-        else:
-            workflow.upsert_search_attributes([update])
-
-    def _flush_search_attributes(self) -> None:
-        if self._pending:
-            workflow.upsert_search_attributes(list(self._pending.values()))
-            self._pending = {}
-
     def _sha7(self) -> str:
         return self._input.plan.source_sha[:7] if self._input else "?"
-
-    def _health_details(self, cfg: HealthConfig, last_seen: HealthRecord | None = None) -> str:
-        last = ""
-        if h := last_seen or self._health:
-            last = f" Last: {_seen(h)}, stable {h.observed_s} s."
-        window = f"healthy for {cfg.stable_seconds} s (fails after {cfg.timeout_seconds} s)"
-        return f"Polling `compose ps` until {window}.{last}"
 
     # ---- messages ---------------------------------------------------------
     # Signals and updates arrive raw: a payload of any shape, or any number of
@@ -1073,9 +826,9 @@ class ApplyWorkflow:
                 raise ApplicationError("the apply already has another approval", non_retryable=True)
             return
         # Before the wait starts (still validating the plan) an approval is taken and used when it does.
-        if self._phase not in ("validating", "awaiting_approval"):
+        if self._steps.phase not in ("validating", "awaiting_approval"):
             raise ApplicationError(
-                f"the apply is not waiting for an approval (phase {self._phase})", non_retryable=True
+                f"the apply is not waiting for an approval (phase {self._steps.phase})", non_retryable=True
             )
         try:
             approval = Approval.model_validate(offered)
@@ -1093,7 +846,7 @@ class ApplyWorkflow:
     def status(self) -> dict[str, Any]:
         plan = self._plan
         return {
-            "phase": self._phase,
+            "phase": self._steps.phase,
             "status": self._status,
             "module": plan.module if plan else self._module,
             "host": plan.host if plan else None,

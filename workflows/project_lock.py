@@ -55,7 +55,7 @@ async def hand_on(waiting: list[str]) -> None:
     """Tell the first waiter still running that its turn has come, with the rest of the queue."""
     for i, head in enumerate(waiting):
         try:
-            await workflow.get_external_workflow_handle(head).signal(LOCK_FREE, waiting[i + 1:])
+            await workflow.get_external_workflow_handle(head).signal(LOCK_FREE, waiting[i + 1 :])
             return
         except FailureError:
             continue  # that waiter has gone: the next in line

@@ -45,14 +45,23 @@ with workflow.unsafe.imports_passed_through():
     )
     from platformctl.outcomes import OUTCOMES, Outcome
     from platformctl.payload import UnreadablePayload, decode_json
+    from workflows import health_check
+    from workflows.steps import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS, REMOTE_RETRY, Stop, uncancellable
 
 if TYPE_CHECKING:
     from workflows.apply import ApplyWorkflow
 
 ROLLBACK_WORKFLOW = "RollbackWorkflow"
 RollbackStatus = Literal[
-    "rolled_back", "no_changes", "dry_run", "blocked", "tool_error", "remote_failed", "unhealthy",
-    "approval_mismatch", "cancelled",
+    "rolled_back",
+    "no_changes",
+    "dry_run",
+    "blocked",
+    "tool_error",
+    "remote_failed",
+    "unhealthy",
+    "approval_mismatch",
+    "cancelled",
 ]
 # The apply's table, plus rolled_back: the host changed, so exit 9 like an applied apply.
 ROLLBACK_OUTCOMES: dict[str, Outcome] = {"rolled_back": Outcome(9, None), **{k: v for k, v in OUTCOMES.items()}}
@@ -87,13 +96,13 @@ class OperatorRollback:
         if outcome.status in SUCCESS:
             return outcome
         raise ApplicationError(
-            outcome.error or outcome.status, outcome,
-            type=ROLLBACK_OUTCOMES[outcome.status].error_type, non_retryable=True,
+            outcome.error or outcome.status,
+            outcome,
+            type=ROLLBACK_OUTCOMES[outcome.status].error_type,
+            non_retryable=True,
         )
 
     async def _roll_back(self, args: Sequence[RawValue]) -> None:
-        # Late import: workflows.apply dispatches here.
-        from workflows.apply import PLATFORM_HOST, PLATFORM_MODULE, _Stop
 
         wf = self.wf
         # 1. Read the request and plan it
@@ -101,8 +110,8 @@ class OperatorRollback:
         wf._module = self.request.module[:64]
         workflow.upsert_search_attributes([PLATFORM_MODULE.value_set(wf._module)])
         try:
-            self.plan = plan = await wf._step(PlanRollback.plan_rollback, PlanRollbackInput(request=self.request))
-        except _Stop as stop:
+            self.plan = plan = await wf._steps.run(PlanRollback.plan_rollback, PlanRollbackInput(request=self.request))
+        except Stop as stop:
             raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
         wf._plan = plan.plan
         target = plan.target
@@ -117,25 +126,30 @@ class OperatorRollback:
                     raise _Ended("no_changes", f"the service already runs {plan.image_id}")
                 # 3. The pin, then the health smoke
                 await self._pin(plan)
-                wf._enter("health_check", f"Rolled back to {plan.image_id}. {wf._health_details(plan.plan.health)}")
-                self.health = await wf._health_smoke(target, plan.plan.health, self._on_health)
-        except _Stop as stop:
+                wf._steps.enter(
+                    "health_check", f"Rolled back to {plan.image_id}. {health_check.details(plan.plan.health)}"
+                )
+                self.health = await health_check.watch(
+                    wf._steps, target, plan.plan.module, plan.plan.health, self._on_health
+                )
+        except Stop as stop:
             raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
 
     async def _pin(self, plan: RollbackPlan) -> None:
-        from workflows.apply import REMOTE_RETRY, _Stop
 
         wf, target = self.wf, plan.target
         assert self.request is not None
-        wf._enter(
+        wf._steps.enter(
             "rolling_back",
             f"Putting `{target.compose_service}` on {target.host.name} back on image {plan.image_id} "
             f"(the apply of {plan.to_sha[:7]}).",
         )
-        up = await wf._step(
+        up = await wf._steps.run(
             RollbackImages.compose_rollback,
             RollbackImagesInput(
-                target=target, module=plan.plan.module, image_id=plan.image_id,
+                target=target,
+                module=plan.plan.module,
+                image_id=plan.image_id,
                 timeout_seconds=plan.plan.up_timeout_seconds,
                 approval=self.request.approval_of(plan.to_sha),
             ),
@@ -147,10 +161,10 @@ class OperatorRollback:
         )
         self.remote = up.remote
         if up.timed_out:
-            raise _Stop("remote_failed", f"the rollback's compose up still ran after {plan.plan.up_timeout_seconds} s")
+            raise Stop("remote_failed", f"the rollback's compose up still ran after {plan.plan.up_timeout_seconds} s")
         if up.remote is None or up.remote.returncode != 0:
             gone = up.remote is not None and up.remote.error_class == "image"  # `--pull never`: not on the host
-            raise _Stop(
+            raise Stop(
                 "remote_failed",
                 f"image {plan.image_id} is no longer on {target.host.name} (removed or pruned): nothing was changed"
                 if gone
@@ -160,10 +174,9 @@ class OperatorRollback:
 
     def _on_health(self, record: HealthRecord, cfg: HealthConfig) -> None:
         self.health = record
-        workflow.set_current_details(self.wf._health_details(cfg, record))
+        workflow.set_current_details(health_check.details(cfg, record))
 
     async def _end(self, status: RollbackStatus, message: str | None = None) -> RollbackOutcome:
-        from workflows.apply import PLATFORM_STATUS, _Stop
 
         wf, plan = self.wf, self.plan
         exit_code = ROLLBACK_OUTCOMES[status].exit_code
@@ -182,18 +195,21 @@ class OperatorRollback:
         )
         info = workflow.info()
         try:
-            await wf._uncancellable(
-                wf._step(
+            await uncancellable(
+                wf._steps.run(
                     RecordRollback.record_rollback,
                     RecordRollbackInput(
-                        request=self.request, outcome=outcome, images=self.images,
-                        workflow_id=info.workflow_id, run_id=info.run_id,
+                        request=self.request,
+                        outcome=outcome,
+                        images=self.images,
+                        workflow_id=info.workflow_id,
+                        run_id=info.run_id,
                     ),
                 )
             )
-        except _Stop as failed:
+        except Stop as failed:
             workflow.logger.error("rollback record not written: %s", failed.message)
-        wf._phase, wf._status, wf._error = "done", status, message
+        wf._steps.phase, wf._status, wf._error = "done", status, message
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
         workflow.set_current_details(f"**{status}** (exit code {exit_code}){': ' + message if message else ''}")
         return outcome

@@ -45,7 +45,7 @@ from tests.chaos.dev_server import RestartableDevServer
 from tests.e2e.conftest import write_module
 from tests.platform_files import apply_input, change, plan
 from tests.sshd import SSHD, SshHost, descendants, eventually, wait_until
-from workflows.apply import HOST_UNOBSERVED
+from workflows.health_check import HOST_UNOBSERVED
 
 HOST_ADDRESS = "127.0.0.7"
 MODULE, SERVICE = "f-faults", "svc-faults"

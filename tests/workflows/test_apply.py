@@ -31,7 +31,7 @@ from tests.platform_files import (
     write_platform,
 )
 from tests.workflows.test_replay import activity_types, replay
-from workflows.apply import HOST_UNOBSERVED
+from workflows.health_check import HOST_UNOBSERVED
 from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
 from workflows.registry import ALL_WORKFLOWS
 

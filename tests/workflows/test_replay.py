@@ -24,7 +24,7 @@ from temporalio.worker import Replayer
 from platformctl.transport import ConnectFailed
 from platformctl.transport.fake import ps
 from tests.platform_files import apply_input, approval
-from workflows.apply import HEALTH_MISSED_POLL_PATCH
+from workflows.health_check import HEALTH_MISSED_POLL_PATCH
 from workflows.registry import ALL_WORKFLOWS
 
 PREVIOUS = Path(__file__).parent / "histories" / "v18"  # the version before this one
