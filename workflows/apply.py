@@ -14,17 +14,14 @@ once for the same reason.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue
 from temporalio.exceptions import (
     ApplicationError,
-    FailureError,
-    WorkflowAlreadyStartedError,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -34,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.check_host_allowlist import CheckHostAllowlist
     from activities.compose_up import ComposeUp
     from activities.guard_compose_path import GuardComposePath
-    from activities.lock_holder import DescribeLockHolder
     from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
     from activities.release_lease import ReleaseLease
@@ -56,8 +52,6 @@ with workflow.unsafe.imports_passed_through():
         HealthRecord,
         ImageRollback,
         ImageSnapshot,
-        LockHolderInput,
-        LockRequest,
         PersistStateInput,
         Rejection,
         RemoteRecord,
@@ -79,13 +73,9 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.policy.snapshot import rollback_image
     from platformctl.redact import redact_and_cap
     from workflows import health_check
+    from workflows.lock_client import ProjectLockClient
     from workflows.project_lock import (
-        ENQUEUE,
         LOCK_FREE,
-        RELEASE,
-        ProjectLockWorkflow,
-        hand_on,
-        project_lock_id,
         workflow_ids,
     )
     from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
@@ -113,9 +103,7 @@ A = TypeVar("A")  # an activity's argument
 # previous version's histories (tests/workflows/histories/v18) and its own.
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
 PHASE_STATUS_PATCH = "phase-status"  # at the start of a RollbackWorkflow
-PROJECT_LOCK_PATCH = "project-lock"  # a RollbackWorkflow's lock
 CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"  # compose up failed after a cancel
-LOCK_HOLDER_PATCH = "lock-holder-check"  # a start that found the lock's id taken
 DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
 HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends
 HOST_REASK_PATCH = "host-reask"  # compose up's retries ran out on a silent host
@@ -130,18 +118,6 @@ RECORD_RETRY_MAX_S = 600
 RECORD_RETRY_FOR_S = 86400
 # Failures after compose up started that put the service back on its snapshot's image.
 ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
-LOCK_WAIT = timedelta(minutes=15)
-LOCK_POLL = timedelta(seconds=10)
-# A wait (the first, and each after our turn came) asks again after each of these, then every
-# LOCK_POLL: an enqueue that reaches a lock as it closes is lost with it, and the lock is free
-# a moment later. Waiters it had queued before are handed on. One poll: each is a failed start
-# and an enqueue, and more of them made contended applies slower (bench: 40 applies, 4 projects).
-LOCK_POLLS = (timedelta(seconds=1),)
-# One describe of a lock's holder on the server.
-LOCK_HOLDER_STEP = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
-)
 
 
 @workflow.defn(dynamic=True)
@@ -169,8 +145,7 @@ class ApplyWorkflow:
         self._images: ImageSnapshot | None = None  # after a healthy apply
         self._error: str | None = None
         self._checkout_verified: bool | None = None
-        self._lock_id: str | None = None
-        self._lock_free: list[str] | None = None  # the queue handed to us when our turn came
+        self._lock = ProjectLockClient(self._steps, self._raise_if_rejected, lambda: self._rejection is not None)
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> ApplyResult | RollbackOutcome:
@@ -230,7 +205,7 @@ class ApplyWorkflow:
         if not target.execute:
             return await self._finish("dry_run")
         self._raise_if_rejected()
-        async with self._project_lock(target):
+        async with self._lock.hold(target, plan.module):
             # Both only read the host; what a rollback goes back to is seen under
             # the lock right before anything changes.
             _, self._snapshot = await both(
@@ -472,117 +447,6 @@ class ApplyWorkflow:
         self._health = record
         workflow.set_current_details(health_check.details(cfg, self._health))
 
-    # ---- the project lock -------------------------------------------------
-
-    @asynccontextmanager
-    async def _project_lock(self, target: Target) -> AsyncIterator[None]:
-        """Hold the lock of the target's compose project on its host.
-
-        Waits up to LOCK_WAIT; a reject or cancel while waiting ends the apply.
-        """
-        assert self._plan is not None
-        self._steps.asked_by_rollbacks(PROJECT_LOCK_PATCH)
-        self._steps.flush()
-        me = workflow.info().workflow_id
-        lock_id = project_lock_id(target.host.name, target.project)
-        deadline = workflow.now() + LOCK_WAIT
-        queue: list[str] = []  # handed to us by the previous holder
-        polls = iter(LOCK_POLLS)
-        ask_holder = True  # at the first taken start, and again after the holder changed
-        while True:
-            self._raise_if_rejected()
-            try:
-                handle = await workflow.start_child_workflow(
-                    ProjectLockWorkflow.run,
-                    LockRequest(
-                        module=self._plan.module,
-                        holder_workflow_id=me,
-                        host=target.host.name,
-                        project=target.project,
-                        queue=queue,
-                        holder_hands_on=True,
-                    ),
-                    id=lock_id,
-                    parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
-                    static_summary=f"lock {target.host.name}/{target.project}: held by {me}",
-                )
-                break
-            except WorkflowAlreadyStartedError:
-                pass
-            if ask_holder:
-                workflow.deprecate_patch(LOCK_HOLDER_PATCH)
-                ask_holder = False
-                await self._refuse_squatter(lock_id)
-            if self._steps.phase != "waiting_for_lock":
-                self._steps.enter(
-                    "waiting_for_lock",
-                    f"Waiting until {deadline:%H:%M:%S} UTC for `{lock_id}`, held by another apply "
-                    f"of compose project {target.project!r} on {target.host.name}.",
-                )
-            self._lock_id = lock_id
-            remaining = deadline - workflow.now()
-            if remaining <= timedelta(0):
-                raise Stop(
-                    "blocked",
-                    f"compose project {target.project!r} on {target.host.name} is locked by another apply ({lock_id}) "
-                    f"that did not finish within {int(LOCK_WAIT.total_seconds())} seconds",
-                )
-            self._lock_free = None
-            self._steps.flush()  # waiting_for_lock, for whoever looks meanwhile
-            try:
-                await workflow.get_external_workflow_handle(lock_id).signal(ENQUEUE, [me, *queue])
-            except FailureError:
-                ask_holder = True
-                continue  # the holder finished in between: try again at once
-            # The queue is kept: that lock may close with it, so ours gets it too.
-            try:
-                await workflow.wait_condition(
-                    lambda: self._lock_free is not None or self._rejection is not None,
-                    timeout=min(next(polls, LOCK_POLL), remaining),
-                )
-            except TimeoutError:
-                continue
-            queue = self._lock_free or []
-            ask_holder = True
-            polls = iter(LOCK_POLLS)  # a new wait
-        self._lock_id = lock_id
-        try:
-            yield
-        finally:
-            self._steps.flush()
-            await uncancellable(self._release(handle))
-
-    async def _refuse_squatter(self, lock_id: str) -> None:
-        """End the apply `blocked` when the lock's id is held by anything but this task
-        queue's lock, which would never hand it on. A describe that fails leaves it waiting."""
-        try:
-            holder = await self._steps.run(
-                DescribeLockHolder.describe_lock_holder, LockHolderInput(lock_id=lock_id), **LOCK_HOLDER_STEP
-            )
-        except Stop as e:
-            workflow.logger.warning("who holds %s is unknown: %s", lock_id, e.message)
-            return
-        if holder.kind in ("other_type", "other_queue"):
-            what = "a workflow of another type" if holder.kind == "other_type" else "a lock on another task queue"
-            raise Stop(
-                "blocked",
-                f"the lock id {lock_id} is held by {what}, which never hands it on: "
-                f"ask an operator to end it (temporal workflow terminate --workflow-id {lock_id})",
-            )
-
-    @staticmethod
-    async def _release(handle: workflow.ChildWorkflowHandle[Any, list[str] | None]) -> None:
-        try:
-            await handle.signal(RELEASE)
-            # Closed means free. A lock asked to (LockRequest.holder_hands_on) returns its
-            # queue, and the first waiter still running is told here, after the close,
-            # so its start finds the lock free; others handed on already.
-            waiting = await handle or []
-        except FailureError as e:  # terminated or failed: it holds nothing either way
-            workflow.logger.warning("lock %s closed abnormally: %s", handle.id, e)
-            return
-        await hand_on(waiting)
-
     # ---- endings ----------------------------------------------------------
 
     async def _roll_back(self, status: Status, message: str, target: Target, *, restore: bool = True) -> None:
@@ -797,7 +661,7 @@ class ApplyWorkflow:
         elif name == "reject":
             self._rejection = _rejection(_first_json(args, default={}))
         elif name == LOCK_FREE:
-            self._lock_free = workflow_ids(args)
+            self._lock.free = workflow_ids(args)
         else:
             workflow.logger.warning("ignored unknown signal %r", name[:100])
 
@@ -854,7 +718,7 @@ class ApplyWorkflow:
             "command": self._command,
             "health": self._health.model_dump() if self._health else None,
             "error": self._error,
-            "lock": self._lock_id,
+            "lock": self._lock.lock_id,
             "approved_by": self._approved_by(),
             "checkout_verified": self._checkout_verified,
             "record_pending": self._record_pending,

@@ -119,7 +119,7 @@ class OperatorRollback:
         if not target.execute:
             raise _Ended("dry_run", None)
         try:
-            async with wf._project_lock(target):
+            async with wf._lock.hold(target, plan.plan.module):
                 # 2. What runs now
                 self.snapshot = await wf._snapshot_images(target, "before the rollback")
                 if self.snapshot.image_ids() == [plan.image_id]:
