@@ -34,8 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
     from activities.release_lease import ReleaseLease
-    from activities.rollback import Rollback, RollbackImages
-    from activities.snapshot_images import SnapshotImages
+    from activities.rollback import Rollback
     from activities.validate_plan import ValidatePlan
     from activities.verify_checkout import VerifyCheckout
     from platformctl.models import (
@@ -55,11 +54,9 @@ with workflow.unsafe.imports_passed_through():
         PersistStateInput,
         Rejection,
         RemoteRecord,
-        RollbackImagesInput,
         RollbackInput,
         RollbackOutcome,
         RollbackRecord,
-        SnapshotInput,
         Target,
         ValidatedPlan,
         ValidatePlanInput,
@@ -72,8 +69,9 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.policy.plan import plan_digest
     from platformctl.policy.snapshot import rollback_image
     from platformctl.redact import redact_and_cap
-    from workflows import health_check
+    from workflows import health_check, images
     from workflows.lock_client import ProjectLockClient
+    from workflows.messages import first_json, rejection
     from workflows.project_lock import (
         LOCK_FREE,
         workflow_ids,
@@ -102,7 +100,6 @@ A = TypeVar("A")  # an activity's argument
 # of the versions before it are gone (README, upgrading): a worker replays the
 # previous version's histories (tests/workflows/histories/v18) and its own.
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
-PHASE_STATUS_PATCH = "phase-status"  # at the start of a RollbackWorkflow
 CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"  # compose up failed after a cancel
 DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
 HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends
@@ -146,21 +143,21 @@ class ApplyWorkflow:
         self._error: str | None = None
         self._checkout_verified: bool | None = None
         self._lock = ProjectLockClient(self._steps, self._raise_if_rejected, lambda: self._rejection is not None)
+        self._operator_rollback: OperatorRollback | None = None  # a RollbackWorkflow run: it has the messages
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> ApplyResult | RollbackOutcome:
         kind = workflow.info().workflow_type
-        if kind not in (APPLY_WORKFLOW, ROLLBACK_WORKFLOW):
+        if kind == ROLLBACK_WORKFLOW:
+            self._operator_rollback = OperatorRollback()
+            return await self._operator_rollback.run(args)
+        if kind != APPLY_WORKFLOW:
             raise ApplicationError(
                 f"unknown workflow type {kind[:100]!r}: this task queue runs {APPLY_WORKFLOW} and {ROLLBACK_WORKFLOW}",
                 type="UnknownWorkflowType",
                 non_retryable=True,
             )
         workflow.deprecate_patch(LOCK_HAND_OVER_PATCH)
-        if kind == ROLLBACK_WORKFLOW:
-            workflow.deprecate_patch(PHASE_STATUS_PATCH)
-            workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
-            return await OperatorRollback(self).run(args)
         self._steps.coalesce = True
         self._steps.upsert(PLATFORM_STATUS.value_set("running"))
         try:
@@ -210,7 +207,7 @@ class ApplyWorkflow:
             # the lock right before anything changes.
             _, self._snapshot = await both(
                 self._verify_checkout(target, inp.plan.source_sha),
-                self._snapshot_images(target, "before compose up"),
+                self._snapshot_images(target, plan.module),
             )
             self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
@@ -416,29 +413,18 @@ class ApplyWorkflow:
                 stop = again
         raise stop
 
-    async def _snapshot_images(self, target: Target, when: str) -> ImageSnapshot:
-        assert self._plan is not None
+    async def _snapshot_images(self, target: Target, module: str) -> ImageSnapshot:
         self._steps.enter(
-            "applying", f"Listing the images `{target.compose_service}` runs on {target.host.name} {when}."
+            "applying", f"Listing the images `{target.compose_service}` runs on {target.host.name} before compose up."
         )
-        return await self._steps.run(
-            SnapshotImages.compose_images,
-            SnapshotInput(target=target, module=self._plan.module),
-            remote=True,
-            **READ_STEP,
-        )
+        return await images.listing(self._steps, target, module)
 
     async def _images_now(self, target: Target) -> ImageSnapshot | None:
         """The images a healthy apply left running: the module's last good images.
         Only a record: failing to list them does not fail a healthy apply."""
         assert self._plan is not None
         try:
-            return await self._steps.run(
-                SnapshotImages.compose_images,
-                SnapshotInput(target=target, module=self._plan.module),
-                remote=True,
-                **READ_STEP,
-            )
+            return await images.listing(self._steps, target, self._plan.module)
         except Stop as e:
             workflow.logger.warning("images after the apply not recorded: %s", e.message)
             return None
@@ -520,16 +506,7 @@ class ApplyWorkflow:
             f"(killed after {plan.up_timeout_seconds} s).",
         )
         try:
-            up = await self._steps.run(
-                RollbackImages.compose_rollback,
-                RollbackImagesInput(
-                    target=target, module=plan.module, image_id=image_id, timeout_seconds=plan.up_timeout_seconds
-                ),
-                remote=True,
-                start_to_close_timeout=timedelta(seconds=plan.up_timeout_seconds + 60),
-                heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
-                retry_policy=REMOTE_RETRY,
-            )
+            up = await images.pin(self._steps, target, plan.module, image_id, plan.up_timeout_seconds)
         except Stop as e:
             return ImageRollback(outcome="failed", image_id=image_id, error=e.message)
         if not up.executed:
@@ -655,11 +632,13 @@ class ApplyWorkflow:
 
     @workflow.signal(dynamic=True)
     def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        if self._operator_rollback is not None:
+            return self._operator_rollback.on_signal(name, args)
         if name == "approve":
             if self._signalled_approval is None:  # the first one decides
-                self._signalled_approval = _first_json(args, default={})
+                self._signalled_approval = first_json(args, default={})
         elif name == "reject":
-            self._rejection = _rejection(_first_json(args, default={}))
+            self._rejection = rejection(first_json(args, default={}))
         elif name == LOCK_FREE:
             self._lock.free = workflow_ids(args)
         else:
@@ -669,7 +648,7 @@ class ApplyWorkflow:
     async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
         """`approve` as an Update: answers once the approval has been checked."""
         if self._signalled_approval is None and (self._input is None or self._input.approval is None):
-            self._signalled_approval = _first_json(args, default={})
+            self._signalled_approval = first_json(args, default={})
         await workflow.wait_condition(lambda: self._approval_verdict is not None)
         if self._approval_verdict:
             raise ApplicationError(self._approval_verdict, type="ApprovalMismatch", non_retryable=True)
@@ -678,11 +657,13 @@ class ApplyWorkflow:
     @on_update.validator
     def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
         """Refuse at once, with the reason, what cannot approve this apply."""
+        if self._operator_rollback is not None:
+            raise ApplicationError("a rollback takes no update", non_retryable=True)
         if name != "approve":
             raise ApplicationError(f"unknown update {name[:100]!r}: this workflow takes 'approve'", non_retryable=True)
         if self._input is None:
             return  # arrived with the start, before the plan was read: checked when the apply gets to it
-        offered = _first_json(args, default={})
+        offered = first_json(args, default={})
         given = self._input.approval if self._input.approval is not None else self._signalled_approval
         if given is not None:
             # A CI re-run delivering the same approval again gets that approval's verdict.
@@ -708,6 +689,8 @@ class ApplyWorkflow:
 
     @workflow.query
     def status(self) -> dict[str, Any]:
+        if self._operator_rollback is not None:
+            return self._operator_rollback.status()
         plan = self._plan
         return {
             "phase": self._steps.phase,
@@ -723,20 +706,3 @@ class ApplyWorkflow:
             "checkout_verified": self._checkout_verified,
             "record_pending": self._record_pending,
         }
-
-
-def _first_json(args: Sequence[RawValue], default: Any) -> Any:
-    """The first argument of a message, decoded; anything unreadable reads as `default`."""
-    try:
-        value = decode_json(args[0].payload) if args else None
-    except UnreadablePayload:
-        return default
-    return default if value is None else value
-
-
-def _rejection(value: Any) -> Rejection:
-    # A reject whose payload does not parse still rejects.
-    try:
-        return Rejection.model_validate(value)
-    except ValidationError:
-        return Rejection(reason="(reject payload was not a valid object)")

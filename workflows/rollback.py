@@ -8,17 +8,16 @@ successful apply before the last one.
 3. the image rollback (the pin on standard input), then the module's health smoke;
 4. record it: an audit line, and the module pinned so re-apply leaves it be.
 
-It runs on ApplyWorkflow's machinery (the worker's dynamic workflow hands this
-type to `run_rollback`): the same lock, steps, health smoke and endings, so
-a rollback and an apply of one compose project never overlap.
+Built from the pieces an apply uses (workflows/steps.py, lock_client.py,
+images.py, health_check.py): the same lock, steps and health smoke, so a
+rollback and an apply of one compose project never overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RawValue
@@ -28,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.operator_rollback import PlanRollback, RecordRollback
-    from activities.rollback import RollbackImages
     from platformctl.models import (
         ContainerImage,
         HealthConfig,
@@ -36,8 +34,8 @@ with workflow.unsafe.imports_passed_through():
         ImageSnapshot,
         PlanRollbackInput,
         RecordRollbackInput,
+        Rejection,
         RemoteRecord,
-        RollbackImagesInput,
         RollbackOutcome,
         RollbackPlan,
         RollbackRequest,
@@ -45,11 +43,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from platformctl.outcomes import OUTCOMES, Outcome
     from platformctl.payload import UnreadablePayload, decode_json
-    from workflows import health_check
-    from workflows.steps import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS, REMOTE_RETRY, Stop, uncancellable
-
-if TYPE_CHECKING:
-    from workflows.apply import ApplyWorkflow
+    from workflows import health_check, images
+    from workflows.lock_client import ProjectLockClient
+    from workflows.messages import first_json, rejection
+    from workflows.project_lock import LOCK_FREE, workflow_ids
+    from workflows.steps import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS, Steps, Stop, uncancellable
 
 ROLLBACK_WORKFLOW = "RollbackWorkflow"
 RollbackStatus = Literal[
@@ -74,9 +72,23 @@ class _Ended(Exception):
         self.status, self.message = status, message
 
 
+# Patches the previous version asked here (workflows/apply.py: deprecated patches).
+LOCK_HAND_OVER_PATCH = "lock-hand-over"
+PHASE_STATUS_PATCH = "phase-status"
+
+
 class OperatorRollback:
-    def __init__(self, wf: ApplyWorkflow) -> None:
-        self.wf = wf
+    """One RollbackWorkflow run. The worker's dynamic workflow (workflows/apply.py) hands
+    it the run, its signals and its status query: its input arrives raw, so any input
+    ends `blocked` instead of failing the workflow task."""
+
+    def __init__(self) -> None:
+        self.steps = Steps()
+        self.status_: str = "running"
+        self.error: str | None = None
+        self.module: str | None = None
+        self.rejected: Rejection | None = None  # a reject stops a rollback still waiting for the lock
+        self.lock = ProjectLockClient(self.steps, self._raise_if_rejected, lambda: self.rejected is not None)
         self.request: RollbackRequest | None = None
         self.plan: RollbackPlan | None = None
         self.snapshot: ImageSnapshot | None = None
@@ -85,6 +97,9 @@ class OperatorRollback:
         self.images: list[ContainerImage] = []  # what the service runs after the pin went through
 
     async def run(self, args: Sequence[RawValue]) -> RollbackOutcome:
+        workflow.deprecate_patch(LOCK_HAND_OVER_PATCH)
+        workflow.deprecate_patch(PHASE_STATUS_PATCH)
+        workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
         try:
             await self._roll_back(args)
             outcome = await self._end("rolled_back")
@@ -103,61 +118,80 @@ class OperatorRollback:
         )
 
     async def _roll_back(self, args: Sequence[RawValue]) -> None:
-
-        wf = self.wf
         # 1. Read the request and plan it
         self.request = _parse(args)
-        wf._module = self.request.module[:64]
-        workflow.upsert_search_attributes([PLATFORM_MODULE.value_set(wf._module)])
+        self.module = self.request.module[:64]
+        workflow.upsert_search_attributes([PLATFORM_MODULE.value_set(self.module)])
         try:
-            self.plan = plan = await wf._steps.run(PlanRollback.plan_rollback, PlanRollbackInput(request=self.request))
+            self.plan = plan = await self.steps.run(PlanRollback.plan_rollback, PlanRollbackInput(request=self.request))
         except Stop as stop:
             raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
-        wf._plan = plan.plan
         target = plan.target
         workflow.upsert_search_attributes([PLATFORM_HOST.value_set(plan.plan.host)])
         if not target.execute:
             raise _Ended("dry_run", None)
         try:
-            async with wf._lock.hold(target, plan.plan.module):
+            async with self.lock.hold(target, plan.plan.module):
                 # 2. What runs now
-                self.snapshot = await wf._snapshot_images(target, "before the rollback")
+                self.steps.enter(
+                    "applying",
+                    f"Listing the images `{target.compose_service}` runs on {target.host.name} before the rollback.",
+                )
+                self.snapshot = await images.listing(self.steps, target, plan.plan.module)
                 if self.snapshot.image_ids() == [plan.image_id]:
                     raise _Ended("no_changes", f"the service already runs {plan.image_id}")
                 # 3. The pin, then the health smoke
                 await self._pin(plan)
-                wf._steps.enter(
+                self.steps.enter(
                     "health_check", f"Rolled back to {plan.image_id}. {health_check.details(plan.plan.health)}"
                 )
                 self.health = await health_check.watch(
-                    wf._steps, target, plan.plan.module, plan.plan.health, self._on_health
+                    self.steps, target, plan.plan.module, plan.plan.health, self._on_health
                 )
         except Stop as stop:
             raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
 
-    async def _pin(self, plan: RollbackPlan) -> None:
+    def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        if name == LOCK_FREE:
+            self.lock.free = workflow_ids(args)
+        elif name == "reject":
+            self.rejected = rejection(first_json(args, default={}))
+        else:
+            workflow.logger.warning("ignored signal %r to a rollback", name[:100])
 
-        wf, target = self.wf, plan.target
+    def status(self) -> dict[str, Any]:
+        plan = self.plan.plan if self.plan else None
+        return {
+            "phase": self.steps.phase,
+            "status": self.status_,
+            "module": plan.module if plan else self.module,
+            "host": plan.host if plan else None,
+            "compose_service": plan.compose_service if plan else None,
+            "health": self.health.model_dump() if self.health else None,
+            "error": self.error,
+            "lock": self.lock.lock_id,
+        }
+
+    def _raise_if_rejected(self) -> None:
+        if self.rejected is not None:
+            who = f" by {self.rejected.rejected_by}" if self.rejected.rejected_by else ""
+            raise Stop("rejected", f"rejected{who}: {self.rejected.reason or 'no reason given'}")
+
+    async def _pin(self, plan: RollbackPlan) -> None:
+        target = plan.target
         assert self.request is not None
-        wf._steps.enter(
+        self.steps.enter(
             "rolling_back",
             f"Putting `{target.compose_service}` on {target.host.name} back on image {plan.image_id} "
             f"(the apply of {plan.to_sha[:7]}).",
         )
-        up = await wf._steps.run(
-            RollbackImages.compose_rollback,
-            RollbackImagesInput(
-                target=target,
-                module=plan.plan.module,
-                image_id=plan.image_id,
-                timeout_seconds=plan.plan.up_timeout_seconds,
-                approval=self.request.approval_of(plan.to_sha),
-            ),
-            remote=True,
-            start_to_close_timeout=timedelta(seconds=plan.plan.up_timeout_seconds + 60),
-            heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
-            retry_policy=REMOTE_RETRY,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        up = await images.pin(
+            self.steps,
+            target,
+            plan.plan.module,
+            plan.image_id,
+            plan.plan.up_timeout_seconds,
+            approval=self.request.approval_of(plan.to_sha),
         )
         self.remote = up.remote
         if up.timed_out:
@@ -177,13 +211,12 @@ class OperatorRollback:
         workflow.set_current_details(health_check.details(cfg, record))
 
     async def _end(self, status: RollbackStatus, message: str | None = None) -> RollbackOutcome:
-
-        wf, plan = self.wf, self.plan
+        plan = self.plan
         exit_code = ROLLBACK_OUTCOMES[status].exit_code
         outcome = RollbackOutcome(
             status=status,
             exitCode=exit_code,
-            module=plan.plan.module if plan else wf._module,
+            module=plan.plan.module if plan else self.module,
             host=plan.plan.host if plan else None,
             compose_service=plan.plan.compose_service if plan else None,
             to_sha=plan.to_sha if plan else None,
@@ -196,7 +229,7 @@ class OperatorRollback:
         info = workflow.info()
         try:
             await uncancellable(
-                wf._steps.run(
+                self.steps.run(
                     RecordRollback.record_rollback,
                     RecordRollbackInput(
                         request=self.request,
@@ -209,7 +242,7 @@ class OperatorRollback:
             )
         except Stop as failed:
             workflow.logger.error("rollback record not written: %s", failed.message)
-        wf._steps.phase, wf._status, wf._error = "done", status, message
+        self.steps.phase, self.status_, self.error = "done", status, message
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
         workflow.set_current_details(f"**{status}** (exit code {exit_code}){': ' + message if message else ''}")
         return outcome
