@@ -14,7 +14,7 @@ once for the same reason.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
@@ -29,7 +29,6 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.check_approval import CheckApproval
     from activities.check_host_allowlist import CheckHostAllowlist
-    from activities.compose_up import ComposeUp
     from activities.guard_compose_path import GuardComposePath
     from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
@@ -45,11 +44,9 @@ with workflow.unsafe.imports_passed_through():
         CheckHostInput,
         ComposePsInput,
         ComposeUpInput,
-        ComposeUpResult,
         GuardComposePathInput,
         HealthConfig,
         HealthRecord,
-        ImageRollback,
         ImageSnapshot,
         PersistStateInput,
         Rejection,
@@ -67,9 +64,8 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.payload import UnreadablePayload, decode_json
     from platformctl.policy.approval import check_approval
     from platformctl.policy.plan import plan_digest
-    from platformctl.policy.snapshot import rollback_image
     from platformctl.redact import redact_and_cap
-    from workflows import health_check, images
+    from workflows import compose_up, health_check, images
     from workflows.lock_client import ProjectLockClient
     from workflows.messages import first_json, rejection
     from workflows.project_lock import (
@@ -84,7 +80,6 @@ with workflow.unsafe.imports_passed_through():
         PLATFORM_MODULE,
         PLATFORM_STATUS,
         READ_STEP,
-        REMOTE_RETRY,
         Steps,
         Stop,
         both,
@@ -100,14 +95,8 @@ A = TypeVar("A")  # an activity's argument
 # of the versions before it are gone (README, upgrading): a worker replays the
 # previous version's histories (tests/workflows/histories/v18) and its own.
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
-CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"  # compose up failed after a cancel
 DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
 HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends
-HOST_REASK_PATCH = "host-reask"  # compose up's retries ran out on a silent host
-# Meanwhile the host agent is asked again every REASK_EVERY for its outcome, for up to
-# REASK_FOR past the up timeout; the agent's record answers, compose never runs twice.
-REASK_EVERY = timedelta(seconds=30)
-REASK_FOR = timedelta(minutes=10)
 # A record that cannot be written (full disk, broken mount) is tried again on durable
 # timers, first after RECORD_RETRY_FIRST_S, doubling up to RECORD_RETRY_MAX_S, for a day.
 RECORD_RETRY_FIRST_S = 5
@@ -348,31 +337,9 @@ class ApplyWorkflow:
         self._checkout_verified = True
 
     async def _compose_up(self, target: Target, timeout_s: int) -> None:
-        try:
-            up = await self._up_step(target, timeout_s)
-        except Stop as stop:
-            # The step failed after a cancel request reached it (the SDK then clears the
-            # cancel): the apply was still cancelled, as CONTRACT.md's `cancelled` says.
-            if workflow.cancellation_reason() is not None:
-                workflow.deprecate_patch(CANCEL_OUTRANKS_PATCH)
-                raise asyncio.CancelledError() from None
-            if not stop.unreachable:
-                raise
-            workflow.deprecate_patch(HOST_REASK_PATCH)
-            up = await self._reask(target, timeout_s, stop)
-        self._command = up.command
-        self._remote = up.remote
-        if up.timed_out:
-            raise Stop("remote_failed", f"compose up still running after {timeout_s} seconds: killed")
-        if up.remote is None or up.remote.returncode != 0:
-            code = up.remote.returncode if up.remote else None
-            why = f" ({up.remote.error_class})" if up.remote and up.remote.error_class else ""
-            raise Stop("remote_failed", f"compose up exited with code {code}{why}")
-
-    def _up_step(self, target: Target, timeout_s: int) -> Awaitable[ComposeUpResult]:
         assert self._plan is not None and self._input is not None and self._approval is not None
-        return self._steps.run(
-            ComposeUp.compose_up,
+        up = await compose_up.run(
+            self._steps,
             ComposeUpInput(
                 target=target,
                 timeout_seconds=timeout_s,
@@ -382,36 +349,9 @@ class ApplyWorkflow:
                 plan_digest=self._digest,
                 poll_seconds=self._plan.health.poll_seconds,
             ),
-            remote=True,
-            # The transport kills the command at timeout_s; this only catches a lost worker.
-            start_to_close_timeout=timedelta(seconds=timeout_s + 60),
-            heartbeat_timeout=timedelta(seconds=target.heartbeat_timeout_seconds),
-            retry_policy=REMOTE_RETRY,
-            # A cancel returns only once the command is gone on the host, so the
-            # rollback never overlaps it.
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
-
-    async def _reask(self, target: Target, timeout_s: int, stop: Stop) -> ComposeUpResult:
-        """The host stopped answering after compose up was sent: compose may have run to
-        its end there. Ask the agent again on durable timers (its record of this run
-        answers; it never runs compose twice) until it answers or REASK_FOR has passed."""
-        until = workflow.now() + timedelta(seconds=timeout_s) + REASK_FOR
-        while workflow.now() < until:
-            workflow.set_current_details(
-                f"{target.host.name} stopped answering during compose up ({stop.message}); asking its host "
-                f"agent for the outcome every {REASK_EVERY.seconds} s until {until:%H:%M:%S} UTC."
-            )
-            await workflow.sleep(REASK_EVERY)
-            try:
-                return await self._up_step(target, timeout_s)
-            except Stop as again:
-                if workflow.cancellation_reason() is not None:
-                    raise asyncio.CancelledError() from None  # as in _compose_up: the cancel outranks
-                if not again.unreachable:
-                    raise
-                stop = again
-        raise stop
+        self._command, self._remote = up.command, up.remote
+        compose_up.judge(up, timeout_s)
 
     async def _snapshot_images(self, target: Target, module: str) -> ImageSnapshot:
         self._steps.enter(
@@ -441,11 +381,11 @@ class ApplyWorkflow:
         short by a cancel; the apply's status stays the failure it was."""
         self._steps.enter("rolling_back", f"Rolling back after `{status}`: {message}")
         self._status = status
-        # Applies from before image snapshots have none, and only record.
-        policy = self._plan.rollback if self._plan and self._snapshot is not None and restore else "record"
+        plan, snapshot = self._plan, self._snapshot
+        policy = plan.rollback if plan and snapshot is not None and restore else "record"
         image = None
-        if policy == "image" and status in ROLLED_BACK:
-            image = await uncancellable(self._restore_images(target))
+        if plan and snapshot is not None and policy == "image" and status in ROLLED_BACK:
+            image = await uncancellable(images.restore(self._steps, target, plan, snapshot))
         try:
             rollback = await uncancellable(
                 self._steps.run(
@@ -489,53 +429,6 @@ class ApplyWorkflow:
             )
         except Stop as e:
             workflow.logger.warning("the host lease was not released (it expires on the host): %s", e.message)
-
-    async def _restore_images(self, target: Target) -> ImageRollback:
-        """The service back on the snapshot's image, with the file on the host
-        untouched, then the module's health smoke again. Never raises: what it did
-        goes in the result, and a failed rollback is not retried in a loop."""
-        assert self._plan is not None and self._snapshot is not None
-        plan = self._plan
-        try:
-            image_id = rollback_image(self._snapshot)
-        except ValueError as e:
-            return ImageRollback(outcome="skipped", error=str(e))
-        self._steps.enter(
-            "rolling_back",
-            f"Putting `{target.compose_service}` on {target.host.name} back on image {image_id} "
-            f"(killed after {plan.up_timeout_seconds} s).",
-        )
-        try:
-            up = await images.pin(self._steps, target, plan.module, image_id, plan.up_timeout_seconds)
-        except Stop as e:
-            return ImageRollback(outcome="failed", image_id=image_id, error=e.message)
-        if not up.executed:
-            return ImageRollback(outcome="skipped", image_id=image_id, error="compose up never ran on the host")
-        if up.timed_out or up.remote is None or up.remote.returncode != 0:
-            why = (
-                "still running after its timeout: killed"
-                if up.timed_out
-                else (f"exited with code {up.remote.returncode if up.remote else None}")
-            )
-            return ImageRollback(outcome="failed", image_id=image_id, remote=up.remote, error=f"compose up {why}")
-        seen: list[HealthRecord] = []
-
-        def on_poll(record: HealthRecord, cfg: HealthConfig) -> None:
-            seen.append(record)
-            workflow.set_current_details(f"Rolled back to {image_id}. {health_check.details(cfg, record)}")
-
-        try:
-            health = await health_check.watch(self._steps, target, plan.module, plan.health, on_poll)
-        except Stop as e:
-            return ImageRollback(
-                outcome="unhealthy",
-                image_id=image_id,
-                healthy=False,
-                health=seen[-1] if seen else None,
-                remote=up.remote,
-                error=e.message,
-            )
-        return ImageRollback(outcome="restored", image_id=image_id, healthy=True, health=health, remote=up.remote)
 
     async def _finish(self, status: Status, message: str | None = None) -> ApplyResult:
         """End a non-applied outcome: one audit line, then the result."""
