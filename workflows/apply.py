@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue
@@ -27,10 +26,8 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.check_approval import CheckApproval
     from activities.check_host_allowlist import CheckHostAllowlist
     from activities.guard_compose_path import GuardComposePath
-    from activities.notify import Notify, NotifyInput
     from activities.persist_state import PersistState
     from activities.release_lease import ReleaseLease
     from activities.rollback import Rollback
@@ -39,8 +36,6 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.models import (
         ApplyInput,
         ApplyResult,
-        Approval,
-        CheckApprovalInput,
         CheckHostInput,
         ComposePsInput,
         ComposeUpInput,
@@ -49,7 +44,6 @@ with workflow.unsafe.imports_passed_through():
         HealthRecord,
         ImageSnapshot,
         PersistStateInput,
-        Rejection,
         RemoteRecord,
         RollbackInput,
         RollbackOutcome,
@@ -62,12 +56,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from platformctl.outcomes import OUTCOMES, SUCCESS, Status
     from platformctl.payload import UnreadablePayload, decode_json
-    from platformctl.policy.approval import check_approval
     from platformctl.policy.plan import plan_digest
     from platformctl.redact import redact_and_cap
     from workflows import compose_up, health_check, images
+    from workflows.approval import ApprovalGate
     from workflows.lock_client import ProjectLockClient
-    from workflows.messages import first_json, rejection
     from workflows.project_lock import (
         LOCK_FREE,
         workflow_ids,
@@ -111,10 +104,7 @@ class ApplyWorkflow:
     def __init__(self) -> None:
         self._steps = Steps()
         self._status: str = "running"  # an apply's Status, or a RollbackWorkflow's, when done
-        self._signalled_approval: Any = None  # decoded, parsed like a given one once it is used
-        self._approval: Approval | None = None
-        self._approval_verdict: str | None = None  # "" accepted, else why not: answers the approve Update
-        self._rejection: Rejection | None = None
+        self._gate = ApprovalGate(self._steps)
         self._input: ApplyInput | None = None
         # The plan exactly as received and its plan_digest, which an approval must name.
         self._plan_raw: dict[str, Any] | None = None
@@ -131,7 +121,7 @@ class ApplyWorkflow:
         self._images: ImageSnapshot | None = None  # after a healthy apply
         self._error: str | None = None
         self._checkout_verified: bool | None = None
-        self._lock = ProjectLockClient(self._steps, self._raise_if_rejected, lambda: self._rejection is not None)
+        self._lock = ProjectLockClient(self._steps, self._gate.raise_if_rejected, self._gate.rejected)
         self._operator_rollback: OperatorRollback | None = None  # a RollbackWorkflow run: it has the messages
 
     @workflow.run
@@ -173,8 +163,10 @@ class ApplyWorkflow:
         if not plan.has_changes:
             return await self._finish("no_changes")
         # 2. Check approval
-        given = inp.approval if inp.approval is not None else await self._await_approval(inp.approval_timeout_seconds)
-        await self._check_approval(inp, given)
+        given = inp.approval
+        if given is None:
+            given = await self._gate.wait(self._sha7(), inp.approval_timeout_seconds, plan.module, plan.host)
+        await self._gate.check(inp, given, self._digest)
         # 3. Resolve and guard the compose path
         guarded = await self._steps.run(
             GuardComposePath.guard_compose_path,
@@ -190,7 +182,7 @@ class ApplyWorkflow:
         self._command = target.command
         if not target.execute:
             return await self._finish("dry_run")
-        self._raise_if_rejected()
+        self._gate.raise_if_rejected()
         async with self._lock.hold(target, plan.module):
             # Both only read the host; what a rollback goes back to is seen under
             # the lock right before anything changes.
@@ -198,7 +190,7 @@ class ApplyWorkflow:
                 self._verify_checkout(target, inp.plan.source_sha),
                 self._snapshot_images(target, plan.module),
             )
-            self._raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
+            self._gate.raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
                 # 5. Compose up with a timeout
                 self._steps.enter(
@@ -262,68 +254,6 @@ class ApplyWorkflow:
         self._plan = plan
         self._steps.upsert(PLATFORM_HOST.value_set(plan.host))
 
-    async def _await_approval(self, timeout_s: int) -> Any:
-        deadline = workflow.now() + timedelta(seconds=timeout_s)
-        self._steps.enter(
-            "awaiting_approval",
-            f"Waiting for an approval of `{self._sha7()}` until {deadline:%Y-%m-%d %H:%M} UTC: "
-            "the `approve` Update or signal, or `reject`.",
-        )
-        arrived = lambda: self._signalled_approval is not None or self._rejection is not None  # noqa: E731
-        self._steps.flush()
-        try:
-            # Tell a person the apply waits for them, and again shortly before the wait ends.
-            await self._notify("awaiting_approval", deadline)
-            warn_s = timeout_s - min(3600, timeout_s // 10)
-            try:
-                await workflow.wait_condition(arrived, timeout=timedelta(seconds=warn_s))
-            except TimeoutError:
-                await self._notify("approval_expiring", deadline)
-                await workflow.wait_condition(arrived, timeout=deadline - workflow.now())
-        except TimeoutError:
-            raise Stop("approval_expired", f"no approval arrived within {timeout_s} seconds") from None
-        self._raise_if_rejected()
-        self._steps.enter("validating", "Checking the approval, the compose path and the host allowlist.")
-        return self._signalled_approval
-
-    async def _notify(self, event: Literal["awaiting_approval", "approval_expiring"], deadline: datetime) -> None:
-        """Best effort: a notification that cannot be sent never changes the apply."""
-        try:
-            await self._steps.run(
-                Notify.notify,
-                NotifyInput(
-                    event=event,
-                    module=self._module or "",
-                    host=self._plan.host if self._plan else None,
-                    workflow_id=workflow.info().workflow_id,
-                    deadline=deadline.isoformat(),
-                ),
-            )
-        except Stop as e:
-            workflow.logger.warning("notification %s not sent: %s", event, e.message)
-
-    async def _check_approval(self, inp: ApplyInput, given: Any) -> None:
-        try:
-            # Given or signalled, an approval that does not parse approves nothing.
-            try:
-                self._approval = Approval.model_validate(given)
-            except ValidationError as e:
-                raise Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
-            await self._steps.run(
-                CheckApproval.check_approval,
-                CheckApprovalInput(plan=inp.plan, approval=self._approval, plan_digest=self._digest),
-                local=True,
-            )
-        except Stop as stop:
-            self._approval_verdict = stop.message
-            raise
-        self._approval_verdict = ""
-
-    def _raise_if_rejected(self) -> None:
-        if self._rejection is not None:
-            who = f" by {self._rejection.rejected_by}" if self._rejection.rejected_by else ""
-            raise Stop("rejected", f"rejected{who}: {self._rejection.reason or 'no reason given'}")
-
     async def _verify_checkout(self, target: Target, sha: str) -> None:
         if not target.host.verify_checkout:
             self._checkout_verified = False  # the host opted out: the result and audit line say so
@@ -337,7 +267,7 @@ class ApplyWorkflow:
         self._checkout_verified = True
 
     async def _compose_up(self, target: Target, timeout_s: int) -> None:
-        assert self._plan is not None and self._input is not None and self._approval is not None
+        assert self._plan is not None and self._input is not None and self._gate.approval is not None
         up = await compose_up.run(
             self._steps,
             ComposeUpInput(
@@ -345,7 +275,7 @@ class ApplyWorkflow:
                 timeout_seconds=timeout_s,
                 module=self._plan.module,
                 source_sha=self._input.plan.source_sha,
-                approval=self._approval,
+                approval=self._gate.approval,
                 plan_digest=self._digest,
                 poll_seconds=self._plan.health.poll_seconds,
             ),
@@ -395,8 +325,8 @@ class ApplyWorkflow:
                         source_sha=self._input.plan.source_sha if self._input else "",
                         workflow_id=workflow.info().workflow_id,
                         run_id=workflow.info().run_id,
-                        approved_pr=self._approval.approved_pr if self._approval else None,
-                        approved_by=self._approval.approved_by if self._approval else None,
+                        approved_pr=self._gate.approval.approved_pr if self._gate.approval else None,
+                        approved_by=self._gate.approval.approved_by if self._gate.approval else None,
                         plan_digest=self._plan.plan_digest if self._plan else None,
                         image=image,
                         policy=policy,
@@ -465,7 +395,7 @@ class ApplyWorkflow:
 
     def _approved_by(self) -> str | None:
         """Who approved, as shown: signed as given, redacted wherever it is seen or kept."""
-        by = self._approval.approved_by if self._approval else None
+        by = self._gate.approval.approved_by if self._gate.approval else None
         return redact_and_cap(by) if by else None
 
     def _persist_input(self, status: Status) -> PersistStateInput:
@@ -473,15 +403,15 @@ class ApplyWorkflow:
         return PersistStateInput(
             result=self._result(status, self._error),
             source_sha=self._input.plan.source_sha if self._input else None,
-            approved_pr=self._approval.approved_pr if self._approval else None,
+            approved_pr=self._gate.approval.approved_pr if self._gate.approval else None,
             plan_digest=self._plan.plan_digest if self._plan else None,
             workflow_id=info.workflow_id,
             run_id=info.run_id,
-            approved_by=self._approval.approved_by if self._approval else None,
-            rejected_by=self._rejection.rejected_by if self._rejection else None,
+            approved_by=self._gate.approval.approved_by if self._gate.approval else None,
+            rejected_by=self._gate.rejection.rejected_by if self._gate.rejection else None,
             plan=self._input.plan if self._input else None,
             plan_raw=self._plan_raw,
-            approval=self._approval,
+            approval=self._gate.approval,
             # Both ends stamped by the server: no clock skew, and no describe call to learn the start.
             duration_s=round((workflow.now() - info.workflow_start_time).total_seconds(), 3),
         )
@@ -528,10 +458,9 @@ class ApplyWorkflow:
         if self._operator_rollback is not None:
             return self._operator_rollback.on_signal(name, args)
         if name == "approve":
-            if self._signalled_approval is None:  # the first one decides
-                self._signalled_approval = first_json(args, default={})
+            self._gate.on_approve(args)
         elif name == "reject":
-            self._rejection = rejection(first_json(args, default={}))
+            self._gate.on_reject(args)
         elif name == LOCK_FREE:
             self._lock.free = workflow_ids(args)
         else:
@@ -540,12 +469,7 @@ class ApplyWorkflow:
     @workflow.update(dynamic=True)
     async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
         """`approve` as an Update: answers once the approval has been checked."""
-        if self._signalled_approval is None and (self._input is None or self._input.approval is None):
-            self._signalled_approval = first_json(args, default={})
-        await workflow.wait_condition(lambda: self._approval_verdict is not None)
-        if self._approval_verdict:
-            raise ApplicationError(self._approval_verdict, type="ApprovalMismatch", non_retryable=True)
-        return {"accepted": True, "workflow_id": workflow.info().workflow_id}
+        return await self._gate.on_update(args, self._input)
 
     @on_update.validator
     def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
@@ -554,31 +478,7 @@ class ApplyWorkflow:
             raise ApplicationError("a rollback takes no update", non_retryable=True)
         if name != "approve":
             raise ApplicationError(f"unknown update {name[:100]!r}: this workflow takes 'approve'", non_retryable=True)
-        if self._input is None:
-            return  # arrived with the start, before the plan was read: checked when the apply gets to it
-        offered = first_json(args, default={})
-        given = self._input.approval if self._input.approval is not None else self._signalled_approval
-        if given is not None:
-            # A CI re-run delivering the same approval again gets that approval's verdict.
-            if offered != given:
-                raise ApplicationError("the apply already has another approval", non_retryable=True)
-            return
-        # Before the wait starts (still validating the plan) an approval is taken and used when it does.
-        if self._steps.phase not in ("validating", "awaiting_approval"):
-            raise ApplicationError(
-                f"the apply is not waiting for an approval (phase {self._steps.phase})", non_retryable=True
-            )
-        try:
-            approval = Approval.model_validate(offered)
-            check_approval(self._input.plan, approval, self._digest)
-        except ValidationError as e:
-            raise ApplicationError(
-                f"not a valid approval: {brief_errors(e)}", type="ApprovalMismatch", non_retryable=True
-            ) from None
-        except Exception as e:  # the policy's own refusal, with its reason
-            raise ApplicationError(
-                str(e), type=getattr(e, "error_type", "ApprovalMismatch"), non_retryable=True
-            ) from None
+        self._gate.validate_update(args, self._input, self._digest)
 
     @workflow.query
     def status(self) -> dict[str, Any]:
