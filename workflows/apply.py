@@ -154,65 +154,23 @@ class ApplyWorkflow:
         )
 
     async def _apply(self, args: Sequence[RawValue]) -> ApplyResult:
+        """The SPEC's seven steps, in order; any step that says no raises Stop."""
         inp = self._parse(args)
-        # 1. Validate plan
-        plan = await self._steps.run(
-            ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan, plan_digest=self._digest), local=True
-        )
-        self._known_target(plan)
+        plan = await self._validate_plan(inp)  # 1
         if not plan.has_changes:
             return await self._finish("no_changes")
-        # 2. Check approval
-        given = inp.approval
-        if given is None:
-            given = await self._gate.wait(self._sha7(), inp.approval_timeout_seconds, plan.module, plan.host)
-        await self._gate.check(inp, given, self._digest)
-        # 3. Resolve and guard the compose path
-        guarded = await self._steps.run(
-            GuardComposePath.guard_compose_path,
-            GuardComposePathInput(host=plan.host, compose_file=plan.compose_file),
-            local=True,
-        )
-        # 4. Check the host allowlist (and read the phase gate)
-        target = await self._steps.run(
-            CheckHostAllowlist.check_host_allowlist,
-            CheckHostInput(host=plan.host, guarded=guarded, compose_service=plan.compose_service),
-            local=True,
-        )
-        self._command = target.command
+        await self._check_approval(inp, plan)  # 2
+        target = await self._resolve_target(plan)  # 3 and 4
         if not target.execute:
             return await self._finish("dry_run")
         self._gate.raise_if_rejected()
         async with self._lock.hold(target, plan.module):
-            # Both only read the host; what a rollback goes back to is seen under
-            # the lock right before anything changes.
-            _, self._snapshot = await both(
-                self._verify_checkout(target, inp.plan.source_sha),
-                self._snapshot_images(target, plan.module),
-            )
+            await self._read_host(target, inp.plan.source_sha, plan.module)
             self._gate.raise_if_rejected()  # the last moment a reject (or cancel) stops it cleanly
             try:
-                # 5. Compose up with a timeout
-                self._steps.enter(
-                    "applying",
-                    f"Running `{target.command}` on {target.host.name} (killed after {plan.up_timeout_seconds} s).",
-                )
-                await self._compose_up(target, plan.up_timeout_seconds)
-                # 6. Post-apply health smoke
-                self._steps.enter("health_check", health_check.details(plan.health, self._health))
-                # What compose up left running is listed while the health smoke watches it.
-                # Only a read: when the apply fails meanwhile it is left to end on its own
-                # (never cancelled: a cancel racing its own completion broke the SDK's and
-                # the test server's bookkeeping of it).
-                listing = asyncio.ensure_future(self._images_now(target))
-                self._health = await health_check.watch(
-                    self._steps, target, plan.module, plan.health, self._on_apply_health
-                )
-                # From here a cancel is too late: the service is live and healthy.
-                self._images = await uncancellable(listing)
-                # 7. Persist state
-                self._steps.enter("persisting", "Recording the applied state.")
-                await uncancellable(self._record("applied"))
+                await self._compose_up(target, plan)  # 5
+                await self._health_smoke(target, plan)  # 6
+                await self._persist()  # 7
             except Stop as stop:
                 await self._roll_back(stop.status, stop.message, target, restore=stop.restore)
                 raise
@@ -228,6 +186,55 @@ class ApplyWorkflow:
         return self._done("applied")
 
     # ---- steps ------------------------------------------------------------
+
+    async def _validate_plan(self, inp: ApplyInput) -> ValidatedPlan:
+        plan = await self._steps.run(
+            ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan, plan_digest=self._digest), local=True
+        )
+        self._known_target(plan)
+        return plan
+
+    async def _check_approval(self, inp: ApplyInput, plan: ValidatedPlan) -> None:
+        given = inp.approval
+        if given is None:
+            given = await self._gate.wait(self._sha7(), inp.approval_timeout_seconds, plan.module, plan.host)
+        await self._gate.check(inp, given, self._digest)
+
+    async def _resolve_target(self, plan: ValidatedPlan) -> Target:
+        """Resolve and guard the compose path (3), then check the host allowlist and read
+        the phase gate (4)."""
+        guarded = await self._steps.run(
+            GuardComposePath.guard_compose_path,
+            GuardComposePathInput(host=plan.host, compose_file=plan.compose_file),
+            local=True,
+        )
+        target = await self._steps.run(
+            CheckHostAllowlist.check_host_allowlist,
+            CheckHostInput(host=plan.host, guarded=guarded, compose_service=plan.compose_service),
+            local=True,
+        )
+        self._command = target.command
+        return target
+
+    async def _read_host(self, target: Target, sha: str, module: str) -> None:
+        """The checkout and the images, side by side: both only read the host; what a
+        rollback goes back to is seen under the lock right before anything changes."""
+        _, self._snapshot = await both(self._verify_checkout(target, sha), self._snapshot_images(target, module))
+
+    async def _health_smoke(self, target: Target, plan: ValidatedPlan) -> None:
+        self._steps.enter("health_check", health_check.details(plan.health, self._health))
+        # What compose up left running is listed while the health smoke watches it.
+        # Only a read: when the apply fails meanwhile it is left to end on its own
+        # (never cancelled: a cancel racing its own completion broke the SDK's and
+        # the test server's bookkeeping of it).
+        listing = asyncio.ensure_future(self._images_now(target))
+        self._health = await health_check.watch(self._steps, target, plan.module, plan.health, self._on_apply_health)
+        # From here a cancel is too late: the service is live and healthy.
+        self._images = await uncancellable(listing)
+
+    async def _persist(self) -> None:
+        self._steps.enter("persisting", "Recording the applied state.")
+        await uncancellable(self._record("applied"))
 
     def _parse(self, args: Sequence[RawValue]) -> ApplyInput:
         if len(args) != 1:
@@ -266,18 +273,20 @@ class ApplyWorkflow:
         )
         self._checkout_verified = True
 
-    async def _compose_up(self, target: Target, timeout_s: int) -> None:
-        assert self._plan is not None and self._input is not None and self._gate.approval is not None
+    async def _compose_up(self, target: Target, plan: ValidatedPlan) -> None:
+        assert self._input is not None and self._gate.approval is not None
+        timeout_s = plan.up_timeout_seconds
+        self._steps.enter("applying", f"Running `{target.command}` on {target.host.name} (killed after {timeout_s} s).")
         up = await compose_up.run(
             self._steps,
             ComposeUpInput(
                 target=target,
                 timeout_seconds=timeout_s,
-                module=self._plan.module,
+                module=plan.module,
                 source_sha=self._input.plan.source_sha,
                 approval=self._gate.approval,
                 plan_digest=self._digest,
-                poll_seconds=self._plan.health.poll_seconds,
+                poll_seconds=plan.health.poll_seconds,
             ),
         )
         self._command, self._remote = up.command, up.remote
