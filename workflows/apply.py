@@ -7,21 +7,20 @@ outside `workflow.*`.
 It is registered as the worker's dynamic workflow so that its input and
 messages arrive as raw payloads: it decodes them itself, within the
 contract's bounds, and ends a bad input `blocked` instead of failing its
-workflow task forever. A workflow type this worker does not know fails at
-once for the same reason.
+workflow task forever. A RollbackWorkflow run is handed, with its messages,
+to workflows/rollback.py; a workflow type this worker does not know fails at
+once for the same reason. Each step's rules live in the module named for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import (
-    ApplicationError,
-)
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -61,10 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import compose_up, health_check, images
     from workflows.approval import ApprovalGate
     from workflows.lock_client import ProjectLockClient
-    from workflows.project_lock import (
-        LOCK_FREE,
-        workflow_ids,
-    )
+    from workflows.project_lock import LOCK_FREE, workflow_ids
     from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
     from workflows.steps import (
         APPLY_WORKFLOW,
@@ -78,9 +74,6 @@ with workflow.unsafe.imports_passed_through():
         both,
         uncancellable,
     )
-
-T = TypeVar("T")
-A = TypeVar("A")  # an activity's argument
 
 # Deprecated patches (Temporal's patched, then deprecated, then gone): runs of the
 # previous version hold their markers, so each is still asked, with
@@ -103,7 +96,7 @@ ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cance
 class ApplyWorkflow:
     def __init__(self) -> None:
         self._steps = Steps()
-        self._status: str = "running"  # an apply's Status, or a RollbackWorkflow's, when done
+        self._status: str = "running"  # the apply's Status when done
         self._gate = ApprovalGate(self._steps)
         self._input: ApplyInput | None = None
         # The plan exactly as received and its plan_digest, which an approval must name.
@@ -117,7 +110,7 @@ class ApplyWorkflow:
         self._state_artifact: str | None = None
         self._record_pending: str | None = None  # why the outcome's record is not written yet
         self._rollback: RollbackRecord | None = None
-        self._snapshot: ImageSnapshot | None = None  # None: an apply from before image snapshots
+        self._snapshot: ImageSnapshot | None = None  # taken under the lock, before compose up
         self._images: ImageSnapshot | None = None  # after a healthy apply
         self._error: str | None = None
         self._checkout_verified: bool | None = None
