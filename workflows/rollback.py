@@ -84,7 +84,7 @@ class OperatorRollback:
 
     def __init__(self) -> None:
         self.steps = Steps()
-        self.status_: str = "running"
+        self.result_status: str = "running"
         self.error: str | None = None
         self.module: str | None = None
         self.rejected: Rejection | None = None  # a reject stops a rollback still waiting for the lock
@@ -163,7 +163,7 @@ class OperatorRollback:
         plan = self.plan.plan if self.plan else None
         return {
             "phase": self.steps.phase,
-            "status": self.status_,
+            "status": self.result_status,
             "module": plan.module if plan else self.module,
             "host": plan.host if plan else None,
             "compose_service": plan.compose_service if plan else None,
@@ -242,7 +242,7 @@ class OperatorRollback:
             )
         except Stop as failed:
             workflow.logger.error("rollback record not written: %s", failed.message)
-        self.steps.phase, self.status_, self.error = "done", status, message
+        self.steps.phase, self.result_status, self.error = "done", status, message
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
         workflow.set_current_details(f"**{status}** (exit code {exit_code}){': ' + message if message else ''}")
         return outcome
