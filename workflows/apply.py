@@ -27,8 +27,6 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.check_host_allowlist import CheckHostAllowlist
     from activities.guard_compose_path import GuardComposePath
-    from activities.persist_state import PersistState
-    from activities.release_lease import ReleaseLease
     from activities.rollback import Rollback
     from activities.validate_plan import ValidatePlan
     from activities.verify_checkout import VerifyCheckout
@@ -36,14 +34,12 @@ with workflow.unsafe.imports_passed_through():
         ApplyInput,
         ApplyResult,
         CheckHostInput,
-        ComposePsInput,
         ComposeUpInput,
         GuardComposePathInput,
         HealthConfig,
         HealthRecord,
         ImageSnapshot,
         PersistStateInput,
-        RemoteRecord,
         RollbackInput,
         RollbackOutcome,
         RollbackRecord,
@@ -57,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.payload import UnreadablePayload, decode_json
     from platformctl.policy.plan import plan_digest
     from platformctl.redact import redact_and_cap
-    from workflows import compose_up, health_check, images
+    from workflows import compose_up, health_check, images, records
     from workflows.approval import ApprovalGate
     from workflows.lock_client import ProjectLockClient
     from workflows.project_lock import LOCK_FREE, workflow_ids
@@ -81,13 +77,6 @@ with workflow.unsafe.imports_passed_through():
 # of the versions before it are gone (README, upgrading): a worker replays the
 # previous version's histories (tests/workflows/histories/v18) and its own.
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
-DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
-HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends
-# A record that cannot be written (full disk, broken mount) is tried again on durable
-# timers, first after RECORD_RETRY_FIRST_S, doubling up to RECORD_RETRY_MAX_S, for a day.
-RECORD_RETRY_FIRST_S = 5
-RECORD_RETRY_MAX_S = 600
-RECORD_RETRY_FOR_S = 86400
 # Failures after compose up started that put the service back on its snapshot's image.
 ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
 
@@ -103,17 +92,7 @@ class ApplyWorkflow:
         self._plan_raw: dict[str, Any] | None = None
         self._digest = ""
         self._plan: ValidatedPlan | None = None
-        self._module: str | None = None
-        self._command: str | None = None
-        self._remote: RemoteRecord | None = None
-        self._health: HealthRecord | None = None
-        self._state_artifact: str | None = None
-        self._record_pending: str | None = None  # why the outcome's record is not written yet
-        self._rollback: RollbackRecord | None = None
-        self._snapshot: ImageSnapshot | None = None  # taken under the lock, before compose up
-        self._images: ImageSnapshot | None = None  # after a healthy apply
-        self._error: str | None = None
-        self._checkout_verified: bool | None = None
+        self._out = records.Outcome()
         self._lock = ProjectLockClient(self._steps, self._gate.raise_if_rejected, self._gate.rejected)
         self._operator_rollback: OperatorRollback | None = None  # a RollbackWorkflow run: it has the messages
 
@@ -138,7 +117,7 @@ class ApplyWorkflow:
             result = await self._finish(stop.status, stop.message)
         except asyncio.CancelledError:
             # Canceled in Temporal's terms; recorded like every other outcome.
-            await self._finish("cancelled", self._error or "cancel requested before compose up started")
+            await self._finish("cancelled", self._out.error or "cancel requested before compose up started")
             raise
         if result.status in SUCCESS:
             return result
@@ -168,11 +147,11 @@ class ApplyWorkflow:
                 await self._roll_back(stop.status, stop.message, target, restore=stop.restore)
                 raise
             except asyncio.CancelledError:
-                self._error = f"cancelled during {self._steps.phase}, after compose up started"
-                await self._roll_back("cancelled", self._error, target)
+                self._out.error = f"cancelled during {self._steps.phase}, after compose up started"
+                await self._roll_back("cancelled", self._out.error, target)
                 raise
             finally:
-                await uncancellable(self._release_lease(target))
+                await uncancellable(compose_up.release_lease(self._steps, target, plan.module))
         # The release is live and healthy whether or not its record could be written: the
         # lock is free for the next apply while the record is tried again.
         await uncancellable(self._record_again("applied"))
@@ -206,24 +185,26 @@ class ApplyWorkflow:
             CheckHostInput(host=plan.host, guarded=guarded, compose_service=plan.compose_service),
             local=True,
         )
-        self._command = target.command
+        self._out.command = target.command
         return target
 
     async def _read_host(self, target: Target, sha: str, module: str) -> None:
         """The checkout and the images, side by side: both only read the host; what a
         rollback goes back to is seen under the lock right before anything changes."""
-        _, self._snapshot = await both(self._verify_checkout(target, sha), self._snapshot_images(target, module))
+        _, self._out.snapshot = await both(self._verify_checkout(target, sha), self._snapshot_images(target, module))
 
     async def _health_smoke(self, target: Target, plan: ValidatedPlan) -> None:
-        self._steps.enter("health_check", health_check.details(plan.health, self._health))
+        self._steps.enter("health_check", health_check.details(plan.health, self._out.health))
         # What compose up left running is listed while the health smoke watches it.
         # Only a read: when the apply fails meanwhile it is left to end on its own
         # (never cancelled: a cancel racing its own completion broke the SDK's and
         # the test server's bookkeeping of it).
         listing = asyncio.ensure_future(self._images_now(target))
-        self._health = await health_check.watch(self._steps, target, plan.module, plan.health, self._on_apply_health)
+        self._out.health = await health_check.watch(
+            self._steps, target, plan.module, plan.health, self._on_apply_health
+        )
         # From here a cancel is too late: the service is live and healthy.
-        self._images = await uncancellable(listing)
+        self._out.images = await uncancellable(listing)
 
     async def _persist(self) -> None:
         self._steps.enter("persisting", "Recording the applied state.")
@@ -241,13 +222,13 @@ class ApplyWorkflow:
         except ValidationError as e:
             if isinstance(request, dict) and isinstance(request.get("plan"), dict):
                 module = request["plan"].get("module")
-                self._module = module[:64] if isinstance(module, str) else None
+                self._out.module = module[:64] if isinstance(module, str) else None
             raise Stop("blocked", f"invalid apply input: {brief_errors(e)}") from None
         self._plan_raw = request["plan"]  # a dict: ApplyInput parsed it as a plan object
         self._digest = plan_digest(self._plan_raw)  # decode_json refused what has no UTF-8 form
         self._input = inp
-        self._module = inp.plan.module[:64]
-        self._steps.upsert(PLATFORM_MODULE.value_set(self._module))
+        self._out.module = inp.plan.module[:64]
+        self._steps.upsert(PLATFORM_MODULE.value_set(self._out.module))
         return inp
 
     def _known_target(self, plan: ValidatedPlan) -> None:
@@ -256,7 +237,7 @@ class ApplyWorkflow:
 
     async def _verify_checkout(self, target: Target, sha: str) -> None:
         if not target.host.verify_checkout:
-            self._checkout_verified = False  # the host opted out: the result and audit line say so
+            self._out.checkout_verified = False  # the host opted out: the result and audit line say so
             return
         await self._steps.run(
             VerifyCheckout.verify_checkout,
@@ -264,7 +245,7 @@ class ApplyWorkflow:
             remote=True,
             **READ_STEP,
         )
-        self._checkout_verified = True
+        self._out.checkout_verified = True
 
     async def _compose_up(self, target: Target, plan: ValidatedPlan) -> None:
         assert self._input is not None and self._gate.approval is not None
@@ -282,7 +263,7 @@ class ApplyWorkflow:
                 poll_seconds=plan.health.poll_seconds,
             ),
         )
-        self._command, self._remote = up.command, up.remote
+        self._out.command, self._out.remote = up.command, up.remote
         compose_up.judge(up, timeout_s)
 
     async def _snapshot_images(self, target: Target, module: str) -> ImageSnapshot:
@@ -302,8 +283,8 @@ class ApplyWorkflow:
             return None
 
     def _on_apply_health(self, record: HealthRecord, cfg: HealthConfig) -> None:
-        self._health = record
-        workflow.set_current_details(health_check.details(cfg, self._health))
+        self._out.health = record
+        workflow.set_current_details(health_check.details(cfg, self._out.health))
 
     # ---- endings ----------------------------------------------------------
 
@@ -313,7 +294,7 @@ class ApplyWorkflow:
         short by a cancel; the apply's status stays the failure it was."""
         self._steps.enter("rolling_back", f"Rolling back after `{status}`: {message}")
         self._status = status
-        plan, snapshot = self._plan, self._snapshot
+        plan, snapshot = self._plan, self._out.snapshot
         policy = plan.rollback if plan and snapshot is not None and restore else "record"
         image = None
         if plan and snapshot is not None and policy == "image" and status in ROLLED_BACK:
@@ -336,11 +317,11 @@ class ApplyWorkflow:
                     **LOCAL_STEP,
                 )
             )
-            self._rollback = rollback
-            self._state_artifact = rollback.state_artifact
+            self._out.rollback = rollback
+            self._out.state_artifact = rollback.state_artifact
         except Stop as failed:
             workflow.logger.error("rollback could not record the failure: %s", failed.message)
-            self._rollback = RollbackRecord(
+            self._out.rollback = RollbackRecord(
                 reason=f"{message} (rollback record failed: {failed.message})",
                 last_good_sha=None,
                 state_artifact=None,
@@ -348,50 +329,18 @@ class ApplyWorkflow:
                 image=image,
             )
 
-    async def _release_lease(self, target: Target) -> None:
-        """Free the project's lease on the host once the outcome is recorded. Best effort:
-        a lease not freed expires on the host after its TTL."""
-        workflow.deprecate_patch(HOST_LEASE_PATCH)
-        try:
-            await self._steps.run(
-                ReleaseLease.release_lease,
-                ComposePsInput(target=target, module=self._plan.module if self._plan else ""),
-                remote=True,
-                **READ_STEP,
-            )
-        except Stop as e:
-            workflow.logger.warning("the host lease was not released (it expires on the host): %s", e.message)
-
     async def _finish(self, status: Status, message: str | None = None) -> ApplyResult:
         """End a non-applied outcome: one audit line, then the result."""
-        self._error = message
+        self._out.error = message
         await uncancellable(self._record(status))
         await uncancellable(self._record_again(status))
         return self._done(status)
 
     async def _record(self, status: Status) -> None:
-        """Write the outcome's records (state in Temporal, status file, audit line). When they
-        cannot be written the outcome stands: `_record_again` tries later, on durable timers."""
-        try:
-            persisted = await self._steps.run(PersistState.persist_state, self._persist_input(status), local=True)
-        except Stop as failed:
-            workflow.deprecate_patch(DURABLE_RECORDS_PATCH)
-            self._record_pending = failed.message
-            return
-        self._record_pending = None
-        self._state_artifact = persisted.state_artifact or self._state_artifact
+        await records.write(self._steps, self._out, self._persist_input(status))
 
     async def _record_again(self, status: Status) -> None:
-        waited, delay = 0, RECORD_RETRY_FIRST_S
-        while self._record_pending is not None and waited < RECORD_RETRY_FOR_S:
-            workflow.set_current_details(
-                f"**{status}**; its record is pending, next try in {delay} s: {self._record_pending}"
-            )
-            await workflow.sleep(delay)
-            waited, delay = waited + delay, min(2 * delay, RECORD_RETRY_MAX_S)
-            await self._record(status)
-        if self._record_pending is not None:
-            workflow.logger.error("record of %s not written after %d s: %s", status, waited, self._record_pending)
+        await records.retry(self._out, status, lambda: self._record(status))
 
     # ---- plumbing ---------------------------------------------------------
 
@@ -403,7 +352,7 @@ class ApplyWorkflow:
     def _persist_input(self, status: Status) -> PersistStateInput:
         info = workflow.info()
         return PersistStateInput(
-            result=self._result(status, self._error),
+            result=self._result(status, self._out.error),
             source_sha=self._input.plan.source_sha if self._input else None,
             approved_pr=self._gate.approval.approved_pr if self._gate.approval else None,
             plan_digest=self._plan.plan_digest if self._plan else None,
@@ -419,34 +368,18 @@ class ApplyWorkflow:
         )
 
     def _result(self, status: Status, error: str | None = None) -> ApplyResult:
-        plan = self._plan
-        return ApplyResult(
-            status=status,
-            exitCode=OUTCOMES[status].exit_code,
-            module=plan.module if plan else self._module,
-            host=plan.host if plan else None,
-            compose_service=plan.compose_service if plan else None,
-            command=self._command,
-            remote=self._remote,
-            health=self._health,
-            state_artifact=self._state_artifact,
-            rollback=self._rollback,
-            error=error,
-            checkout_verified=self._checkout_verified,
-            snapshot=self._snapshot,
-            images=self._images,
-        )
+        return self._out.result(status, self._plan, error)
 
     def _done(self, status: Status) -> ApplyResult:
         self._steps.phase = "done"
         self._status = status
         self._steps.upsert(PLATFORM_STATUS.value_set(status))
         self._steps.flush()  # now: nothing may follow the workflow's completion
-        error = f": {self._error}" if self._error else ""
-        image = self._rollback.image if self._rollback else None
+        error = f": {self._out.error}" if self._out.error else ""
+        image = self._out.rollback.image if self._out.rollback else None
         rolled = f"\n\nImage rollback: **{image.outcome}** {image.image_id or ''} {image.error or ''}" if image else ""
         workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}{rolled}")
-        return self._result(status, self._error)
+        return self._result(status, self._out.error)
 
     def _sha7(self) -> str:
         return self._input.plan.source_sha[:7] if self._input else "?"
@@ -490,14 +423,14 @@ class ApplyWorkflow:
         return {
             "phase": self._steps.phase,
             "status": self._status,
-            "module": plan.module if plan else self._module,
+            "module": plan.module if plan else self._out.module,
             "host": plan.host if plan else None,
             "compose_service": plan.compose_service if plan else None,
-            "command": self._command,
-            "health": self._health.model_dump() if self._health else None,
-            "error": self._error,
+            "command": self._out.command,
+            "health": self._out.health.model_dump() if self._out.health else None,
+            "error": self._out.error,
             "lock": self._lock.lock_id,
             "approved_by": self._approved_by(),
-            "checkout_verified": self._checkout_verified,
-            "record_pending": self._record_pending,
+            "checkout_verified": self._out.checkout_verified,
+            "record_pending": self._out.pending,
         }

@@ -1,6 +1,7 @@
 """Step 5, compose up: the host agent's `apply`, once per run on the host. When a
 cancel reaches the step it is what ends the apply; when the host stops answering,
-the agent is asked again on durable timers for the outcome it recorded."""
+the agent is asked again on durable timers for the outcome it recorded. The
+lease it takes on the project is released when the apply ends."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.compose_up import ComposeUp
-    from platformctl.models import ComposeUpInput, ComposeUpResult
-    from workflows.steps import REMOTE_RETRY, Steps, Stop
+    from activities.release_lease import ReleaseLease
+    from platformctl.models import ComposePsInput, ComposeUpInput, ComposeUpResult, Target
+    from workflows.steps import READ_STEP, REMOTE_RETRY, Steps, Stop
 
 # Patches the previous version asked here (workflows/apply.py: deprecated patches).
 CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"  # compose up failed after a cancel
 HOST_REASK_PATCH = "host-reask"  # compose up's retries ran out on a silent host
+HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends
 # Meanwhile the host agent is asked again every REASK_EVERY for its outcome, for up to
 # REASK_FOR past the up timeout; the agent's record answers, compose never runs twice.
 REASK_EVERY = timedelta(seconds=30)
@@ -85,3 +88,15 @@ async def _reask(steps: Steps, inp: ComposeUpInput, stop: Stop) -> ComposeUpResu
                 raise
             stop = again
     raise stop
+
+
+async def release_lease(steps: Steps, target: Target, module: str) -> None:
+    """Free the project's lease on the host once the outcome is recorded. Best effort:
+    a lease not freed expires on the host after its TTL."""
+    workflow.deprecate_patch(HOST_LEASE_PATCH)
+    try:
+        await steps.run(
+            ReleaseLease.release_lease, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
+        )
+    except Stop as e:
+        workflow.logger.warning("the host lease was not released (it expires on the host): %s", e.message)
