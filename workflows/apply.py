@@ -23,11 +23,8 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
-
     from activities.check_host_allowlist import CheckHostAllowlist
     from activities.guard_compose_path import GuardComposePath
-    from activities.rollback import Rollback
     from activities.validate_plan import ValidatePlan
     from activities.verify_checkout import VerifyCheckout
     from platformctl.models import (
@@ -40,27 +37,23 @@ with workflow.unsafe.imports_passed_through():
         HealthRecord,
         ImageSnapshot,
         PersistStateInput,
-        RollbackInput,
         RollbackOutcome,
-        RollbackRecord,
         Target,
         ValidatedPlan,
         ValidatePlanInput,
         VerifyCheckoutInput,
-        brief_errors,
     )
     from platformctl.outcomes import OUTCOMES, SUCCESS, Status
-    from platformctl.payload import UnreadablePayload, decode_json
     from platformctl.policy.plan import plan_digest
     from platformctl.redact import redact_and_cap
     from workflows import compose_up, health_check, images, records
     from workflows.approval import ApprovalGate
     from workflows.lock_client import ProjectLockClient
+    from workflows.messages import apply_input, module_named
     from workflows.project_lock import LOCK_FREE, workflow_ids
     from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
     from workflows.steps import (
         APPLY_WORKFLOW,
-        LOCAL_STEP,
         PLATFORM_HOST,
         PLATFORM_MODULE,
         PLATFORM_STATUS,
@@ -77,8 +70,6 @@ with workflow.unsafe.imports_passed_through():
 # of the versions before it are gone (README, upgrading): a worker replays the
 # previous version's histories (tests/workflows/histories/v18) and its own.
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
-# Failures after compose up started that put the service back on its snapshot's image.
-ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
 
 
 @workflow.defn(dynamic=True)
@@ -211,20 +202,11 @@ class ApplyWorkflow:
         await uncancellable(self._record("applied"))
 
     def _parse(self, args: Sequence[RawValue]) -> ApplyInput:
-        if len(args) != 1:
-            raise Stop("blocked", f"invalid apply input: expected one JSON object, got {len(args)} arguments")
         try:
-            request = decode_json(args[0].payload)
-        except UnreadablePayload as e:
-            raise Stop("blocked", f"invalid apply input: {e}") from None
-        try:
-            inp = ApplyInput.model_validate(request)
-        except ValidationError as e:
-            if isinstance(request, dict) and isinstance(request.get("plan"), dict):
-                module = request["plan"].get("module")
-                self._out.module = module[:64] if isinstance(module, str) else None
-            raise Stop("blocked", f"invalid apply input: {brief_errors(e)}") from None
-        self._plan_raw = request["plan"]  # a dict: ApplyInput parsed it as a plan object
+            inp, self._plan_raw = apply_input(args)
+        except Stop:
+            self._out.module = module_named(args)
+            raise
         self._digest = plan_digest(self._plan_raw)  # decode_json refused what has no UTF-8 form
         self._input = inp
         self._out.module = inp.plan.module[:64]
@@ -289,45 +271,12 @@ class ApplyWorkflow:
     # ---- endings ----------------------------------------------------------
 
     async def _roll_back(self, status: Status, message: str, target: Target, *, restore: bool = True) -> None:
-        """Put the service back on the image it ran before (where the snapshot, the
-        module's policy and `restore` allow), then record the failure. Neither is cut
-        short by a cancel; the apply's status stays the failure it was."""
         self._steps.enter("rolling_back", f"Rolling back after `{status}`: {message}")
         self._status = status
-        plan, snapshot = self._plan, self._out.snapshot
-        policy = plan.rollback if plan and snapshot is not None and restore else "record"
-        image = None
-        if plan and snapshot is not None and policy == "image" and status in ROLLED_BACK:
-            image = await uncancellable(images.restore(self._steps, target, plan, snapshot))
-        try:
-            rollback = await uncancellable(
-                self._steps.run(
-                    Rollback.rollback,
-                    RollbackInput(
-                        result=self._result(status, message),
-                        source_sha=self._input.plan.source_sha if self._input else "",
-                        workflow_id=workflow.info().workflow_id,
-                        run_id=workflow.info().run_id,
-                        approved_pr=self._gate.approval.approved_pr if self._gate.approval else None,
-                        approved_by=self._gate.approval.approved_by if self._gate.approval else None,
-                        plan_digest=self._plan.plan_digest if self._plan else None,
-                        image=image,
-                        policy=policy,
-                    ),
-                    **LOCAL_STEP,
-                )
-            )
-            self._out.rollback = rollback
-            self._out.state_artifact = rollback.state_artifact
-        except Stop as failed:
-            workflow.logger.error("rollback could not record the failure: %s", failed.message)
-            self._out.rollback = RollbackRecord(
-                reason=f"{message} (rollback record failed: {failed.message})",
-                last_good_sha=None,
-                state_artifact=None,
-                action=policy,
-                image=image,
-            )
+        source_sha = self._input.plan.source_sha if self._input else ""
+        await records.roll_back(
+            self._steps, self._out, self._plan, source_sha, self._gate.approval, status, message, target, restore
+        )
 
     async def _finish(self, status: Status, message: str | None = None) -> ApplyResult:
         """End a non-applied outcome: one audit line, then the result."""
@@ -350,21 +299,8 @@ class ApplyWorkflow:
         return redact_and_cap(by) if by else None
 
     def _persist_input(self, status: Status) -> PersistStateInput:
-        info = workflow.info()
-        return PersistStateInput(
-            result=self._result(status, self._out.error),
-            source_sha=self._input.plan.source_sha if self._input else None,
-            approved_pr=self._gate.approval.approved_pr if self._gate.approval else None,
-            plan_digest=self._plan.plan_digest if self._plan else None,
-            workflow_id=info.workflow_id,
-            run_id=info.run_id,
-            approved_by=self._gate.approval.approved_by if self._gate.approval else None,
-            rejected_by=self._gate.rejection.rejected_by if self._gate.rejection else None,
-            plan=self._input.plan if self._input else None,
-            plan_raw=self._plan_raw,
-            approval=self._gate.approval,
-            # Both ends stamped by the server: no clock skew, and no describe call to learn the start.
-            duration_s=round((workflow.now() - info.workflow_start_time).total_seconds(), 3),
+        return records.persist_input(
+            self._out, status, self._plan, self._input, self._plan_raw, self._gate.approval, self._gate.rejection
         )
 
     def _result(self, status: Status, error: str | None = None) -> ApplyResult:

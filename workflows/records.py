@@ -1,28 +1,37 @@
 """Step 7, the records: what the apply did so far (`Outcome`, which its result
 reports) written as the module's state in Temporal, its status file and its
 audit line. An outcome whose record cannot be written stands: the record is
-tried again on durable timers."""
+tried again on durable timers. A failure after compose up started first puts
+the service back on its snapshot's image, where the module's policy says so."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.persist_state import PersistState
+    from activities.rollback import Rollback
     from platformctl.models import (
+        ApplyInput,
         ApplyResult,
+        Approval,
         HealthRecord,
         ImageSnapshot,
         PersistStateInput,
+        Rejection,
         RemoteRecord,
+        RollbackInput,
         RollbackRecord,
+        Target,
         ValidatedPlan,
     )
     from platformctl.outcomes import OUTCOMES, Status
-    from workflows.steps import Steps, Stop
+    from workflows import images
+    from workflows.steps import LOCAL_STEP, Steps, Stop, uncancellable
 
 # Patches the previous version asked here (workflows/apply.py: deprecated patches).
 DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
@@ -31,6 +40,8 @@ DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
 RECORD_RETRY_FIRST_S = 5
 RECORD_RETRY_MAX_S = 600
 RECORD_RETRY_FOR_S = 86400
+# Failures after compose up started that put the service back on its snapshot's image.
+ROLLED_BACK: frozenset[Status] = frozenset({"remote_failed", "unhealthy", "cancelled"})
 
 
 @dataclass
@@ -68,6 +79,33 @@ class Outcome:
         )
 
 
+def persist_input(
+    outcome: Outcome,
+    status: Status,
+    plan: ValidatedPlan | None,
+    inp: ApplyInput | None,
+    plan_raw: dict[str, Any] | None,
+    approval: Approval | None,
+    rejection: Rejection | None,
+) -> PersistStateInput:
+    info = workflow.info()
+    return PersistStateInput(
+        result=outcome.result(status, plan, outcome.error),
+        source_sha=inp.plan.source_sha if inp else None,
+        approved_pr=approval.approved_pr if approval else None,
+        plan_digest=plan.plan_digest if plan else None,
+        workflow_id=info.workflow_id,
+        run_id=info.run_id,
+        approved_by=approval.approved_by if approval else None,
+        rejected_by=rejection.rejected_by if rejection else None,
+        plan=inp.plan if inp else None,
+        plan_raw=plan_raw,
+        approval=approval,
+        # Both ends stamped by the server: no clock skew, and no describe call to learn the start.
+        duration_s=round((workflow.now() - info.workflow_start_time).total_seconds(), 3),
+    )
+
+
 async def write(steps: Steps, outcome: Outcome, persist: PersistStateInput) -> None:
     """Write the outcome's records. When they cannot be written the outcome stands:
     `outcome.pending` says why, and `retry` tries later."""
@@ -91,3 +129,54 @@ async def retry(outcome: Outcome, status: Status, write_again: Callable[[], Awai
         await write_again()
     if outcome.pending is not None:
         workflow.logger.error("record of %s not written after %d s: %s", status, waited, outcome.pending)
+
+
+async def roll_back(
+    steps: Steps,
+    outcome: Outcome,
+    plan: ValidatedPlan | None,
+    source_sha: str,
+    approval: Approval | None,
+    status: Status,
+    message: str,
+    target: Target,
+    restore: bool,
+) -> None:
+    """Put the service back on the image it ran before (where the snapshot, the
+    module's policy and `restore` allow), then record the failure. Neither is cut
+    short by a cancel; the apply's status stays the failure it was."""
+    snapshot = outcome.snapshot
+    policy = plan.rollback if plan and snapshot is not None and restore else "record"
+    image = None
+    if plan and snapshot is not None and policy == "image" and status in ROLLED_BACK:
+        image = await uncancellable(images.restore(steps, target, plan, snapshot))
+    info = workflow.info()
+    try:
+        rollback = await uncancellable(
+            steps.run(
+                Rollback.rollback,
+                RollbackInput(
+                    result=outcome.result(status, plan, message),
+                    source_sha=source_sha,
+                    workflow_id=info.workflow_id,
+                    run_id=info.run_id,
+                    approved_pr=approval.approved_pr if approval else None,
+                    approved_by=approval.approved_by if approval else None,
+                    plan_digest=plan.plan_digest if plan else None,
+                    image=image,
+                    policy=policy,
+                ),
+                **LOCAL_STEP,
+            )
+        )
+        outcome.rollback = rollback
+        outcome.state_artifact = rollback.state_artifact
+    except Stop as failed:
+        workflow.logger.error("rollback could not record the failure: %s", failed.message)
+        outcome.rollback = RollbackRecord(
+            reason=f"{message} (rollback record failed: {failed.message})",
+            last_good_sha=None,
+            state_artifact=None,
+            action=policy,
+            image=image,
+        )
