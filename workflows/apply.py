@@ -4,12 +4,10 @@ Every step is an activity; any step that says no raises `Stop`, which ends
 the apply with a contract status. Nothing here does I/O or reads a clock
 outside `workflow.*`.
 
-It is registered as the worker's dynamic workflow so that its input and
-messages arrive as raw payloads: it decodes them itself, within the
-contract's bounds, and ends a bad input `blocked` instead of failing its
-workflow task forever. A RollbackWorkflow run is handed, with its messages,
-to workflows/rollback.py; a workflow type this worker does not know fails at
-once for the same reason. Each step's rules live in the module named for it.
+Its input and messages arrive as raw payloads (workflows/dynamic.py): it
+decodes them itself, within the contract's bounds, and ends a bad input
+`blocked` instead of failing its workflow task forever. Each step's rules
+live in the module named for it.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         HealthRecord,
         ImageSnapshot,
         PersistStateInput,
-        RollbackOutcome,
         Target,
         ValidatedPlan,
         ValidatePlanInput,
@@ -51,9 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.lock_client import ProjectLockClient
     from workflows.messages import apply_input, module_named
     from workflows.project_lock import LOCK_FREE, workflow_ids
-    from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
     from workflows.steps import (
-        APPLY_WORKFLOW,
         PLATFORM_HOST,
         PLATFORM_MODULE,
         PLATFORM_STATUS,
@@ -72,8 +67,9 @@ with workflow.unsafe.imports_passed_through():
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
 
 
-@workflow.defn(dynamic=True)
 class ApplyWorkflow:
+    """One ApplyWorkflow run; workflows/dynamic.py hands it the run and its messages."""
+
     def __init__(self) -> None:
         self._steps = Steps()
         self._status: str = "running"  # the apply's Status when done
@@ -85,20 +81,8 @@ class ApplyWorkflow:
         self._plan: ValidatedPlan | None = None
         self._out = records.Outcome()
         self._lock = ProjectLockClient(self._steps, self._gate.raise_if_rejected, self._gate.rejected)
-        self._operator_rollback: OperatorRollback | None = None  # a RollbackWorkflow run: it has the messages
 
-    @workflow.run
-    async def run(self, args: Sequence[RawValue]) -> ApplyResult | RollbackOutcome:
-        kind = workflow.info().workflow_type
-        if kind == ROLLBACK_WORKFLOW:
-            self._operator_rollback = OperatorRollback()
-            return await self._operator_rollback.run(args)
-        if kind != APPLY_WORKFLOW:
-            raise ApplicationError(
-                f"unknown workflow type {kind[:100]!r}: this task queue runs {APPLY_WORKFLOW} and {ROLLBACK_WORKFLOW}",
-                type="UnknownWorkflowType",
-                non_retryable=True,
-            )
+    async def run(self, args: Sequence[RawValue]) -> ApplyResult:
         workflow.deprecate_patch(LOCK_HAND_OVER_PATCH)
         self._steps.coalesce = True
         self._steps.upsert(PLATFORM_STATUS.value_set("running"))
@@ -324,10 +308,7 @@ class ApplyWorkflow:
     # Signals and updates arrive raw: a payload of any shape, or any number of
     # them, is handled here and never fails the workflow task.
 
-    @workflow.signal(dynamic=True)
     def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
-        if self._operator_rollback is not None:
-            return self._operator_rollback.on_signal(name, args)
         if name == "approve":
             self._gate.on_approve(args)
         elif name == "reject":
@@ -337,24 +318,17 @@ class ApplyWorkflow:
         else:
             workflow.logger.warning("ignored unknown signal %r", name[:100])
 
-    @workflow.update(dynamic=True)
     async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
         """`approve` as an Update: answers once the approval has been checked."""
         return await self._gate.on_update(args, self._input)
 
-    @on_update.validator
     def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
         """Refuse at once, with the reason, what cannot approve this apply."""
-        if self._operator_rollback is not None:
-            raise ApplicationError("a rollback takes no update", non_retryable=True)
         if name != "approve":
             raise ApplicationError(f"unknown update {name[:100]!r}: this workflow takes 'approve'", non_retryable=True)
         self._gate.validate_update(args, self._input, self._digest)
 
-    @workflow.query
     def status(self) -> dict[str, Any]:
-        if self._operator_rollback is not None:
-            return self._operator_rollback.status()
         plan = self._plan
         return {
             "phase": self._steps.phase,

@@ -78,9 +78,9 @@ PHASE_STATUS_PATCH = "phase-status"
 
 
 class OperatorRollback:
-    """One RollbackWorkflow run. The worker's dynamic workflow (workflows/apply.py) hands
-    it the run, its signals and its status query: its input arrives raw, so any input
-    ends `blocked` instead of failing the workflow task."""
+    """One RollbackWorkflow run; workflows/dynamic.py hands it the run, its signals and
+    its status query: its input arrives raw, so any input ends `blocked` instead of
+    failing the workflow task."""
 
     def __init__(self) -> None:
         self.steps = Steps()
