@@ -59,13 +59,6 @@ with workflow.unsafe.imports_passed_through():
         uncancellable,
     )
 
-# Deprecated patches (Temporal's patched, then deprecated, then gone): runs of the
-# previous version hold their markers, so each is still asked, with
-# workflow.deprecate_patch, where that version asked workflow.patched. The branches
-# of the versions before it are gone (README, upgrading): a worker replays the
-# previous version's histories (tests/workflows/histories/v18) and its own.
-LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every run
-
 
 class ApplyWorkflow:
     """One ApplyWorkflow run; workflows/dynamic.py hands it the run and its messages."""
@@ -83,7 +76,6 @@ class ApplyWorkflow:
         self._lock = ProjectLockClient(self._steps, self._gate.raise_if_rejected, self._gate.rejected)
 
     async def run(self, args: Sequence[RawValue]) -> ApplyResult:
-        workflow.deprecate_patch(LOCK_HAND_OVER_PATCH)
         self._steps.coalesce = True
         self._steps.upsert(PLATFORM_STATUS.value_set("running"))
         try:

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import Notify, NotifyInput
     from platformctl.models import ApplyInput, Approval, CheckApprovalInput, Rejection, brief_errors
     from platformctl.policy.approval import check_approval
-    from workflows.messages import first_json, rejection
+    from workflows.messages import first_json, rejection, stop_if_rejected
     from workflows.steps import Steps, Stop
 
 
@@ -42,9 +42,7 @@ class ApprovalGate:
         return self.rejection is not None
 
     def raise_if_rejected(self) -> None:
-        if self.rejection is not None:
-            who = f" by {self.rejection.rejected_by}" if self.rejection.rejected_by else ""
-            raise Stop("rejected", f"rejected{who}: {self.rejection.reason or 'no reason given'}")
+        stop_if_rejected(self.rejection)
 
     def on_approve(self, args: Sequence[RawValue]) -> None:
         if self.signalled is None:  # the first one decides

@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.models import ComposePsInput, ComposeUpInput, ComposeUpResult, Target
     from workflows.steps import READ_STEP, REMOTE_RETRY, Steps, Stop
 
-# Patches the previous version asked here (workflows/apply.py: deprecated patches).
+# Patches the previous version asked here (workflows/dynamic.py: deprecated patches).
 CANCEL_OUTRANKS_PATCH = "cancel-outranks-step-failure"  # compose up failed after a cancel
 HOST_REASK_PATCH = "host-reask"  # compose up's retries ran out on a silent host
 HOST_LEASE_PATCH = "host-lease"  # an apply that reached compose up ends

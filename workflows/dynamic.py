@@ -18,6 +18,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.rollback import ROLLBACK_WORKFLOW, OperatorRollback
     from workflows.steps import APPLY_WORKFLOW
 
+# Deprecated patches (Temporal's patched, then deprecated, then gone): runs of the
+# previous version hold their markers, so each is still asked, with
+# workflow.deprecate_patch, where that version asked workflow.patched (here and in
+# the step modules). The branches of the versions before it are gone (README,
+# upgrading): a worker replays the previous version's histories
+# (tests/workflows/histories/v18) and its own.
+LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every apply and rollback
+
 
 @workflow.defn(dynamic=True)
 class PlatformWorkflow:
@@ -38,6 +46,7 @@ class PlatformWorkflow:
                 type="UnknownWorkflowType",
                 non_retryable=True,
             )
+        workflow.deprecate_patch(LOCK_HAND_OVER_PATCH)
         return await self._run.run(args)
 
     @workflow.signal(dynamic=True)

@@ -15,7 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.policy.health import verdict
     from workflows.steps import APPLY_WORKFLOW, READ_STEP, Steps, Stop
 
-# Patches the previous version asked here (workflows/apply.py: deprecated patches).
+# Patches the previous version asked here (workflows/dynamic.py: deprecated patches).
 HEALTH_OBSERVED_PATCH = "health-observed"  # a RollbackWorkflow's health smoke
 HEALTH_MISSED_POLL_PATCH = "health-missed-poll"  # a poll that could not reach the host
 HOST_UNOBSERVED = "host unreachable during the health check; no rollback (the release may be healthy)"

@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.project_lock import ENQUEUE, RELEASE, ProjectLockWorkflow, hand_on, project_lock_id
     from workflows.steps import Steps, Stop, uncancellable
 
-# Patches the previous version asked here (workflows/apply.py: deprecated patches).
+# Patches the previous version asked here (workflows/dynamic.py: deprecated patches).
 PROJECT_LOCK_PATCH = "project-lock"  # a RollbackWorkflow's lock
 LOCK_HOLDER_PATCH = "lock-holder-check"  # a start that found the lock's id taken
 LOCK_WAIT = timedelta(minutes=15)

@@ -34,6 +34,13 @@ def rejection(value: Any) -> Rejection:
         return Rejection(reason="(reject payload was not a valid object)")
 
 
+def stop_if_rejected(rejected: Rejection | None) -> None:
+    """A Stop, `rejected`, naming who and why, once a reject has arrived."""
+    if rejected is not None:
+        who = f" by {rejected.rejected_by}" if rejected.rejected_by else ""
+        raise Stop("rejected", f"rejected{who}: {rejected.reason or 'no reason given'}")
+
+
 def apply_input(args: Sequence[RawValue]) -> tuple[ApplyInput, dict[str, Any]]:
     """An apply's start input within the contract's bounds, and its plan exactly as
     received (what its plan_digest is computed from); a Stop, `blocked`, for anything else."""

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import images
     from workflows.steps import LOCAL_STEP, Steps, Stop, uncancellable
 
-# Patches the previous version asked here (workflows/apply.py: deprecated patches).
+# Patches the previous version asked here (workflows/dynamic.py: deprecated patches).
 DURABLE_RECORDS_PATCH = "durable-records"  # a record that could not be written
 # A record that cannot be written (full disk, broken mount) is tried again on durable
 # timers, first after RECORD_RETRY_FIRST_S, doubling up to RECORD_RETRY_MAX_S, for a day.

@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from platformctl.payload import UnreadablePayload, decode_json
     from workflows import health_check, images
     from workflows.lock_client import ProjectLockClient
-    from workflows.messages import first_json, rejection
+    from workflows.messages import first_json, rejection, stop_if_rejected
     from workflows.project_lock import LOCK_FREE, workflow_ids
     from workflows.steps import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS, Steps, Stop, uncancellable
 
@@ -72,8 +72,7 @@ class _Ended(Exception):
         self.status, self.message = status, message
 
 
-# Patches the previous version asked here (workflows/apply.py: deprecated patches).
-LOCK_HAND_OVER_PATCH = "lock-hand-over"
+# A patch the previous version asked here (workflows/dynamic.py: deprecated patches).
 PHASE_STATUS_PATCH = "phase-status"
 
 
@@ -97,7 +96,6 @@ class OperatorRollback:
         self.images: list[ContainerImage] = []  # what the service runs after the pin went through
 
     async def run(self, args: Sequence[RawValue]) -> RollbackOutcome:
-        workflow.deprecate_patch(LOCK_HAND_OVER_PATCH)
         workflow.deprecate_patch(PHASE_STATUS_PATCH)
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set("running")])
         try:
@@ -173,9 +171,7 @@ class OperatorRollback:
         }
 
     def _raise_if_rejected(self) -> None:
-        if self.rejected is not None:
-            who = f" by {self.rejected.rejected_by}" if self.rejected.rejected_by else ""
-            raise Stop("rejected", f"rejected{who}: {self.rejected.reason or 'no reason given'}")
+        stop_if_rejected(self.rejected)
 
     async def _pin(self, plan: RollbackPlan) -> None:
         target = plan.target
