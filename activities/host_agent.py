@@ -1,10 +1,13 @@
 """Asking the host agent one verb (host/platform_agent.py), as every step that
 reaches a host through it does: what the exit codes of a host without the agent
-mean, the answer read as typed facts only, and `busy` asked again."""
+mean, the answer read as typed facts only, `busy` asked again, and what the
+answers to `apply` and `rollback` mean for the apply."""
 
 from __future__ import annotations
 
 import asyncio
+
+from temporalio import activity
 
 from platformctl import commands
 from platformctl.models import ComposeUpResult, RemoteRecord, Target
@@ -84,3 +87,52 @@ def ran(command: commands.RemoteCommand, answer: AgentAnswer) -> ComposeUpResult
             output_sha256=answer.output_sha256 or None,
         ),
     )
+
+
+def apply_outcome(target: Target, answer: AgentAnswer, run: str) -> AgentAnswer:
+    """The answer to `apply` when compose up ran; any other answer ends the step, typed."""
+    host = target.host.name
+    if answer.answer == "busy":
+        raise PolicyViolation(
+            f"{host}: compose project {target.project} busy on the host (held by {holder(answer, run)}); nothing ran"
+        )
+    if answer.answer == "ran":
+        if answer.replayed:
+            activity.logger.warning("%s: compose up already ran for this run; the agent's record answered", host)
+        return answer
+    if answer.answer == "interrupted":
+        raise RemoteFailed(
+            f"{host}: compose up of this run was interrupted on the host (the agent stopped before it "
+            "finished); it is never run twice: see `platform-apply logs`"
+        )
+    if answer.answer == "run_conflict":
+        raise PolicyViolation(f"{host}: the host agent has another request recorded for this run")
+    if answer.reason == "checkout":
+        held = answer.head or "something that is not a commit SHA"
+        dirty = " with local changes" if answer.dirty else ""
+        raise PolicyViolation(f"{host}:{target.host.remote_root} holds commit {held}{dirty}, not the approved one")
+    if answer.answer == "lease_lost" or answer.reason in ("no_snapshot", "undefined_service"):
+        raise PolicyViolation(f"{host}: the host agent answered {answer.answer} to `apply`")
+    if answer.reason == "compose_config":
+        raise RemoteFailed(f"{host}: compose cannot load {target.compose_path} ({answer.error_class}); nothing ran")
+    raise RemoteFailed(f"{host}: the host agent cannot record the run (host storage); nothing ran")
+
+
+def rollback_outcome(target: Target, answer: AgentAnswer, run: str) -> bool:
+    """Whether the agent's `rollback` put an image back (False: this run never ran up,
+    so there is nothing to put back); a refusal ends the step, typed."""
+    host = target.host.name
+    if answer.answer == "busy":
+        raise RemoteFailed(f"{host}: project busy on the host (held by {holder(answer, run)})")
+    if answer.answer == "lease_lost":
+        raise RemoteFailed(f"{host}: lease lost to run {answer.holder}: the project is another apply's now")
+    if answer.reason == "not_applied":
+        return False
+    if answer.answer == "interrupted":
+        raise RemoteFailed(f"{host}: the rollback of this run was interrupted on the host; never run twice")
+    if answer.answer != "ran":
+        why = {"no_snapshot": "the agent recorded no one image before compose up",
+               "undefined_service": "the compose file does not define the service"}.get(
+                   answer.reason or "", "nothing was put back")
+        raise PolicyViolation(f"{host}: the host agent refused the rollback ({answer.reason or answer.answer}): {why}")
+    return True

@@ -21,10 +21,8 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.check_host_allowlist import CheckHostAllowlist
-    from activities.guard_compose_path import GuardComposePath
-    from activities.validate_plan import ValidatePlan
-    from activities.verify_checkout import VerifyCheckout
+    from activities.checks import Checks
+    from activities.remote_steps import RemoteSteps
     from platformctl.models import (
         ApplyInput,
         ApplyResult,
@@ -128,7 +126,7 @@ class ApplyWorkflow:
 
     async def _validate_plan(self, inp: ApplyInput) -> ValidatedPlan:
         plan = await self._steps.run(
-            ValidatePlan.validate_plan, ValidatePlanInput(plan=inp.plan, plan_digest=self._digest), local=True
+            Checks.validate_plan, ValidatePlanInput(plan=inp.plan, plan_digest=self._digest), local=True
         )
         self._known_target(plan)
         return plan
@@ -143,12 +141,12 @@ class ApplyWorkflow:
         """Resolve and guard the compose path (3), then check the host allowlist and read
         the phase gate (4)."""
         guarded = await self._steps.run(
-            GuardComposePath.guard_compose_path,
+            Checks.guard_compose_path,
             GuardComposePathInput(host=plan.host, compose_file=plan.compose_file),
             local=True,
         )
         target = await self._steps.run(
-            CheckHostAllowlist.check_host_allowlist,
+            Checks.check_host_allowlist,
             CheckHostInput(host=plan.host, guarded=guarded, compose_service=plan.compose_service),
             local=True,
         )
@@ -198,7 +196,7 @@ class ApplyWorkflow:
             self._out.checkout_verified = False  # the host opted out: the result and audit line say so
             return
         await self._steps.run(
-            VerifyCheckout.verify_checkout,
+            RemoteSteps.verify_checkout,
             VerifyCheckoutInput(target=target, approved_sha=sha, module=self._plan.module if self._plan else ""),
             remote=True,
             **READ_STEP,

@@ -16,8 +16,8 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.check_approval import CheckApproval
-    from activities.notify import Notify, NotifyInput
+    from activities.checks import Checks
+    from activities.records import NotifyInput, Records
     from platformctl.models import ApplyInput, Approval, CheckApprovalInput, Rejection, brief_errors
     from platformctl.policy.approval import check_approval
     from workflows.messages import first_json, rejection, stop_if_rejected
@@ -86,7 +86,7 @@ class ApprovalGate:
         """Best effort: a notification that cannot be sent never changes the apply."""
         try:
             await self._steps.run(
-                Notify.notify,
+                Records.notify,
                 NotifyInput(
                     event=event, module=module, host=host, workflow_id=workflow.info().workflow_id,
                     deadline=deadline.isoformat(),
@@ -103,7 +103,7 @@ class ApprovalGate:
             except ValidationError as e:
                 raise Stop("approval_mismatch", f"not a valid approval: {brief_errors(e)}") from None
             await self._steps.run(
-                CheckApproval.check_approval,
+                Checks.check_approval,
                 CheckApprovalInput(plan=inp.plan, approval=self.approval, plan_digest=digest),
                 local=True,
             )

@@ -11,8 +11,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.compose_up import ComposeUp
-    from activities.release_lease import ReleaseLease
+    from activities.remote_steps import RemoteSteps
     from platformctl.models import ComposePsInput, ComposeUpInput, ComposeUpResult, Target
     from workflows.steps import READ_STEP, REMOTE_RETRY, Steps, Stop
 
@@ -54,7 +53,7 @@ def judge(up: ComposeUpResult, timeout_s: int) -> None:
 
 async def _ask(steps: Steps, inp: ComposeUpInput) -> ComposeUpResult:
     return await steps.run(
-        ComposeUp.compose_up,
+        RemoteSteps.compose_up,
         inp,
         remote=True,
         # The transport kills the command at timeout_seconds; this only catches a lost worker.
@@ -96,7 +95,7 @@ async def release_lease(steps: Steps, target: Target, module: str) -> None:
     workflow.deprecate_patch(HOST_LEASE_PATCH)
     try:
         await steps.run(
-            ReleaseLease.release_lease, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
+            RemoteSteps.release_lease, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
         )
     except Stop as e:
         workflow.logger.warning("the host lease was not released (it expires on the host): %s", e.message)

@@ -10,7 +10,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.health_smoke import HealthSmoke
+    from activities.remote_steps import RemoteSteps
     from platformctl.models import ComposePsInput, HealthConfig, HealthRecord, ServiceObservation, Target
     from platformctl.policy.health import verdict
     from workflows.steps import APPLY_WORKFLOW, READ_STEP, Steps, Stop
@@ -44,7 +44,7 @@ async def watch(
     while True:
         try:
             seen: ServiceObservation | None = await steps.run(
-                HealthSmoke.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
+                RemoteSteps.compose_ps, ComposePsInput(target=target, module=module), remote=True, **READ_STEP
             )
         except Stop as stop:
             if stop.status != "remote_failed":

@@ -9,8 +9,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.rollback import RollbackImages
-    from activities.snapshot_images import SnapshotImages
+    from activities.remote_steps import RemoteSteps
     from platformctl.models import (
         Approval,
         ComposeUpResult,
@@ -31,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
 async def listing(steps: Steps, target: Target, module: str) -> ImageSnapshot:
     """The images the service's containers run now (compose images)."""
     return await steps.run(
-        SnapshotImages.compose_images, SnapshotInput(target=target, module=module), remote=True, **READ_STEP
+        RemoteSteps.compose_images, SnapshotInput(target=target, module=module), remote=True, **READ_STEP
     )
 
 
@@ -42,7 +41,7 @@ async def pin(
     operator's rollback sends its approval, checked again right before the pin.
     A cancel returns only once the command is gone on the host."""
     return await steps.run(
-        RollbackImages.compose_rollback,
+        RemoteSteps.compose_rollback,
         RollbackImagesInput(
             target=target, module=module, image_id=image_id, timeout_seconds=timeout_s, approval=approval
         ),

@@ -14,7 +14,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.lock_holder import DescribeLockHolder
+    from activities.lookups import Lookups
     from platformctl.models import LockHolderInput, LockRequest, Target
     from workflows.project_lock import ENQUEUE, RELEASE, ProjectLockWorkflow, hand_on, project_lock_id
     from workflows.steps import Steps, Stop, uncancellable
@@ -129,7 +129,7 @@ class ProjectLockClient:
         queue's lock, which would never hand it on. A describe that fails leaves it waiting."""
         try:
             holder = await self._steps.run(
-                DescribeLockHolder.describe_lock_holder, LockHolderInput(lock_id=lock_id), **LOCK_HOLDER_STEP
+                Lookups.describe_lock_holder, LockHolderInput(lock_id=lock_id), **LOCK_HOLDER_STEP
             )
         except Stop as e:
             workflow.logger.warning("who holds %s is unknown: %s", lock_id, e.message)

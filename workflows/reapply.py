@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 from temporalio.workflow import ChildWorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
-    from activities.reapply import Reapply
+    from activities.lookups import Lookups
     from platformctl.models import (
         PlanReapplyInput,
         ReapplyCandidate,
@@ -51,7 +51,7 @@ class ReapplyWorkflow:
         workflow.deprecate_patch(PIPELINE_PATCH)
         workflow.deprecate_patch(PLAN_BOUND_PATCH)
         candidates = await workflow.execute_activity_method(
-            Reapply.plan_reapply,
+            Lookups.plan_reapply,
             PlanReapplyInput(modules=req.modules),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_attempts=3),

@@ -13,8 +13,7 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.persist_state import PersistState
-    from activities.rollback import Rollback
+    from activities.records import Records
     from platformctl.models import (
         ApplyInput,
         ApplyResult,
@@ -110,7 +109,7 @@ async def write(steps: Steps, outcome: Outcome, persist: PersistStateInput) -> N
     """Write the outcome's records. When they cannot be written the outcome stands:
     `outcome.pending` says why, and `retry` tries later."""
     try:
-        persisted = await steps.run(PersistState.persist_state, persist, local=True)
+        persisted = await steps.run(Records.persist_state, persist, local=True)
     except Stop as failed:
         workflow.deprecate_patch(DURABLE_RECORDS_PATCH)
         outcome.pending = failed.message
@@ -154,7 +153,7 @@ async def roll_back(
     try:
         rollback = await uncancellable(
             steps.run(
-                Rollback.rollback,
+                Records.rollback,
                 RollbackInput(
                     result=outcome.result(status, plan, message),
                     source_sha=source_sha,

@@ -26,7 +26,8 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.operator_rollback import PlanRollback, RecordRollback
+    from activities.lookups import Lookups
+    from activities.records import Records
     from platformctl.models import (
         ContainerImage,
         HealthConfig,
@@ -121,7 +122,7 @@ class OperatorRollback:
         self.module = self.request.module[:64]
         workflow.upsert_search_attributes([PLATFORM_MODULE.value_set(self.module)])
         try:
-            self.plan = plan = await self.steps.run(PlanRollback.plan_rollback, PlanRollbackInput(request=self.request))
+            self.plan = plan = await self.steps.run(Lookups.plan_rollback, PlanRollbackInput(request=self.request))
         except Stop as stop:
             raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
         target = plan.target
@@ -226,7 +227,7 @@ class OperatorRollback:
         try:
             await uncancellable(
                 self.steps.run(
-                    RecordRollback.record_rollback,
+                    Records.record_rollback,
                     RecordRollbackInput(
                         request=self.request,
                         outcome=outcome,

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities import compose_up, host_agent
-from activities.compose_up import ComposeUp
-from activities.single_flight import SingleFlight
+from activities import host_agent, remote_steps
+from activities.remote_steps import RemoteSteps
 from platformctl.models import Approval, ComposeUpInput
 from platformctl.policy.approval import sign
 from platformctl.policy.plan import plan_digest
@@ -52,7 +51,7 @@ async def test_compose_up_runs_only_for_an_approval_of_this_plan(tmp_path, appro
     settings = dataclasses.replace(settings_for(tmp_path), approval_key_file=tmp_path / "approval.key")
     write_platform(settings.platform_root)
     transport = CountingTransport()
-    up = ComposeUp(StubDeps(settings, transport), SingleFlight()).compose_up  # type: ignore[arg-type]
+    up = RemoteSteps(StubDeps(settings, transport)).compose_up  # type: ignore[arg-type]
     inp = ComposeUpInput(
         target=derive_target(settings, "honcho-redis"), timeout_seconds=60, module="honcho-redis", source_sha=SHA,
         approval=approval, plan_digest=DIGEST,
@@ -86,7 +85,7 @@ class AgentTransport:
 async def run_up(tmp_path: Path, transport: AgentTransport, poll_seconds: int | None = None) -> Any:
     settings = settings_for(tmp_path)
     write_platform(settings.platform_root)
-    up = ComposeUp(StubDeps(settings, transport), SingleFlight()).compose_up  # type: ignore[arg-type]
+    up = RemoteSteps(StubDeps(settings, transport)).compose_up  # type: ignore[arg-type]
     inp = ComposeUpInput(
         target=derive_target(settings, "honcho-redis"), timeout_seconds=60, module="honcho-redis", source_sha=SHA,
         approval=Approval(approved_sha=SHA), poll_seconds=poll_seconds,
@@ -110,7 +109,7 @@ async def test_a_busy_project_is_asked_again_until_the_agent_has_the_outcome(tmp
 async def test_a_project_still_busy_at_the_bound_ends_the_apply_blocked_with_nothing_run(tmp_path, monkeypatch):
     """The contract: a waiting apply fails as `blocked` after a bounded wait."""
     monkeypatch.setattr(host_agent, "BUSY_POLL_S", 0.01)
-    monkeypatch.setattr(compose_up, "AGENT_MARGIN_S", -59)  # the bound: the up timeout (60 s) - 59 s
+    monkeypatch.setattr(remote_steps, "AGENT_MARGIN_S", -59)  # the bound: the up timeout (60 s) - 59 s
     holder = "0" * 8 + "-0000-4000-8000-" + "0" * 12
     transport = AgentTransport(*[{"answer": "busy", "holder": holder, "expires_in": 500}] * 1000)
     with pytest.raises(ApplicationError) as failed:

@@ -8,10 +8,7 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.health_smoke import HealthSmoke
-from activities.release_lease import ReleaseLease
-from activities.rollback import RollbackImages
-from activities.single_flight import SingleFlight
+from activities.remote_steps import RemoteSteps
 from platformctl.models import Approval, ComposePsInput, RollbackImagesInput
 from platformctl.target import derive_target
 from platformctl.transport import RemoteOutput
@@ -32,7 +29,7 @@ def container(state: str = "running", health: str = "healthy", exit_code: int | 
 async def poll(tmp_path, transport: AgentTransport) -> Any:
     settings = settings_for(tmp_path)
     write_platform(settings.platform_root)
-    ps = HealthSmoke(StubDeps(settings, transport)).compose_ps  # type: ignore[arg-type]
+    ps = RemoteSteps(StubDeps(settings, transport)).compose_ps  # type: ignore[arg-type]
     inp = ComposePsInput(target=derive_target(settings, "honcho-redis"), module="honcho-redis")
     return await attempt(1).run(ps, inp)
 
@@ -69,7 +66,7 @@ async def test_a_gate_from_before_health_is_asked_with_compose_ps(tmp_path):
 async def roll_back(tmp_path, transport: AgentTransport, approval: Approval | None = None) -> Any:
     settings = settings_for(tmp_path)
     write_platform(settings.platform_root)
-    rollback = RollbackImages(StubDeps(settings, transport), SingleFlight()).compose_rollback  # type: ignore[arg-type]
+    rollback = RemoteSteps(StubDeps(settings, transport)).compose_rollback  # type: ignore[arg-type]
     inp = RollbackImagesInput(
         target=derive_target(settings, "honcho-redis"), module="honcho-redis", image_id=IMAGE, timeout_seconds=60,
         approval=approval,
@@ -117,7 +114,7 @@ async def test_release_frees_this_runs_lease_and_an_older_agent_has_none(tmp_pat
     inp = ComposePsInput(target=derive_target(settings, "honcho-redis"), module="honcho-redis")
     for transport, freed in ((AgentTransport({"verb": "release", "answer": "released", "released": 1}), 1),
                              (AgentTransport(REFUSED), 0)):
-        release = ReleaseLease(StubDeps(settings, transport)).release_lease  # type: ignore[arg-type]
+        release = RemoteSteps(StubDeps(settings, transport)).release_lease  # type: ignore[arg-type]
         assert await attempt(1).run(release, inp) == freed
         assert transport.sent[0].argv[:2] == ("platform-agent", "release")
 

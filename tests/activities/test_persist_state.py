@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from activities import persist_state as persist_module
-from activities.persist_state import PersistState
+from activities import records as records_module
+from activities.records import Records
 from platformctl import state as state_module
 from platformctl.models import Approval, PersistedState, Plan, RollbackRecord
 from platformctl.policy.record_seal import seal
@@ -31,7 +31,7 @@ from tests.activities.state_helpers import (
 
 
 def activity(settings):
-    return PersistState(StubDeps(settings)).persist_state  # type: ignore[arg-type]
+    return Records(StubDeps(settings)).persist_state  # type: ignore[arg-type]
 
 
 def audit(settings) -> list[dict]:
@@ -122,7 +122,7 @@ async def test_a_status_file_that_cannot_be_read_still_lets_a_failure_be_audited
                                              (result("blocked"), "honcho-redis")], ids=["unvalidated", "validated"])
 async def test_outcome_metrics_name_a_module_only_once_its_plan_validated(settings, monkeypatch, res, label):
     counted: list[tuple[str, str | None]] = []
-    monkeypatch.setattr(persist_module, "record_outcome", lambda status, module, d: counted.append((status, module)))
+    monkeypatch.setattr(records_module, "record_outcome", lambda status, module, d: counted.append((status, module)))
     await run(activity(settings), persist_input(res))
     assert counted == [("blocked", label)]
 
@@ -169,13 +169,13 @@ class Reports:
         self.notified: list[str] = []
         self.caplog = caplog
         caplog.set_level(logging.INFO, logger="platform.apply")
-        monkeypatch.setattr(persist_module, "record_outcome", lambda status, module, d: self.counted.append(status))
+        monkeypatch.setattr(records_module, "record_outcome", lambda status, module, d: self.counted.append(status))
 
         async def send(notification) -> bool:
             self.notified.append(notification.status)
             return True
 
-        monkeypatch.setattr(persist_module, "send", send)
+        monkeypatch.setattr(records_module, "send", send)
 
     def logged(self) -> list[str]:
         return [r.getMessage() for r in self.caplog.records if r.getMessage().startswith("apply ")]
@@ -190,7 +190,7 @@ def told(res=None, **over):
 async def run_on_new_worker(settings, inp) -> tuple[PersistedState, StubDeps]:
     # A crash re-runs a local activity from scratch on the next worker: new deps, same input.
     deps = StubDeps(settings)
-    return await run(PersistState(deps).persist_state, inp), deps  # type: ignore[arg-type]
+    return await run(Records(deps).persist_state, inp), deps  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("status", ["applied", "unhealthy", "blocked"])
@@ -234,7 +234,7 @@ async def test_a_line_written_by_a_concurrent_run_after_the_first_look_is_not_wr
     reports = Reports(monkeypatch, caplog)
     inp = persist_input(result("remote_failed"))
     await run_on_new_worker(settings, inp)
-    monkeypatch.setattr(persist_module, "audit_has", lambda state_dir, line: False)
+    monkeypatch.setattr(records_module, "audit_has", lambda state_dir, line: False)
     await run_on_new_worker(settings, inp)
     assert [line["status"] for line in audit(settings)] == ["remote_failed"]
     assert len(reports.logged()) == 1 and reports.notified == ["remote_failed"]
@@ -246,7 +246,7 @@ async def test_a_success_is_sealed_with_the_signing_key_and_recorded_unsealed_wh
 ):
     (tmp_path / "approval.key").write_bytes(key)
     settings = replace(settings_for(tmp_path), approval_key_file=tmp_path / "approval.key")
-    act = PersistState(StubDeps(settings))  # type: ignore[arg-type]
+    act = Records(StubDeps(settings))  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING):
         await run(act.persist_state, told(result()))
     [(_, kwargs)] = act.deps.client.started  # type: ignore[attr-defined]

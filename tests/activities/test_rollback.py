@@ -10,12 +10,9 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import operator_rollback
-from activities import rollback as rollback_module
-from activities.operator_rollback import RecordRollback
-from activities.persist_state import PersistState
-from activities.rollback import Rollback, RollbackImages
-from activities.single_flight import SingleFlight
+from activities import records as records_module
+from activities.records import Records
+from activities.remote_steps import RemoteSteps
 from platformctl.models import RecordRollbackInput, RollbackImagesInput, RollbackOutcome, RollbackRequest
 from platformctl.state import read_status
 from platformctl.target import derive_target
@@ -42,11 +39,11 @@ def status_file(settings):
 
 
 def rollback(settings):
-    return Rollback(StubDeps(settings)).rollback  # type: ignore[arg-type]
+    return Records(StubDeps(settings)).rollback  # type: ignore[arg-type]
 
 
 async def test_rollback_keeps_every_field_of_the_last_good_apply(settings):
-    await run(PersistState(StubDeps(settings)).persist_state, persist_input())  # type: ignore[arg-type]
+    await run(Records(StubDeps(settings)).persist_state, persist_input())  # type: ignore[arg-type]
     good = read_status(settings.state_dir, "honcho-redis")
 
     out = await run(rollback(settings), rollback_input())
@@ -97,7 +94,7 @@ class Said:
             self.notified.append(notification.event)
             return True
 
-        monkeypatch.setattr(rollback_module, "send", send)
+        monkeypatch.setattr(records_module, "send", send)
 
     def logged(self) -> list[str]:
         return [r.getMessage() for r in self.caplog.records if "ROLLBACK" in r.getMessage()]
@@ -105,7 +102,7 @@ class Said:
 
 async def test_a_rerun_for_the_same_run_writes_logs_and_notifies_nothing_again(settings, monkeypatch, caplog):
     said = Said(monkeypatch, caplog)
-    await run(PersistState(StubDeps(settings)).persist_state, persist_input())  # type: ignore[arg-type]
+    await run(Records(StubDeps(settings)).persist_state, persist_input())  # type: ignore[arg-type]
     first = await run(rollback(settings), rollback_input())
     recorded = status_file(settings).read_bytes()
 
@@ -140,9 +137,9 @@ async def test_an_operator_rollback_recorded_again_by_a_rerun_is_said_once(setti
         sent.append(notification.event)
         return True
 
-    monkeypatch.setattr(operator_rollback, "send", send)
+    monkeypatch.setattr(records_module, "send", send)
     caplog.set_level(logging.INFO, logger="platform.apply")
-    record = RecordRollback(StubDeps(settings)).record_rollback  # type: ignore[arg-type]
+    record = Records(StubDeps(settings)).record_rollback  # type: ignore[arg-type]
     inp = RecordRollbackInput(
         request=None, images=[], workflow_id="rollback-1", run_id="run-1",
         outcome=RollbackOutcome(status="unhealthy", exitCode=4, module="honcho-redis", error="still unhealthy"),
@@ -169,7 +166,7 @@ async def test_an_operator_request_is_checked_by_the_pins_first_attempt_only(tmp
     write_platform(tmp_path)
     settings = settings_for(tmp_path)
     transport = FakeTransport()
-    pin = RollbackImages(StubDeps(settings, transport), SingleFlight()).compose_rollback  # type: ignore[arg-type]
+    pin = RemoteSteps(StubDeps(settings, transport)).compose_rollback  # type: ignore[arg-type]
     expired = RollbackRequest(module="honcho-redis", approved_by="alice", reason="bad release",
                               expires_at="2026-01-01T00:00:00Z").approval_of(SHA)
     inp = RollbackImagesInput(target=derive_target(settings, "honcho-redis"), module="honcho-redis",

@@ -12,7 +12,7 @@ from temporalio.common import RetryPolicy
 from temporalio.testing import ActivityEnvironment
 
 import activities.single_flight as single_flight
-from activities.compose_up import ComposeUp
+from activities.remote_steps import RemoteSteps
 from activities.single_flight import SingleFlight
 from platformctl.models import Approval, ComposeUpInput, ComposeUpResult, RemoteRecord
 from platformctl.target import derive_target
@@ -267,7 +267,7 @@ async def test_compose_up_runs_once_across_attempts(settings):
         approval=Approval(approved_sha=SHA),
     )
     transport = OneUp()
-    up = ComposeUp(StubDeps(settings, transport), SingleFlight()).compose_up  # type: ignore[arg-type]
+    up = RemoteSteps(StubDeps(settings, transport)).compose_up  # type: ignore[arg-type]
     first_env = attempt(1)
     first = asyncio.ensure_future(first_env.run(up, inp))
     while transport.runs == 0:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from activities import build_activities
-from activities.notify import Notify, NotifyInput
+from activities.records import NotifyInput, Records
 from platformctl import notify
 from platformctl.notify import Notification, notify_url, send
 from tests.activities.state_helpers import StubDeps, run, settings_for
@@ -96,7 +96,7 @@ async def test_only_http_urls_are_used(monkeypatch, caplog, url):
 
 async def test_notify_activity_posts_the_approval_event(sink, monkeypatch, tmp_path):
     monkeypatch.setenv("PLATFORM_NOTIFY_URL", sink.url)
-    activity = Notify(StubDeps(settings=settings_for(tmp_path)))  # type: ignore[arg-type]
+    activity = Records(StubDeps(settings=settings_for(tmp_path)))  # type: ignore[arg-type]
     inp = NotifyInput(
         event="awaiting_approval", module="honcho-redis", host="rs2000", workflow_id="apply-9",
         deadline="2025-01-02T00:00:00+00:00",
