@@ -41,12 +41,12 @@ from workflows.registry import ALL_WORKFLOWS
 log = logging.getLogger("platform.worker")
 
 # The dev server's default caps its single shard at 20 task polls a second,
-# which adds ~40 ms to every step of an apply (see MEASURED.md).
+# which delays every step of an apply (docs/performance.md).
 DEV_SERVER_TUNING = (
     "history.transferProcessorMaxPollRPS=10000",
     "history.transferProcessorMaxPollHostRPS=10000",
 )
-# SQLite in WAL mode, synced at checkpoints: bench/dev_store.py measures what it buys.
+# SQLite in WAL mode, synced at checkpoints (what it buys: docs/performance.md).
 # It stays consistent after a crash but may lose the last commits on power loss.
 DEV_SERVER_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
@@ -200,15 +200,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime |
         workflows=ALL_WORKFLOWS,
         activities=build_activities(Deps(settings=settings, transport=transport, client=client)),
         graceful_shutdown_timeout=timedelta(seconds=20),
-        # No sandbox here: it ran each workflow's module again for every instance and went
-        # through it for every payload, about a third of this worker's CPU (README,
-        # Performance). The tests run every workflow, and the replayer every recorded
-        # history, in the SDK's sandbox, so a workflow that reads a clock or does I/O
-        # still fails there.
+        # No sandbox here: it cost much of this worker's CPU (docs/performance.md).
+        # The tests and the replayer run every workflow in the SDK's sandbox, so a workflow
+        # that reads a clock or does I/O still fails there.
         workflow_runner=UnsandboxedWorkflowRunner(),
         # Applies may wait days for approval: past this many, the least recently used
-        # leave the worker's memory and are replayed from history when they next move
-        # (about 0.27 MB each cached; bench/run.py --only rss).
+        # leave the worker's memory and are replayed from history when they next move.
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

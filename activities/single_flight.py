@@ -1,31 +1,17 @@
 """One run of a host-changing command per activity, however many attempts the server starts.
 
-When the Temporal server is gone for longer than an activity's heartbeat
-timeout, it gives up on the attempt (no heartbeat, or its result report, got
-through) and starts another, perhaps while the first still runs here: compose
-up would run twice, the runs perhaps overlapping (what the project lock
-exists to prevent). So a later attempt of the same activity (same workflow
-run and activity id) on this worker waits for the run already under way, or
-takes the result of one that finished recently, instead of running the
-command again.
+When the server loses touch with a worker for longer than the heartbeat
+timeout, it starts another attempt while the first may still run here. A later
+attempt of the same activity (same workflow run and activity id) on this
+worker therefore waits for the run under way, or takes the result of one that
+finished recently, instead of running the command again.
 
-A dropped attempt is not retried when the workflow had asked to cancel the
-activity: the server records the timeout and the workflow moves on, to its
-rollback or to its end and the release of the project lock, perhaps before
-this worker hears that the attempt was dropped. A workflow runs its compose
-commands one after another, so a run of the same workflow run still going
-when its next command starts is such an orphan: it is killed, and waited
-for, first. A run of another workflow is never killed: the project lock's
-hand-over is only a signal, which anyone with namespace access can forge,
-and killing a live compose up made its retry run it a second time,
-overlapping the newcomer's. The newcomer waits for it instead (one no attempt
-adopts is killed within ADOPT_WITHIN_S, any other ends at its timeout).
-
-Only successful runs are kept: a failure is what a retry is for. Nothing
-outlives the worker process, and needs not: compose up is answered by the
-host agent once per workflow run (the next attempt, on any worker, gets its
-outcome), and the old process's other commands die with its SSH channels
-(host/platform-gate watches for that), so they run again without overlapping.
+A run of the same workflow run still going when its next command starts is an
+orphan the workflow has moved past (it asked to cancel it): it is killed, and
+waited for, first. A run of another workflow is never killed, since the
+project lock's hand-over is a signal anyone with namespace access can forge:
+the newcomer waits for it instead. Only successes are kept, nothing outlives
+the process, and across workers the host agent answers compose up once per run.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ with workflow.unsafe.imports_passed_through():
 # Deprecated patches (Temporal's patched, then deprecated, then gone): runs of the
 # previous version hold their markers, so each is still asked, with
 # workflow.deprecate_patch, where that version asked workflow.patched (here and in
-# the step modules). The branches of the versions before it are gone (README,
-# upgrading): a worker replays the previous version's histories
+# the step modules). The branches of the versions before it are gone
+# (docs/upgrade.md): a worker replays the previous version's histories
 # (tests/workflows/histories/v18) and its own.
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every apply and rollback
 

@@ -51,9 +51,8 @@ OPEN_ANSWER_S = 2.0  # a live sshd confirms a channel open in milliseconds, busy
 KILL_GRACE_S = 2.0  # how long to wait for the host to confirm a killed channel closed
 READ_CHUNK = 64 * 1024
 OPEN_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)  # a refused channel open is retried after each
-# AES-GCM ahead of asyncssh's defaults (chacha20-poly1305 first), which follow: with
-# AES-NI it costs the worker a third less CPU per pooled command (0.99 against 1.45 ms,
-# five interleaved rounds of 100: bench/ssh_cipher.py), and every OpenSSH since 6.2 offers it.
+# AES-GCM ahead of asyncssh's defaults (chacha20-poly1305 first), which follow: with AES-NI
+# it costs the worker less CPU per command (docs/performance.md); OpenSSH offers it since 6.2.
 CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 
 
