@@ -1,11 +1,15 @@
-"""The README's operator recipes, run as printed.
+"""The operator recipes of README.md and docs/, run as printed.
 
-Every ```sh block of README.md from "## The platform-apply command" to
-"### Guarantees worth knowing" (the platform-apply command and the temporal
-CLI sections) is read from the README at test time and run verbatim, in
-order, as an operator would paste them into one terminal at the repository
-root: against a real Temporal dev server, the real `worker.py` (gate open,
-PLATFORMCTL_PHASE=05: the README's recipes apply for real and say
+Every ```sh block of README.md and docs/*.md is accounted for: either it
+runs here, or NOT_RUN names it (by its exact code) with the reason; a new
+block that is neither fails. The blocks that run are read from their pages
+at test time and run verbatim, page by page in SESSION's order (the README's
+first real apply, then docs/operating.md: the platform-apply command and the
+temporal CLI, then docs/approvals.md's openssl signature, then
+docs/upgrade.md's list query), each page's blocks in their order, as an
+operator would paste them into one terminal at the repository root: against
+a real Temporal dev server, the real `worker.py` (gate open,
+PLATFORMCTL_PHASE=05: the recipes apply for real and say
 `exit 9`/`applied`), and a real OpenSSH sshd with the stand-in docker
 standing in for `rs2000`.
 
@@ -17,10 +21,10 @@ standing in for `rs2000`.
   the shell state the blocks before it left (variables, functions, working
   directory), under a per-block timeout.
 - A block exits 0, unless the comment on its last line says `exits N`: then
-  it must exit N. Other fences in the section must say what they are
-  (```text, ```json, ...) and are not run.
+  it must exit N. Every other fence of README.md and docs/*.md must say what
+  it is (```text, ```json, ```yaml) and is not run.
 
-So a renamed flag, signal, workflow id or output in the README fails here.
+So a renamed flag, signal, workflow id or output in the docs fails here.
 """
 
 from __future__ import annotations
@@ -50,70 +54,104 @@ from platformctl.policy.plan import plan_digest
 from tests.e2e.conftest import E2E, REPO, VENV_BIN, ssh_host_entry
 from tests.sshd import COMPOSE_FILE, SshHost
 
-README = REPO / "README.md"
-SECTION_START = "## The platform-apply command"
-SECTION_END = "### Guarantees worth knowing"
+# The recipe session: the ```sh blocks of these pages run in this order, as one terminal
+# (each page continues the shell state of the ones before it: PLATFORM_ROOT, SHA, plan.json, keys).
+SESSION = ("README.md", "docs/operating.md", "docs/approvals.md", "docs/upgrade.md")
+# Every other ```sh block of README.md and docs/*.md, by its exact code: why it does not run here.
+NOT_RUN = {
+    "make run     # creates ./.venv, then: .venv/bin/python worker.py --dev\n"
+    "make test    # creates ./.venv, then: .venv/bin/python -m pytest\n":
+        "README.md's two commands: `make run` serves until stopped (this test runs the worker.py it starts, "
+        "on a dev server of its own), and `make test` is the whole suite, which .ci/run runs",
+}
 RUN_FENCE = "sh"
 NOT_RUN_FENCES = {"text", "json", "yaml"}  # illustrative only: never run
-TASK_QUEUE = "platform-apply"  # the README's commands name the default task queue
+TASK_QUEUE = "platform-apply"  # the recipes name the default task queue
 HOST = "rs2000"
 MODULE = "honcho-redis"
-# The example's 30 s stability window, in real time, for every apply the README makes.
+# The example's 30 s stability window, in real time, for every apply the recipes make.
 FAST_HEALTH = {"stable_seconds": 1, "timeout_seconds": 10, "poll_seconds": 1}
 BLOCK_TIMEOUT_S = 45
 EXPECTED_EXIT = re.compile(r"#.*?\bexits (\d+)\b")
-MIN_BLOCKS = 8  # fewer means the section's fences changed shape: look before trusting a green run
+MIN_BLOCKS = 10  # fewer means the pages' fences changed shape: look before trusting a green run
 
 pytestmark = pytest.mark.timeout(240)
 
 
-# ---- the README's blocks ---------------------------------------------------
+# ---- the pages' blocks -----------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Block:
-    number: int  # 1-based, in the section
-    line: int  # README line of the block's first line of code
+    number: int  # 1-based, in the session (0 for a block that does not run)
+    page: str  # relative to the repository, e.g. docs/operating.md
+    line: int  # the page's line of the block's first line of code
     code: str
     expected_exit: int
 
     def title(self) -> str:
-        return f"README.md block {self.number} (line {self.line})"
+        return f"{self.page} block {self.number} (line {self.line})"
 
 
-def operator_blocks(text: str) -> list[Block]:
-    """The section's ```sh blocks; any other fence must be one that is clearly not run."""
+def pages() -> list[str]:
+    """README.md and every docs/*.md, as paths relative to the repository."""
+    return ["README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))]
+
+
+def sh_blocks(page: str, text: str) -> list[Block]:
+    """The page's ```sh blocks, in order; any other fence must be one that is clearly not run.
+    (Fences indented under a list item count too: their indent is stripped.)"""
     lines = text.splitlines()
-    try:
-        start = lines.index(SECTION_START)
-        end = lines.index(SECTION_END, start)
-    except ValueError as e:
-        raise AssertionError(f"README.md lost a heading this test relies on: {e}") from None
     blocks: list[Block] = []
-    i = start
-    while i < end:
-        if not lines[i].startswith("```"):
+    i = 0
+    while i < len(lines):
+        opening = lines[i].lstrip()
+        if not opening.startswith("```"):
             i += 1
             continue
-        info = lines[i][3:].strip()
+        indent = len(lines[i]) - len(opening)
+        info = opening[3:].strip()
         body_start = i + 1
         i = body_start
-        while i < end and lines[i].strip() != "```":
+        while i < len(lines) and lines[i].strip() != "```":
             i += 1
-        assert i < end, f"unclosed ``` fence at README.md line {body_start}"
-        body = lines[body_start:i]
+        assert i < len(lines), f"unclosed ``` fence at {page} line {body_start}"
+        body = [line[indent:] for line in lines[body_start:i]]
         i += 1
         if info != RUN_FENCE:
             assert info in NOT_RUN_FENCES, (
-                f"README.md line {body_start}: a ```{info} fence in the operator section; use ```{RUN_FENCE} "
-                f"for a block that runs, or one of {sorted(NOT_RUN_FENCES)} for one that is only illustrative"
+                f"{page} line {body_start}: a ```{info} fence; use ```{RUN_FENCE} for a block that runs, "
+                f"or one of {sorted(NOT_RUN_FENCES)} for one that is only illustrative"
             )
             continue
         code = "\n".join(body) + "\n"
         last = next((line for line in reversed(body) if line.strip()), "")
         said = EXPECTED_EXIT.search(last)
-        blocks.append(Block(len(blocks) + 1, body_start + 1, code, int(said[1]) if said else 0))
+        blocks.append(Block(0, page, body_start + 1, code, int(said[1]) if said else 0))
     return blocks
+
+
+def all_sh_blocks() -> list[Block]:
+    return [block for page in pages() for block in sh_blocks(page, (REPO / page).read_text())]
+
+
+def operator_blocks() -> list[Block]:
+    """The session's blocks, numbered in the order they run. Every ```sh block of README.md
+    and docs/*.md runs, or is in NOT_RUN with the reason: one that is neither fails here."""
+    found = all_sh_blocks()
+    unaccounted = [b for b in found if b.code not in NOT_RUN and b.page not in SESSION]
+    assert not unaccounted, (
+        "```sh blocks that the recipe test neither runs nor lists in NOT_RUN: "
+        + ", ".join(f"{b.page} line {b.line}" for b in unaccounted)
+        + ". Add the page to SESSION (its blocks then run, in order, after the pages before it), or the "
+        "block's exact code to NOT_RUN with why it cannot run here."
+    )
+    stale = [code for code in NOT_RUN if code not in {b.code for b in found}]
+    assert not stale, f"NOT_RUN names blocks that no page holds any more: {stale}"
+    missing = [page for page in SESSION if not (REPO / page).is_file()]
+    assert not missing, f"SESSION names pages that do not exist: {missing}"
+    run = sorted((b for b in found if b.code not in NOT_RUN), key=lambda b: SESSION.index(b.page))  # stable
+    return [Block(n, b.page, b.line, b.code, b.expected_exit) for n, b in enumerate(run, 1)]
 
 
 # ---- one shell session, a block at a time --------------------------------
@@ -224,6 +262,7 @@ def _search(pattern: str, flags: int = re.M) -> Callable[[str], bool]:
 
 
 def checks(sha: str) -> list[Check]:
+    seen: dict[str, str] = {}  # what an earlier block printed, for a later block's check
     example_plan = json.loads((REPO / "example" / "plan.json").read_text())["plan"]
     wid = apply_id(MODULE, sha, plan_digest(example_plan))
     status_line = _search(rf"^{MODULE}: {sha[:12]} PR #165 applied \S+ by ci \((apply|reapply)-{MODULE}-{sha[:12]}")
@@ -237,6 +276,7 @@ def checks(sha: str) -> list[Check]:
 
     def signed(r: Ran) -> bool:
         approval = json.loads(r.stdout.strip().splitlines()[-1])
+        seen["signature"] = approval.get("signature", "")
         return (approval["approved_sha"], approval["approved_pr"]) == (sha, 165) and re.fullmatch(
             r"[0-9a-f]{64}", approval.get("signature", "")
         ) is not None
@@ -261,7 +301,7 @@ def checks(sha: str) -> list[Check]:
         Check("platform-apply reapply", "re-applied", lambda r: re.search(rf"^{MODULE}: applied\b", r.stdout, re.M)
               is not None),
         Check("platform-apply schedule", "created", lambda r: "schedule platform-reapply created" in r.stdout),
-        Check("platform-apply sign", "a signed approval", signed),
+        Check("platform-apply sign", "a signed approval", signed, unless="openssl dgst"),
         Check("temporal workflow execute", "the apply's result: applied, exit code 9",
               lambda r: re.search(r'^\s*Status\s+COMPLETED$', r.stdout, re.M) is not None
               and '"exitCode":9' in r.stdout and '"status":"applied"' in r.stdout, unless="-o json"),
@@ -273,10 +313,12 @@ def checks(sha: str) -> list[Check]:
               lambda r: "rejected by alice: not during the sale" in r.stdout),
         Check("-o json > out.json", "the CI recipe prints the exit code of applied",
               lambda r: r.stdout.strip().splitlines()[-1:] == ["9"]),
+        Check("openssl dgst -sha256 -hmac", "openssl's signature is the one `platform-apply sign` gave",
+              lambda r: bool(seen.get("signature")) and r.stdout.strip().splitlines()[-1:] == [seen["signature"]]),
     ]
 
 
-# ---- the platform the README operates on -----------------------------------
+# ---- the platform the recipes operate on -----------------------------------
 
 
 def plan_sha() -> str:
@@ -293,7 +335,7 @@ def repo_copy(base: Path, host: SshHost) -> Path:
     assert made.returncode == 0, made.stderr
     hosts_path = repo / "example" / "hosts.yaml"
     hosts = yaml.safe_load(hosts_path.read_text())
-    assert HOST in hosts["hosts"], f"example/hosts.yaml has no {HOST!r}: the README's recipes name it"
+    assert HOST in hosts["hosts"], f"example/hosts.yaml has no {HOST!r}: the recipes name it"
     hosts["hosts"][HOST].update(ssh_host_entry(host))  # address, port, user, remote_root, pinned key, client key
     hosts_path.write_text(yaml.safe_dump(hosts))
     module_path = repo / "example" / "modules" / MODULE / "module.yaml"
@@ -319,7 +361,7 @@ def shell_env(e2e: E2E, home: Path) -> dict[str, str]:
 
 
 async def clean_up(client: Client, blocks: list[Block]) -> None:
-    """Delete the Schedules the blocks create and end what still runs on the README's task queue."""
+    """Delete the Schedules the blocks create and end what still runs on the recipes' task queue."""
     schedule_ids = {"platform-reapply"}  # `platform-apply schedule`'s default id
     for block in blocks:
         schedule_ids.update(re.findall(r"--schedule-id\s+(\S+)", block.code))
@@ -338,9 +380,10 @@ async def clean_up(client: Client, blocks: list[Block]) -> None:
 # ---- the test ----------------------------------------------------------------
 
 
-def test_the_operator_section_has_runnable_blocks() -> None:
-    """Cheap, no services: the section parses, and its exit-code comments are where they belong."""
-    blocks = operator_blocks(README.read_text())
+def test_every_sh_block_is_run_or_listed_with_its_reason() -> None:
+    """Cheap, no services: the pages parse, every ```sh block is accounted for, and the exit-code
+    comments are where they belong."""
+    blocks = operator_blocks()
     assert len(blocks) >= MIN_BLOCKS, [b.title() for b in blocks]
     for block in blocks:
         for line in block.code.splitlines()[:-1]:
@@ -352,6 +395,14 @@ def test_the_operator_section_has_runnable_blocks() -> None:
         assert "…" not in block.code and "[...]" not in block.code, f"{block.title()} holds a placeholder"
 
 
+@pytest.mark.parametrize("code", list(NOT_RUN), ids=lambda code: code.splitlines()[0][:40])
+def test_sh_blocks_not_run_here(code: str) -> None:
+    """Listed, not silently ignored: each ```sh block that cannot run in this test, and why."""
+    where = [f"{b.page} line {b.line}" for b in all_sh_blocks() if b.code == code]
+    assert where, f"no page holds this NOT_RUN block any more:\n{code}"
+    pytest.skip(f"{', '.join(where)}: {NOT_RUN[code]}")
+
+
 async def test_every_operator_block_runs_as_printed(e2e: E2E, sshd_host: SshHost, tmp_path: Path) -> None:
     sha = plan_sha()
     sshd_host.set_head_sha(sha)  # the host's checkout is at the commit the plan was made for
@@ -360,7 +411,7 @@ async def test_every_operator_block_runs_as_printed(e2e: E2E, sshd_host: SshHost
     home.mkdir()
     e2e.root = repo / "example"
     e2e.task_queue = TASK_QUEUE
-    blocks = operator_blocks(README.read_text())
+    blocks = operator_blocks()
     assert len(blocks) >= MIN_BLOCKS, [b.title() for b in blocks]
     await clean_up(e2e.client, blocks)  # nothing of an earlier run on this server
     await e2e.start_worker(phase="05")
@@ -375,14 +426,14 @@ async def test_every_operator_block_runs_as_printed(e2e: E2E, sshd_host: SshHost
             e2e.check_workers()
             if result.code != block.expected_exit:
                 raise AssertionError(
-                    f"{block.title()} exited {result.code}, the README says {block.expected_exit}\n"
+                    f"{block.title()} exited {result.code}, the page says {block.expected_exit}\n"
                     f"{result.transcript()}\n--- worker log ---\n{e2e.all_logs()[-3000:]}"
                 )
             for check in all_checks:
                 if check.applies(block):
                     used.add(check.needle)
                     assert check.holds(result), f"{block.title()}: {check.what}\n{result.transcript()}"
-        # The Schedule the temporal CLI recipe made re-applies on the README's task queue.
+        # The Schedule the temporal CLI recipe made re-applies on the recipes' task queue.
         action = (await e2e.client.get_schedule_handle("platform-reapply").describe()).schedule.action
         assert isinstance(action, ScheduleActionStartWorkflow), action
         assert (action.workflow, action.task_queue) == ("ReapplyWorkflow", TASK_QUEUE), action
@@ -390,7 +441,7 @@ async def test_every_operator_block_runs_as_printed(e2e: E2E, sshd_host: SshHost
         await clean_up(e2e.client, blocks)
 
     unmatched = [c.needle for c in all_checks if c.needle not in used]
-    assert not unmatched, f"no README block holds {unmatched}: update the checks with the README"
+    assert not unmatched, f"no block of {SESSION} holds {unmatched}: update the checks with the pages"
 
     # What the recipes did, seen from outside the shell.
     audit = e2e.audit()
