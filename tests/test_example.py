@@ -1,4 +1,4 @@
-"""The README's first steps: `make run`'s example platform dry-runs its plan as shipped."""
+"""The README's first apply, before the gate opens: `make run`'s example platform dry-runs its plan as shipped."""
 
 from __future__ import annotations
 

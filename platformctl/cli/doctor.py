@@ -158,7 +158,7 @@ async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> i
     except (ConnectFailed, HostKeyMismatch, AuthenticationFailed) as e:
         report.fail("host agent", str(e))
         return None
-    upgrade = "install host/ on the host (README, preparing a host)"
+    upgrade = "install host/ on the host (docs/security.md, preparing a host)"
     if out.returncode in (commands.GATE_REFUSED, 127):
         gate = "the gate refused `check`" if out.returncode == commands.GATE_REFUSED else "no gate (exit 127)"
         report.fail("host agent", f"older than v{commands.AGENT_PROTOCOL} or missing ({gate}): {upgrade}")

@@ -5,7 +5,7 @@ non-determinism inside the code as it is now. `histories/vN/` holds the set
 (in flight and finished) of the previous version, recorded right before the
 workflow change that made this one (tests/workflows/test_record_histories.py):
 what a new worker must replay when it takes over. Older sets leave with the
-branches they needed (README, upgrading).
+branches they needed (docs/upgrade.md).
 """
 
 from __future__ import annotations
