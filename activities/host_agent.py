@@ -44,7 +44,7 @@ async def ask(
         if out.returncode == NOT_FOUND:
             raise PolicyViolation(
                 f"{host.name}: no host agent (`platform-agent` not found, exit {NOT_FOUND}): the deploy key "
-                "must run host/platform-gate as its forced command (README, preparing a host)"
+                "must run host/platform-gate as its forced command (docs/security.md, preparing a host)"
             )
         if out.returncode == commands.GATE_REFUSED:
             raise OlderAgent(f"{host.name}: the host's gate refused `{verb}`")

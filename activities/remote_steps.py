@@ -160,7 +160,7 @@ class RemoteSteps(StepActivities):
         except host_agent.OlderAgent:
             raise PolicyViolation(
                 f"{target.host.name}: host agent older than v{commands.AGENT_PROTOCOL} (the gate refused "
-                "`apply --lease`): install host/ on the host (README, upgrade)"
+                "`apply --lease`): install host/ on the host (docs/upgrade.md)"
             ) from None
         return host_agent.apply_outcome(target, answer, run)
 
