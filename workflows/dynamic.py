@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
 # workflow.deprecate_patch, where that version asked workflow.patched (here and in
 # the step modules). The branches of the versions before it are gone
 # (docs/upgrade.md): a worker replays the previous version's histories
-# (tests/workflows/histories/v18) and its own.
+# (tests/workflows/histories/v19) and its own.
 LOCK_HAND_OVER_PATCH = "lock-hand-over"  # at the start of every apply and rollback
 
 

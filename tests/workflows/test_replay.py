@@ -27,7 +27,7 @@ from tests.platform_files import apply_input, approval
 from workflows.health_check import HEALTH_MISSED_POLL_PATCH
 from workflows.registry import ALL_WORKFLOWS
 
-PREVIOUS = Path(__file__).parent / "histories" / "v18"  # the version before this one
+PREVIOUS = Path(__file__).parent / "histories" / "v19"  # the version before this one
 RECORDED = PREVIOUS / "applied.json"
 
 
