@@ -45,7 +45,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval import ApprovalGate
     from workflows.lock_client import ProjectLockClient
     from workflows.messages import apply_input, module_named
-    from workflows.project_lock import LOCK_FREE, workflow_ids
     from workflows.steps import (
         PLATFORM_HOST,
         PLATFORM_MODULE,
@@ -303,9 +302,7 @@ class ApplyWorkflow:
             self._gate.on_approve(args)
         elif name == "reject":
             self._gate.on_reject(args)
-        elif name == LOCK_FREE:
-            self._lock.free = workflow_ids(args)
-        else:
+        elif not self._lock.on_signal(name, args):
             workflow.logger.warning("ignored unknown signal %r", name[:100])
 
     async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:

@@ -4,19 +4,27 @@ visibility (the host agent's lease is what keeps two runs of a project apart).""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.lookups import Lookups
     from platformctl.models import LockHolderInput, LockRequest, Target
-    from workflows.project_lock import ENQUEUE, RELEASE, ProjectLockWorkflow, hand_on, project_lock_id
+    from workflows.project_lock import (
+        ENQUEUE,
+        LOCK_FREE,
+        RELEASE,
+        ProjectLockWorkflow,
+        hand_on,
+        project_lock_id,
+        workflow_ids,
+    )
     from workflows.steps import Steps, Stop, uncancellable
 
 # Patches the previous version asked here (workflows/dynamic.py: deprecated patches).
@@ -38,7 +46,7 @@ LOCK_HOLDER_STEP = workflow.ActivityConfig(
 
 class ProjectLockClient:
     """Held by one run: `lock_id` while it waits or holds, `free` the queue the previous
-    holder handed on with LOCK_FREE (the run's signal handler sets it)."""
+    holder handed on with LOCK_FREE (the run passes its signals to on_signal)."""
 
     def __init__(self, steps: Steps, raise_if_rejected: Callable[[], None], rejected: Callable[[], bool]) -> None:
         self._steps = steps
@@ -46,6 +54,13 @@ class ProjectLockClient:
         self._rejected = rejected
         self.lock_id: str | None = None
         self.free: list[str] | None = None
+
+    def on_signal(self, name: str, args: Sequence[RawValue]) -> bool:
+        """Whether the signal was the lock's hand-over (LOCK_FREE), which this takes."""
+        if name != LOCK_FREE:
+            return False
+        self.free = workflow_ids(args)
+        return True
 
     @asynccontextmanager
     async def hold(self, target: Target, module: str) -> AsyncIterator[None]:

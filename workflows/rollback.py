@@ -47,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows import health_check, images
     from workflows.lock_client import ProjectLockClient
     from workflows.messages import first_json, rejection, stop_if_rejected
-    from workflows.project_lock import LOCK_FREE, workflow_ids
     from workflows.steps import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS, Steps, Stop, uncancellable
 
 ROLLBACK_WORKFLOW = "RollbackWorkflow"
@@ -151,9 +150,9 @@ class OperatorRollback:
             raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
 
     def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
-        if name == LOCK_FREE:
-            self.lock.free = workflow_ids(args)
-        elif name == "reject":
+        if self.lock.on_signal(name, args):
+            return
+        if name == "reject":
             self.rejected = rejection(first_json(args, default={}))
         else:
             workflow.logger.warning("ignored signal %r to a rollback", name[:100])
