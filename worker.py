@@ -29,7 +29,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 import platformctl.dependency_warnings  # noqa: F401  (first of ours: before asyncssh loads)
 from activities import Deps, build_activities
-from platformctl.client import connect, register_search_attributes
+from platformctl.client import connect, connect_hint, register_search_attributes, unshown_notices
 from platformctl.config import Settings
 from platformctl.logs import setup_logging
 from platformctl.metrics import runtime_from_env
@@ -185,6 +185,8 @@ def preflight(settings: Settings) -> None:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime | None = None) -> None:
+    for notice in unshown_notices(settings):
+        log.warning(notice)
     try:
         client = await connect(settings, runtime)
         await register_search_attributes(client, settings.namespace)
@@ -192,6 +194,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, runtime: Runtime |
         why = " ".join(str(e).split())[:300] or type(e).__name__
         raise SystemExit(
             f"cannot use Temporal at {settings.temporal_address} (namespace {settings.namespace}): {why}"
+            + connect_hint(settings, why)
         ) from None
     transport = SshTransport()
     worker = Worker(

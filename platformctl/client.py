@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client, TLSConfig
+from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
@@ -22,29 +20,43 @@ SEARCH_ATTRIBUTES = tuple(
 )
 
 
-def tls_from_env() -> TLSConfig | bool:
-    """TEMPORAL_TLS_CERT/KEY/CA are file paths; any of them, TEMPORAL_TLS_SERVER_NAME
-    (the name to verify) or TEMPORAL_API_KEY alone turns TLS on."""
-    paths = {n: os.environ.get(f"TEMPORAL_TLS_{n}") for n in ("CERT", "KEY", "CA")}
-    domain = os.environ.get("TEMPORAL_TLS_SERVER_NAME") or None
-    if not any(paths.values()) and domain is None:
-        return bool(os.environ.get("TEMPORAL_API_KEY"))
-    data = {n: Path(p).read_bytes() if p else None for n, p in paths.items()}
-    return TLSConfig(
-        client_cert=data["CERT"], client_private_key=data["KEY"], server_root_ca_cert=data["CA"], domain=domain
-    )
+_shown: set[str] = set()
+
+
+def unshown_notices(settings: Settings) -> list[str]:
+    """The connection's notices (deprecated names used) not yet shown by this process:
+    each entry point shows them its own way, once."""
+    fresh = [n for n in settings.temporal.notices if n not in _shown]
+    _shown.update(fresh)
+    return fresh
 
 
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
-    """`runtime`: one with telemetry (metrics); None is the SDK's default runtime."""
+    """Connect as the temporal CLI would with the same environment (Settings.temporal);
+    `runtime`: one with telemetry (metrics), None is the SDK's default runtime."""
+    # Reads the TLS files here: an unreadable one fails the connection, not the settings.
+    config = settings.temporal.profile.to_client_connect_config()
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.namespace,
         data_converter=pydantic_data_converter,
-        tls=tls_from_env(),
-        api_key=os.environ.get("TEMPORAL_API_KEY") or None,
+        tls=config.get("tls", False),
+        api_key=config.get("api_key"),
+        rpc_metadata=config.get("rpc_metadata", {}),
         runtime=runtime,
     )
+
+
+def connect_hint(settings: Settings, why: str) -> str:
+    """What to add to a failed connection's message when TLS has no client certificate: a
+    server that requires one refuses after the TLS 1.3 handshake, and the SDK then reports
+    a bare transport error."""
+    profile = settings.temporal.profile
+    has_client_cert = profile.tls is not None and profile.tls.client_cert is not None
+    if not settings.temporal.tls or has_client_cert or profile.api_key is not None or "tcp connect error" in why:
+        return ""
+    return ("; TLS is on without a client certificate: if the server requires one (mTLS), set "
+            "TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH")
 
 
 async def register_search_attributes(client: Client, namespace: str) -> None:

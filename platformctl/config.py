@@ -11,12 +11,14 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from temporalio.envconfig import ClientConfigProfile
 
 from platformctl.commands import SERVICE_NAME
 from platformctl.models import HealthConfig, HostConfig, RollbackPolicy, brief_errors
@@ -34,6 +36,29 @@ _BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "l
 DEFAULT_SACRED_PATHS = (".env", ".git/", "secrets/", "/etc/", "/root/")
 # libyaml's safe loader where PyYAML was built with it (same documents, C speed).
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+DEFAULT_TEMPORAL_ADDRESS, DEFAULT_NAMESPACE = "localhost:7233", "default"
+# Our names from before temporalio.envconfig, still read (with a notice) as the standard
+# name they stand for, which the temporal CLI reads too.
+DEPRECATED_TEMPORAL_NAMES = {
+    "TEMPORAL_TLS_CERT": "TEMPORAL_TLS_CLIENT_CERT_PATH",
+    "TEMPORAL_TLS_KEY": "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    "TEMPORAL_TLS_CA": "TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+}
+
+
+@dataclass(frozen=True)
+class TemporalConnection:
+    """The connection beyond address and namespace (TLS, API key, gRPC headers) as
+    temporalio.envconfig resolved it, and notices to show once (deprecated names used)."""
+
+    profile: ClientConfigProfile = field(default_factory=ClientConfigProfile)
+    notices: tuple[str, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        """What the SDK turns TLS on for: a TLS setting not disabled, or an API key."""
+        tls = self.profile.tls
+        return tls.disabled is not True if tls is not None else self.profile.api_key is not None
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,8 @@ class Settings:
     phase: str
     approval_key_file: Path | None = None  # PLATFORM_APPROVAL_KEY_FILE: only signed approvals count
     heartbeat_timeout_seconds: int = HEARTBEAT_TIMEOUT_S  # PLATFORM_HEARTBEAT_TIMEOUT_SECONDS
+    # Not in repr: it may hold an API key. The default (plain, no TLS) is for settings built by hand.
+    temporal: TemporalConnection = field(default_factory=TemporalConnection, repr=False, compare=False)
 
     @property
     def execute_remote(self) -> bool:
@@ -56,9 +83,10 @@ class Settings:
         env = dict(os.environ if env is None else env)
         root = Path(env.get("PLATFORM_ROOT") or os.getcwd()).resolve()
         state = Path(env.get("PLATFORM_STATE_DIR") or root / ".platform" / "state")
+        temporal = temporal_connection(env)
         return cls(
-            temporal_address=env.get("TEMPORAL_ADDRESS") or "localhost:7233",
-            namespace=env.get("TEMPORAL_NAMESPACE") or "default",
+            temporal_address=temporal.profile.address or DEFAULT_TEMPORAL_ADDRESS,
+            namespace=temporal.profile.namespace or DEFAULT_NAMESPACE,
             task_queue=env.get("PLATFORM_TASK_QUEUE") or "platform-apply",
             platform_root=root,
             state_dir=state.resolve(),
@@ -69,6 +97,7 @@ class Settings:
             heartbeat_timeout_seconds=_bounded_seconds(
                 env, "PLATFORM_HEARTBEAT_TIMEOUT_SECONDS", HEARTBEAT_TIMEOUT_S, HEARTBEAT_TIMEOUT_BOUNDS
             ),
+            temporal=temporal,
         )
 
     def approval_key(self) -> bytes | None:
@@ -82,6 +111,53 @@ class Settings:
         if len(key) < 16:
             raise ToolError("PLATFORM_APPROVAL_KEY_FILE holds fewer than 16 bytes: not a usable signing key")
         return key
+
+
+def temporal_connection(env: Mapping[str, str]) -> TemporalConnection:
+    """The Temporal client settings as the temporal CLI reads them (temporalio.envconfig:
+    the profile TEMPORAL_PROFILE names in TEMPORAL_CONFIG_FILE or the default temporal.toml,
+    each TEMPORAL_* variable over it), or a ValueError naming what is wrong."""
+    variables, notices = _standard_temporal_names(env)
+    try:
+        profile = ClientConfigProfile.load(override_env_vars=variables)
+    except RuntimeError as e:  # the SDK's ConfigError: no such profile, TOML syntax, _PATH and _DATA both set
+        where = ", ".join(f"{n}={variables[n]}" for n in ("TEMPORAL_CONFIG_FILE", "TEMPORAL_PROFILE") if n in variables)
+        why = " ".join(str(e).split())
+        raise ValueError(f"Temporal client configuration{f' ({where})' if where else ''}: {why}") from None
+    tls = profile.tls
+    if tls is not None and (tls.client_cert is None) != (tls.client_private_key is None):
+        raise ValueError("a Temporal client certificate needs its key and a key its certificate: set both "
+                         "TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH (or the profile's tls)")
+    if variables.get("TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "").lower() in ("true", "1"):
+        # The temporal CLI honours it; the Python SDK has no such option.
+        notices.append("TEMPORAL_TLS_DISABLE_HOST_VERIFICATION is ignored: the Temporal Python SDK always verifies "
+                       "the server's certificate (set TEMPORAL_TLS_SERVER_NAME to the name it holds)")
+    return TemporalConnection(profile, tuple(notices))
+
+
+def _standard_temporal_names(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The TEMPORAL_* variables envconfig reads, each deprecated name under its standard one.
+    An empty variable counts as unset, as it always has here (the temporal CLI reads an
+    empty namespace as the default too), but for a gRPC header, where empty removes it."""
+    variables = {
+        k: v for k, v in env.items() if k.startswith("TEMPORAL_") and (v or k.startswith("TEMPORAL_GRPC_META_"))
+    }
+    renamed: list[str] = []
+    for old, new in DEPRECATED_TEMPORAL_NAMES.items():
+        value = variables.pop(old, None)
+        if value is None:
+            continue
+        data = new.removesuffix("_PATH") + "_DATA"
+        if data in variables:
+            raise ValueError(f"{old} and {data} are both set: set only {data} ({old} is deprecated)")
+        if new in variables and os.path.abspath(variables[new]) != os.path.abspath(value):
+            raise ValueError(f"{old} ({value}) and {new} ({variables[new]}) name different files: "
+                             f"set only {new} ({old} is its deprecated name)")
+        variables[new] = value
+        renamed.append(f"{old} is now {new}")
+    notices = [f"deprecated: {', '.join(renamed)} (the names the temporal CLI reads; the old ones still work "
+               "for now)"] if renamed else []
+    return variables, notices
 
 
 def _bounded_seconds(env: dict[str, str], name: str, default: int, bounds: tuple[int, int]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from platformctl.client import connect
+from platformctl.client import connect, connect_hint, unshown_notices
 from platformctl.config import MODULE_ID, Settings
 from platformctl.models import Approval, brief_errors
 from platformctl.outcomes import OUTCOMES, ApplyError
@@ -47,6 +48,8 @@ def usage_error(message: str) -> CliError:
 
 async def connect_client(settings: Settings) -> Client:
     """platformctl.client.connect, bounded: an unreachable server is exit 2 within seconds."""
+    for notice in unshown_notices(settings):
+        print(f"platform-apply: {notice}", file=sys.stderr)
     try:
         return await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT_S)
     except TimeoutError:
@@ -55,7 +58,8 @@ async def connect_client(settings: Settings) -> Client:
         why = " ".join(str(e).split())[:300] or type(e).__name__
     raise CliError(
         EXIT_UNREACHABLE,
-        f"cannot reach Temporal at {settings.temporal_address} (namespace {settings.namespace}): {why}",
+        f"cannot reach Temporal at {settings.temporal_address} (namespace {settings.namespace}): {why}"
+        + connect_hint(settings, why),
     )
 
 
