@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import ipaddress
 import logging
 import os
 import shutil
@@ -109,6 +110,13 @@ def _dies_with(parent: int) -> Callable[[], None]:
     return preexec
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
+
+
 def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
     """Start `temporal server start-dev` (SQLite-backed, Web UI on) unless something already listens."""
     if _listening(settings.temporal_address):
@@ -116,6 +124,14 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes] | None:
                  "and will not stop it", settings.temporal_address)
         return None
     host, port = _host_port(settings.temporal_address)
+    # The address may come from a profile meant for a real cluster: a plaintext server
+    # of our own must not stand in for it (nor listen beyond this machine).
+    if not _loopback(host):
+        raise SystemExit(f"--dev: nothing listens at {settings.temporal_address}, and the embedded dev server "
+                         "starts only on localhost or a loopback address (check TEMPORAL_ADDRESS or the profile)")
+    if settings.temporal.tls:
+        raise SystemExit(f"--dev: nothing listens at {settings.temporal_address}, and the embedded dev server "
+                         "has no TLS, which the Temporal settings ask for (TLS variables, API key or profile)")
     ui = f"{host}:{port + 1000}"
     if _listening(ui):
         raise SystemExit(f"cannot start the Temporal dev server: its Web UI port {ui} is in use "

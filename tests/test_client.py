@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from temporalio.client import TLSConfig
 
+import worker
 from platformctl import client
 from platformctl.client import connect_hint, unshown_notices
 from platformctl.config import Settings
@@ -177,3 +178,32 @@ def test_a_failed_tls_connection_without_a_client_certificate_hints_at_mtls():
     assert connect_hint(settings(), why) == ""  # no TLS
     assert connect_hint(settings(TEMPORAL_API_KEY="k"), why) == ""  # an API key authenticates instead
     assert connect_hint(settings(TEMPORAL_TLS="true"), "tcp connect error: refused") == ""  # nothing listened
+
+
+# ---- --dev never stands in for a configured server -----------------------------------
+
+
+@pytest.fixture
+def nothing_listens(monkeypatch):
+    monkeypatch.setattr(worker, "_listening", lambda address: False)
+
+    def no_server(*args, **kwargs):
+        raise AssertionError(f"a dev server was started: {args}")
+
+    monkeypatch.setattr(worker.subprocess, "Popen", no_server)
+
+
+def test_dev_starts_no_local_server_for_a_profile_naming_a_remote_address(tmp_path, nothing_listens):
+    toml = tmp_path / "temporal.toml"
+    toml.write_text('[profile.cloud]\naddress = "ns.a1b2c.tmprl.cloud:7233"\n')
+    remote = settings(TEMPORAL_CONFIG_FILE=str(toml), TEMPORAL_PROFILE="cloud", PLATFORM_STATE_DIR=str(tmp_path))
+    with pytest.raises(SystemExit, match=r"^--dev: nothing listens at ns.a1b2c.tmprl.cloud:7233, and the embedded "
+                                         r"dev server starts only on localhost or a loopback address"):
+        worker.start_dev_server(remote)
+
+
+def test_dev_starts_no_plaintext_server_where_tls_is_asked_for(tmp_path, nothing_listens):
+    keyed = settings(TEMPORAL_ADDRESS="localhost:7233", TEMPORAL_API_KEY="k", PLATFORM_STATE_DIR=str(tmp_path))
+    with pytest.raises(SystemExit, match=r"^--dev: nothing listens at localhost:7233, and the embedded dev server "
+                                         r"has no TLS"):
+        worker.start_dev_server(keyed)
