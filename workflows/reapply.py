@@ -37,6 +37,9 @@ APPLY_WORKFLOW = "ApplyWorkflow"
 # Deprecated patches: runs of the previous version hold their markers (workflows/apply.py).
 PIPELINE_PATCH = "reapply-pipeline"
 PLAN_BOUND_PATCH = "reapply-plan-bound"
+# Children named with this run's whole id: run ids are time-ordered (UUIDv7), so their first
+# 8 characters were shared by every re-apply started in the same ~65 s, and collided.
+CHILD_ID_PATCH = "reapply-child-full-run-id"
 
 Child = ChildWorkflowHandle[Any, dict[str, Any]]  # a started ApplyWorkflow
 
@@ -123,13 +126,18 @@ class ReapplyWorkflow:
         return await workflow.start_child_workflow(
             APPLY_WORKFLOW,
             {"plan": plan, "approval": last.approval.model_dump(mode="json")},
-            id=f"reapply-{c.module}-{last.sha[:12]}-{workflow.info().run_id[:8]}",
+            id=f"reapply-{c.module}-{last.sha[:12]}-{self._run_tag()}",
             # A re-apply that is terminated or times out asks its applies to stop, so one
             # in compose up rolls back and records; the default would terminate it mid-run.
             parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
             static_summary=f"re-apply {c.module}@{c.host} {last.sha[:7]} PR #{last.pr}",
             result_type=dict,
         )
+
+    @staticmethod
+    def _run_tag() -> str:
+        run_id = workflow.info().run_id
+        return run_id if workflow.patched(CHILD_ID_PATCH) else run_id[:8]
 
     async def _outcome(self, c: ReapplyCandidate, child: Child) -> ReapplyEntry:
         try:
