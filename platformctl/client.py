@@ -15,9 +15,10 @@ from platformctl.config import Settings
 
 log = logging.getLogger(__name__)
 
-SEARCH_ATTRIBUTES = tuple(
-    SearchAttributeKey.for_keyword(name) for name in ("PlatformModule", "PlatformHost", "PlatformStatus")
-)
+PLATFORM_MODULE = SearchAttributeKey.for_keyword("PlatformModule")
+PLATFORM_HOST = SearchAttributeKey.for_keyword("PlatformHost")
+PLATFORM_STATUS = SearchAttributeKey.for_keyword("PlatformStatus")
+SEARCH_ATTRIBUTES = (PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS)
 
 
 _shown: set[str] = set()

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.checks import Checks
     from activities.remote_steps import RemoteSteps
+    from platformctl.client import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS
     from platformctl.models import (
         ApplyInput,
         ApplyResult,
@@ -45,16 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval import ApprovalGate
     from workflows.lock_client import ProjectLockClient
     from workflows.messages import apply_input, module_named
-    from workflows.steps import (
-        PLATFORM_HOST,
-        PLATFORM_MODULE,
-        PLATFORM_STATUS,
-        READ_STEP,
-        Steps,
-        Stop,
-        both,
-        uncancellable,
-    )
+    from workflows.steps import READ_STEP, Steps, Stop, both, uncancellable
 
 
 class ApplyWorkflow:
@@ -307,7 +299,7 @@ class ApplyWorkflow:
 
     async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
         """`approve` as an Update: answers once the approval has been checked."""
-        return await self._gate.on_update(args, self._input)
+        return await self._gate.on_update(args, lambda: (self._input, self._digest) if self._input else None)
 
     def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
         """Refuse at once, with the reason, what cannot approve this apply."""

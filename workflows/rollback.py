@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.lookups import Lookups
     from activities.records import Records
+    from platformctl.client import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS
     from platformctl.models import (
         ContainerImage,
         HealthConfig,
@@ -47,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import health_check, images
     from workflows.lock_client import ProjectLockClient
     from workflows.messages import first_json, rejection, stop_if_rejected
-    from workflows.steps import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS, Steps, Stop, uncancellable
+    from workflows.steps import Steps, Stop, uncancellable
 
 ROLLBACK_WORKFLOW = "RollbackWorkflow"
 RollbackStatus = Literal[

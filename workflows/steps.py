@@ -14,7 +14,7 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from platformctl.client import SEARCH_ATTRIBUTES
+    from platformctl.client import PLATFORM_STATUS
     from platformctl.outcomes import STATUS_BY_ERROR_TYPE, Status
 
 T = TypeVar("T")
@@ -31,7 +31,6 @@ Phase = Literal[
     "rolling_back",
     "done",
 ]
-PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS = SEARCH_ATTRIBUTES
 APPLY_WORKFLOW = "ApplyWorkflow"
 
 # What the Web UI shows for each activity (its summary).
