@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,6 +29,7 @@ EXIT_OK = 0
 EXIT_UNREACHABLE = 2  # the contract's tool_error: our side could not do its job
 EXIT_REFUSED = 5  # a refused approval, like approval_mismatch
 EXIT_USAGE = 64  # BSD sysexits' EX_USAGE
+EXIT_NO_WORKFLOW = 66  # BSD sysexits' EX_NOINPUT: no such workflow (or no output kept for its run)
 CONNECT_TIMEOUT_S = 5.0
 RPC_TIMEOUT = timedelta(seconds=5)
 
@@ -87,13 +88,16 @@ async def require_worker(client: Client, settings: Settings, task_queue: str | N
 
 
 def iso_time(value: str) -> str:
-    """argparse type of --expires-at: an ISO-8601 time with a time zone, kept as written (it is signed)."""
+    """argparse type of --expires-at: an ISO-8601 time with a time zone, still ahead (the worker
+    refuses an expired approval), kept as written (it is signed)."""
     try:
         at = datetime.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
     if at.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"{value!r} has no time zone (write e.g. 2026-11-28T12:00:00Z)")
+    if at <= datetime.now(UTC):
+        raise argparse.ArgumentTypeError(f"{value!r} is in the past: the worker would refuse it as expired")
     return value
 
 

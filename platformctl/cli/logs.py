@@ -18,7 +18,15 @@ from typing import Any
 from temporalio.service import RPCError, RPCStatusCode
 
 from platformctl import commands
-from platformctl.cli.common import EXIT_OK, EXIT_UNREACHABLE, RPC_TIMEOUT, CliError, connect_client, one_line
+from platformctl.cli.common import (
+    EXIT_NO_WORKFLOW,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    RPC_TIMEOUT,
+    CliError,
+    connect_client,
+    one_line,
+)
 from platformctl.cli.plan_binding import APPLY_WORKFLOW, EXIT_BLOCKED, blocked, started_plan
 from platformctl.config import Settings, load_hosts, load_module
 from platformctl.models import HostConfig
@@ -28,7 +36,6 @@ from platformctl.redact import plain, redact
 from platformctl.transport.base import TransportError
 from platformctl.transport.ssh import SshTransport
 
-EXIT_NO_WORKFLOW = 66  # BSD sysexits' EX_NOINPUT: no such workflow, or no output kept for its run
 EXIT_REMOTE = 4  # the contract's remote failure, as doctor's
 COMMAND_TIMEOUT_S = 30.0
 LOGS_KEY_ENV = "PLATFORM_LOGS_KEY"

@@ -16,10 +16,11 @@ import re
 import sys
 from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from platformctl.cli.common import (
+    EXIT_NO_WORKFLOW,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     RPC_TIMEOUT,
@@ -29,6 +30,7 @@ from platformctl.cli.common import (
     one_line,
     usage_error,
 )
+from platformctl.client import PLATFORM_STATUS
 from platformctl.config import Settings
 from platformctl.models import MAX_INPUT_DEPTH
 from platformctl.outcomes import OUTCOMES, PolicyViolation
@@ -128,11 +130,11 @@ async def check_bound(handle: WorkflowHandle[Any, Any], settings: Settings, dige
         described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(EXIT_REFUSED, f"{handle.id} is not a running apply") from None
+            raise CliError(EXIT_NO_WORKFLOW, f"no workflow {one_line(handle.id, 200)} in namespace "
+                           f"{settings.namespace}") from None
         raise CliError(EXIT_UNREACHABLE, f"cannot read {handle.id}: {one_line(e.message)}") from None
     if running and described.status != WorkflowExecutionStatus.RUNNING:
-        status = described.status.name.lower() if described.status else "closed"
-        raise CliError(EXIT_REFUSED, f"{handle.id} is not a running apply (it is {status})")
+        raise CliError(EXIT_REFUSED, f"{handle.id} is not waiting (it ended {ended_status(described)})")
     if described.workflow_type != APPLY_WORKFLOW or described.task_queue != settings.task_queue:
         raise CliError(
             EXIT_BLOCKED,
@@ -146,6 +148,27 @@ async def check_bound(handle: WorkflowHandle[Any, Any], settings: Settings, dige
             f"blocked: id {handle.id} taken by an apply of another plan "
             f"({'digest ' + theirs[:12] if theirs else 'unreadable'}, not {digest[:12]})",
         )
+
+
+async def not_waiting(handle: WorkflowHandle[Any, Any], settings: Settings, verb: str) -> CliError:
+    """For a message the server refused as NOT_FOUND: no such workflow (66), or it has closed (5)."""
+    try:
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return CliError(
+                EXIT_NO_WORKFLOW, f"no workflow {one_line(handle.id, 200)} in namespace {settings.namespace}"
+            )
+        return CliError(EXIT_UNREACHABLE, f"cannot read {handle.id}: {one_line(e.message)}")
+    return CliError(EXIT_REFUSED, f"{verb} refused: {handle.id} is not waiting (it ended {ended_status(described)})")
+
+
+def ended_status(described: WorkflowExecutionDescription) -> str:
+    """The outcome a closed apply recorded (its PlatformStatus), else how Temporal closed it."""
+    status = described.typed_search_attributes.get(PLATFORM_STATUS)
+    if status in OUTCOMES:
+        return status
+    return described.status.name.lower() if described.status else "closed"
 
 
 async def started_plan(handle: WorkflowHandle[Any, Any]) -> dict[str, Any] | None:

@@ -11,7 +11,8 @@ from typing import Any
 
 from temporalio.service import RPCError, RPCStatusCode
 
-from platformctl.cli.common import EXIT_OK, EXIT_REFUSED, CliError, connect_client, one_line
+from platformctl.cli.common import EXIT_OK, connect_client
+from platformctl.cli.plan_binding import not_waiting
 from platformctl.config import Settings
 
 
@@ -19,7 +20,8 @@ def add_parser(commands: Any) -> None:
     p = commands.add_parser(
         "reject",
         help="reject an apply (the reject signal)",
-        description="Send the `reject` signal to WORKFLOW_ID; exit 0 once delivered.",
+        description="Send the `reject` signal to WORKFLOW_ID; exit 0 once delivered, 5 when it has ended, "
+        "66 when no workflow has that id.",
     )
     p.add_argument("workflow_id", metavar="WORKFLOW_ID")
     p.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded in the result and audit line)")
@@ -34,10 +36,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         await client.get_workflow_handle(args.workflow_id).signal("reject", rejection)
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            # Like an approve of it: the server answered, the apply has ended or never was.
-            raise CliError(
-                EXIT_REFUSED, f"reject refused: {args.workflow_id} is not a running workflow ({one_line(e.message)})"
-            ) from None
+            raise await not_waiting(client.get_workflow_handle(args.workflow_id), settings, "reject") from None
         raise
     print(f"rejected {args.workflow_id}")
     return EXIT_OK

@@ -254,3 +254,15 @@ async def test_an_approval_no_worker_answers_in_time_exits_2_not_a_traceback(mon
     with pytest.raises(CliError) as stuck:
         await approve.send_approval(Stuck(), {})  # type: ignore[arg-type]
     assert stuck.value.code == 2 and "did not answer the approval within 0.05 s" in stuck.value.message
+
+
+def test_sign_refuses_an_expiry_in_the_past(tmp_path, monkeypatch, capsys):
+    """A signature the worker would always refuse as expired is a usage error, not a success."""
+    key = tmp_path / "approval.key"
+    key.write_text("a-test-approval-key-of-32-bytes!\n")
+    monkeypatch.setenv("PLATFORM_APPROVAL_KEY_FILE", str(key))
+    sign = ["sign", "--module", "m", "--sha", SHA, "--plan-digest", "0" * 64, "--pr", "1"]
+    assert run_in_process(*sign, "--expires-at", "2026-01-01T00:00:00Z") == 64
+    assert "is in the past: the worker would refuse it as expired" in capsys.readouterr().err
+    assert run_in_process(*sign, "--expires-at", "2099-01-01T00:00:00Z") == 0
+    assert '"expires_at":"2099-01-01T00:00:00Z"' in capsys.readouterr().out
