@@ -1,11 +1,17 @@
 """Step 2, the approval: given with the start, or awaited (the `approve` Update or
 signal, or `reject`) on a durable timer with a notification to a person; then
-checked against the plan (SHA, PR, plan digest, expiry, signature). The Update's
-validator refuses at once, with the reason, what cannot approve the apply."""
+checked against the plan (SHA, PR, plan digest, expiry, signature).
+
+One rule per channel. An approval given with the start or signalled (no caller
+to answer) that does not hold ends the apply as `approval_mismatch`. Through
+the Update, a refused approval fails the call with the reason and the apply
+keeps waiting: the validator refuses what the input shows (no history), the
+handler checks signature and expiry (a local activity: the key never enters
+the workflow); after MAX_REFUSED refusals the validator refuses every further one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -19,12 +25,16 @@ with workflow.unsafe.imports_passed_through():
     from activities.checks import Checks
     from activities.records import NotifyInput, Records
     from platformctl.models import ApplyInput, Approval, CheckApprovalInput, Rejection, brief_errors
+    from platformctl.outcomes import OUTCOMES
     from platformctl.policy.approval import check_approval
     from workflows.messages import first_json, rejection, stop_if_rejected
     from workflows.steps import Steps, Stop
 
 
 Notice = Literal["awaiting_approval", "approval_expiring"]
+# Refused approvals through the Update answer their caller and leave the apply waiting.
+UPDATE_CHECKS_PATCH = "approve-update-checks"
+MAX_REFUSED = 20  # each refusal the handler makes is a few events: history stays bounded
 
 
 class ApprovalGate:
@@ -37,6 +47,9 @@ class ApprovalGate:
         self.approval: Approval | None = None
         self.verdict: str | None = None  # "" accepted, else why not: answers the approve Update
         self.rejection: Rejection | None = None
+        self.refused = 0  # approvals the Update's handler refused
+        self._checked: Any = None  # the approval the Update's handler accepted, as sent
+        self._waiting_details = ""
 
     def rejected(self) -> bool:
         return self.rejection is not None
@@ -54,11 +67,11 @@ class ApprovalGate:
     async def wait(self, sha7: str, timeout_s: int, module: str, host: str | None) -> Any:
         """The approval that arrives within `timeout_s`; a Stop when none does or a reject does."""
         deadline = workflow.now() + timedelta(seconds=timeout_s)
-        self._steps.enter(
-            "awaiting_approval",
+        self._waiting_details = (
             f"Waiting for an approval of `{sha7}` until {deadline:%Y-%m-%d %H:%M} UTC: "
-            "the `approve` Update or signal, or `reject`.",
+            "the `approve` Update or signal, or `reject`."
         )
+        self._steps.enter("awaiting_approval", self._waiting_details)
         arrived = lambda: self.signalled is not None or self.rejection is not None  # noqa: E731
         self._steps.flush()
         try:
@@ -96,6 +109,11 @@ class ApprovalGate:
             workflow.logger.warning("notification %s not sent: %s", event, e.message)
 
     async def check(self, inp: ApplyInput, given: Any, digest: str) -> None:
+        if self._checked is not None and given is self._checked:
+            # The Update's handler checked this very approval.
+            self.approval = Approval.model_validate(given)
+            self.verdict = ""
+            return
         try:
             # Given or signalled, an approval that does not parse approves nothing.
             try:
@@ -112,16 +130,58 @@ class ApprovalGate:
             raise
         self.verdict = ""
 
-    async def on_update(self, args: Sequence[RawValue], inp: ApplyInput | None) -> dict[str, Any]:
-        """`approve` as an Update: answers once the approval has been checked."""
-        if self.signalled is None and (inp is None or inp.approval is None):
-            self.signalled = first_json(args, default={})
-        await workflow.wait_condition(lambda: self.verdict is not None)
-        if self.verdict:
-            raise ApplicationError(self.verdict, type="ApprovalMismatch", non_retryable=True)
-        return {"accepted": True, "workflow_id": workflow.info().workflow_id}
+    async def on_update(
+        self, args: Sequence[RawValue], started: Callable[[], tuple[ApplyInput, str] | None]
+    ) -> dict[str, Any]:
+        """`approve` as an Update: answers once the approval has been checked. `started`:
+        the apply's input and plan digest, once it has read them."""
+        accepted = {"accepted": True, "workflow_id": workflow.info().workflow_id}
+        offered = first_json(args, default={})
+        read = started()
+        if not workflow.patched(UPDATE_CHECKS_PATCH) or (read is not None and read[0].approval is not None):
+            # The start's approval (or a run of the version before): its verdict, from the main flow.
+            if self.signalled is None and (read is None or read[0].approval is None):
+                self.signalled = offered
+            await workflow.wait_condition(lambda: self.verdict is not None)
+            if self.verdict:
+                raise ApplicationError(self.verdict, type="ApprovalMismatch", non_retryable=True)
+            return accepted
+        await workflow.wait_condition(lambda: started() is not None)
+        inp, digest = started()  # type: ignore[misc]
+        if self.signalled is not None:
+            # One was taken already (a CI re-run sending it again): that one's verdict.
+            await workflow.wait_condition(lambda: self.verdict is not None)
+            if self.verdict or offered != self.signalled:
+                raise ApplicationError(self.verdict or "the apply already has another approval",
+                                       type="ApprovalMismatch", non_retryable=True)
+            return accepted
+        try:
+            approval = Approval.model_validate(offered)
+            await self._steps.run(
+                Checks.check_approval, CheckApprovalInput(plan=inp.plan, approval=approval, plan_digest=digest),
+                local=True,
+            )
+        except (Stop, ValidationError) as e:
+            why = e.message if isinstance(e, Stop) else f"not a valid approval: {brief_errors(e)}"
+            self.refused += 1
+            workflow.set_current_details(
+                f"{self._waiting_details} Approval {self.refused} of at most {MAX_REFUSED} refused: {why}"
+            )
+            error_type = OUTCOMES[e.status].error_type if isinstance(e, Stop) else None
+            raise ApplicationError(why, type=error_type or "ApprovalMismatch", non_retryable=True) from None
+        if self.signalled is not None or self._steps.phase not in ("validating", "awaiting_approval"):
+            # While this was checked, another Update's approval was taken, or the wait ended.
+            raise ApplicationError(f"the apply no longer waits for an approval (phase {self._steps.phase})",
+                                   type="ApprovalMismatch", non_retryable=True)
+        self.signalled = self._checked = offered
+        return accepted
 
     def validate_update(self, args: Sequence[RawValue], inp: ApplyInput | None, digest: str) -> None:
+        if self.refused >= MAX_REFUSED:
+            raise ApplicationError(
+                f"{MAX_REFUSED} approvals of this apply were refused: no more are taken; reject or cancel it "
+                "and start it again", type="ApprovalMismatch", non_retryable=True,
+            )
         if inp is None:
             return  # arrived with the start, before the plan was read: checked when the apply gets to it
         offered = first_json(args, default={})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
@@ -35,6 +36,7 @@ from platformctl.cli.common import (
 from platformctl.cli.plan_binding import add_plan_arguments, approved_plan, check_bound
 from platformctl.config import Settings
 
+QUERY_TIMEOUT = timedelta(seconds=5)
 UPDATE_TIMEOUT_S = 60.0  # a worker that polls answers within seconds, however long the apply waits
 
 
@@ -43,8 +45,9 @@ def add_parser(commands: Any) -> None:
         "approve",
         help="approve a waiting apply (the approve Update)",
         description="Approve the apply WORKFLOW_ID of the plan in PLAN.json (or of --module, --sha and "
-        "--plan-digest) through the `approve` Update: exit 0 when accepted, 5 with the reason when refused, "
-        "3 when WORKFLOW_ID is not an apply of that plan on this task queue. Signed when "
+        "--plan-digest) through the `approve` Update: exit 0 when accepted, 5 with the reason when refused "
+        "or when the apply has ended, 66 when no workflow has that id, 3 when WORKFLOW_ID is not an apply of "
+        "that plan on this task queue. Signed when "
         "PLATFORM_APPROVAL_KEY_FILE is set.",
     )
     p.add_argument("workflow_id", metavar="WORKFLOW_ID")
@@ -74,6 +77,17 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+async def _still_waits(handle: WorkflowHandle[Any, Any]) -> str:
+    """Whether a refused approval left the apply waiting: CI's next step depends on it."""
+    try:
+        phase = (await handle.query("status", rpc_timeout=QUERY_TIMEOUT)).get("phase")
+    except Exception:  # closed meanwhile, or no worker answers the query
+        return "whether the apply still waits is unknown (platform-apply status shows it)"
+    if phase in ("validating", "awaiting_approval"):
+        return "the apply still waits for an approval"
+    return f"the apply no longer waits for one (phase {one_line(phase, 40)})"
+
+
 async def send_approval(handle: WorkflowHandle[Any, Any], approval: dict[str, Any]) -> int | None:
     """Send `approval` through the Update; None when accepted, else the exit code (reason on stderr)."""
     try:
@@ -87,14 +101,14 @@ async def send_approval(handle: WorkflowHandle[Any, Any], approval: dict[str, An
     except WorkflowUpdateFailedError as e:
         cause = e.cause
         reason = cause.message if isinstance(cause, FailureError) else str(cause)
-        print(f"approval refused: {one_line(reason)}", file=sys.stderr)
+        print(f"approval refused: {one_line(reason)}; {await _still_waits(handle)}", file=sys.stderr)
         return EXIT_REFUSED
     except ApplicationError as e:
         print(f"approval refused: {one_line(e.message)}", file=sys.stderr)
         return EXIT_REFUSED
     except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:  # no such workflow, or it has closed
-            print(f"approval refused: {handle.id} is not a running apply ({one_line(e.message)})", file=sys.stderr)
+        if e.status == RPCStatusCode.NOT_FOUND:  # it closed since it was checked
+            print(f"approval refused: {handle.id} is not waiting (it has ended)", file=sys.stderr)
             return EXIT_REFUSED
         raise
     return None

@@ -55,6 +55,21 @@ async def test_applied_exits_9_with_a_summary_line_and_the_ui_summary(platform, 
     assert "== up.stderr:" in logs.out and f"Container core-{module}-1  Started" in logs.out, logs
 
 
+async def test_a_failed_rollback_is_on_the_ci_line(platform, sshd_host, host_name, cli, tmp_path):
+    """CI logs show the one line: when the automatic rollback fails too, it says so there."""
+    module = new_module()
+    write_module(platform.root, module, host_name)
+    sshd_host.set_behaviour(module, "unhealthy rollback=fail")
+    await platform.start_worker(phase="05")
+    plan_file = write_json(tmp_path / "plan.json", plan(module=module, changes=[change(module)]))
+
+    ran = await cli.run("apply", str(plan_file), *approve_flags())
+
+    assert ran.code == 4, ran
+    assert ran.out.startswith(f"unhealthy {module}@{host_name} 0123456 exit 4: "), ran
+    assert "; ROLLBACK FAILED" in ran.out and ran.out.rstrip().endswith("check the service on the host"), ran
+
+
 async def test_a_dry_run_exits_0_and_json_prints_the_apply_result(platform, sshd_host, host_name, cli, tmp_path):
     module = new_module()
     write_module(platform.root, module, host_name)
@@ -147,9 +162,14 @@ async def test_a_rejected_apply_exits_5(platform, host_name, cli, tmp_path):
     assert done.code == 5, done
     assert done.out.startswith(f"rejected {module}@{host_name} 0123456 exit 5: ") and "not during the sale" in done.out
     assert [a.get("rejected_by") for a in platform.audit() if a.get("module") == module] == ["alice"]
-    # Rejected again once it has ended: refused (5) like an approve of it, not "unreachable" (2).
+    # Rejected or approved again once it has ended: refused (5), saying how it ended.
     late = await cli.run("reject", wid(module), "--reason", "again")
-    assert late.code == 5 and "reject refused" in late.err and "is not a running workflow" in late.err, late
+    assert late.code == 5 and f"reject refused: {wid(module)} is not waiting (it ended rejected)" in late.err, late
+    approve = await cli.run("approve", wid(module), "--plan", str(plan_file), "--pr", PR)
+    assert approve.code == 5 and f"{wid(module)} is not waiting (it ended rejected)" in approve.err, approve
+    # An id that names no workflow (a typo in CI) is not a refusal: 66.
+    typo = await cli.run("reject", wid(module) + "x", "--reason", "again")
+    assert typo.code == 66 and f"no workflow {wid(module)}x" in typo.err, typo
 
 
 async def test_signed_approvals_with_the_key_and_refused_without(platform, sshd_host, host_name, cli, tmp_path):
@@ -166,6 +186,21 @@ async def test_signed_approvals_with_the_key_and_refused_without(platform, sshd_
     ran = await cli.run("apply", str(plan_file), *approve_flags())
     assert ran.code == 5 and ran.out.startswith("approval_mismatch "), ran
     assert "not signed" in ran.out
+
+    # Through the approve Update (CI approving later), an unsigned approval fails the call
+    # and the apply keeps waiting; a signed one then approves it.
+    later = new_module()
+    write_module(platform.root, later, host_name)
+    later_plan = write_json(tmp_path / "later.json", plan(module=later, changes=[change(later)]))
+    assert (await cli.run("apply", str(later_plan), "--no-wait")).code == 0
+    refused = await cli.run("approve", wid(later), "--plan", str(later_plan), "--pr", PR)
+    assert refused.code == 5 and "not signed" in refused.err, refused
+    assert "the apply still waits for an approval" in refused.err, refused
+    accepted = await cli.run(
+        "approve", wid(later), "--plan", str(later_plan), "--pr", PR, PLATFORM_APPROVAL_KEY_FILE=str(key_file)
+    )
+    assert accepted.code == 0, accepted
+    assert (await platform.client.get_workflow_handle(wid(later)).result())["status"] == "applied"
 
     plan_file = write_json(tmp_path / "signed.json", plan(module=signed, changes=[change(signed)]))
     ran = await cli.run("apply", str(plan_file), *approve_flags(), PLATFORM_APPROVAL_KEY_FILE=str(key_file))
@@ -239,12 +274,12 @@ async def test_with_no_worker_on_the_task_queue_apply_and_approve_exit_2_and_sen
     assert approve.code == 3 and "on task queue nobody-polls, not an ApplyWorkflow on" in approve.err, approve
     await stranded.terminate()
 
-    # Approving an id no apply runs under is refused (5), with a signing key too (it was 2).
+    # Approving an id no workflow runs under exits 66 (not 5, a refusal), with a signing key too.
     key_file = tmp_path / "approval.key"
     key_file.write_text("a-test-approval-key-of-32-bytes!\n")
     keyed = {"PLATFORM_APPROVAL_KEY_FILE": str(key_file)}
     missing = await cli.run("approve", wid(module), "--plan", str(plan_file), "--pr", PR, **keyed)
-    assert missing.code == 5 and "is not a running apply" in missing.err, missing
+    assert missing.code == 66 and f"no workflow {wid(module)} in namespace" in missing.err, missing
 
 
 async def test_an_id_taken_by_another_plan_type_or_queue_is_never_attached_to_or_approved(

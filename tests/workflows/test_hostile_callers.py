@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
@@ -37,6 +38,7 @@ from tests.platform_files import (
     write_platform,
 )
 from tests.workflows.test_apply import COMMAND, audit_lines, wait_for_phase
+from workflows.approval import MAX_REFUSED
 
 # ---- 1. activities act only for this worker's own workflows ------------------------
 
@@ -533,3 +535,58 @@ async def test_an_update_sent_right_after_the_start_is_taken_and_a_repeat_gets_t
     assert accepted["accepted"] is True and again["accepted"] is True
     assert "already has another approval" in str(e.value.cause)
     assert out.status == "applied" and harness.transport.commands("compose_up") == [COMMAND]
+
+
+# ---- one rule per channel: a refused Update leaves the apply waiting ------------------
+
+
+async def test_an_unsigned_or_expired_approval_through_the_update_is_refused_and_the_apply_waits(harness, key):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        for bad, why in ((approval(plan_digest=plan_digest(plan())), "not signed"),
+                         (signed(key, expires_at="2020-01-01T00:00:00Z"), "expired")):
+            with pytest.raises(WorkflowUpdateFailedError) as e:
+                await handle.execute_update("approve", bad)
+            assert why in str(e.value.cause), e.value.cause
+            assert (await handle.query("status"))["phase"] == "awaiting_approval"  # still waiting
+        accepted = await handle.execute_update("approve", signed(key))
+        out = await harness.outcome(handle)
+    assert accepted["accepted"] is True and out.status == "applied"
+    assert harness.transport.commands("compose_up") == [COMMAND]
+
+
+async def test_a_bad_signalled_approval_still_ends_the_apply(harness, key):
+    """A signal has no caller to answer: its refusal is the apply's outcome, as before."""
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        await handle.signal("approve", approval(plan_digest=plan_digest(plan())))
+        out = await harness.outcome(handle)
+    assert out.status == "approval_mismatch" and "not signed" in out.result["error"]
+    assert harness.transport.commands("compose_up") == []
+
+
+async def test_after_max_refused_updates_the_validator_refuses_every_further_one(harness, key):
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        unsigned = approval(plan_digest=plan_digest(plan()))
+        for _ in range(MAX_REFUSED):
+            with pytest.raises(WorkflowUpdateFailedError):
+                await handle.execute_update("approve", unsigned)
+        seen = len((await handle.fetch_history()).events)
+        for offered in (unsigned, signed(key)):
+            with pytest.raises(WorkflowUpdateFailedError) as e:
+                await handle.execute_update("approve", offered)
+            assert f"{MAX_REFUSED} approvals of this apply were refused" in str(e.value.cause)
+        # The validator's refusals accept no update and run no check: nothing but workflow tasks.
+        later = (await handle.fetch_history()).events[seen:]
+        assert {EventType.Name(e.event_type) for e in later} <= {
+            "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED", "EVENT_TYPE_WORKFLOW_TASK_STARTED",
+            "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
+        }, later
+        assert (await handle.query("status"))["phase"] == "awaiting_approval"
+        await handle.signal("reject", {"reason": "too many tries"})
+        out = await harness.outcome(handle)
+    assert out.status == "rejected" and harness.transport.commands("compose_up") == []
