@@ -202,4 +202,24 @@ def summary_line(outcome: dict[str, Any], sha: str, host: str | None = None) -> 
     where = f"{module}@{host}" if host else str(module)
     line = f"{outcome.get('status')} {where} {sha[:7]} exit {exit_code(outcome)}"
     error = outcome.get("error")
-    return f"{line}: {one_line(error)}" if error else line
+    line = f"{line}: {one_line(error)}" if error else line
+    return line + rollback_clause(outcome.get("rollback"))
+
+
+def rollback_clause(rollback: Any) -> str:
+    """What the automatic rollback did, on the same line: CI logs show only that line,
+    and a rollback that failed too is what a person must act on."""
+    image = rollback.get("image") if isinstance(rollback, dict) else None
+    if not isinstance(image, dict):
+        return ""
+    outcome, image_id = image.get("outcome"), one_line(image.get("image_id") or "?", 80)
+    why = f": {one_line(image['error'], 200)}" if image.get("error") else ""
+    if outcome == "failed":
+        return f"; ROLLBACK FAILED{why}: check the service on the host"
+    if outcome == "unhealthy":
+        return f"; ROLLBACK to {image_id} done but NOT healthy{why}: check the service on the host"
+    if outcome == "restored":
+        return f"; rolled back to {image_id}, healthy"
+    if outcome == "skipped":
+        return f"; no image rollback{why}"
+    return ""
