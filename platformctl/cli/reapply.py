@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
+    Client,
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
@@ -36,6 +37,7 @@ from platformctl.cli.common import (
 from platformctl.config import Settings
 
 EXIT_FAILED = 4  # some module failed: like remote_failed
+SCHEDULE_MEMO = "platform_apply_schedule"
 
 
 def _within(low: int, high: int) -> Callable[[str], int]:
@@ -108,6 +110,7 @@ async def run_reapply(args: argparse.Namespace, settings: Settings) -> int:
 
 async def run_schedule(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect_client(settings)
+    asked = _schedule_memo(args, settings)
     spec = (
         ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(minutes=args.every))])
         if args.every is not None
@@ -124,16 +127,56 @@ async def run_schedule(args: argparse.Namespace, settings: Settings) -> int:
                 policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, pause_on_failure=True),
                 state=ScheduleState(note="re-applies the last approved state of each module"),
             ),
+            memo={SCHEDULE_MEMO: asked},
         )
     except ScheduleAlreadyRunningError:
-        raise CliError(
-            EXIT_USAGE,
-            f"schedule {args.id} exists already: delete it first (temporal schedule delete --schedule-id {args.id}) "
-            "or give another --id",
-        ) from None
+        return await _exists(client, args.id, asked)
     except RPCError as e:
         if e.status != RPCStatusCode.INVALID_ARGUMENT:
             raise
         raise CliError(EXIT_USAGE, f"Temporal refused the schedule: {one_line(e.message)}") from None
-    print(f"schedule {args.id} created: ReapplyWorkflow on {settings.task_queue}, overlap skip, pause on failure")
+    print(f"schedule {args.id} created: {_describe(asked)}, overlap skip, pause on failure")
+    return EXIT_OK
+
+
+def _schedule_memo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """What this command was asked for, kept in the schedule's memo: the next run of the
+    same command compares against it (the server's own copy of a cron is rewritten)."""
+    when = {"every_minutes": args.every} if args.every is not None else {"cron": args.cron}
+    return {**when, "modules": sorted(args.modules), "max_parallel": args.max_parallel,
+            "task_queue": settings.task_queue}
+
+
+def _describe(memo: dict[str, Any]) -> str:
+    when = f"every {memo['every_minutes']} minutes" if "every_minutes" in memo else f"cron {memo.get('cron')!r}"
+    modules = " ".join(memo.get("modules") or []) or "all modules"
+    return (f"ReapplyWorkflow of {modules} {when}, {memo.get('max_parallel')} at once, "
+            f"on task queue {memo.get('task_queue')}")
+
+
+async def _exists(client: Client, schedule_id: str, asked: dict[str, Any]) -> int:
+    """The same schedule again is a success (a paused one stays paused); another is a usage error."""
+    desc = await client.get_schedule_handle(schedule_id).describe()
+    memo = await desc.memo_value(SCHEDULE_MEMO, default=None)
+    if not isinstance(memo, dict):
+        raise CliError(
+            EXIT_USAGE,
+            f"schedule {schedule_id} exists and was not made by `platform-apply schedule`: delete it first "
+            f"(temporal schedule delete --schedule-id {schedule_id}) or give another --id",
+        )
+    if memo != asked:
+        raise CliError(
+            EXIT_USAGE,
+            f"schedule {schedule_id} exists with another spec: {one_line(_describe(memo))}; asked: "
+            f"{_describe(asked)}. Delete it first (temporal schedule delete --schedule-id {schedule_id}) "
+            "or give another --id",
+        )
+    state = desc.schedule.state
+    if state.paused:
+        since = desc.info.last_updated_at or desc.info.created_at
+        print(f"schedule {schedule_id} exists already, unchanged: {_describe(asked)}; PAUSED since "
+              f"{since.isoformat(timespec='seconds')}: {one_line(state.note or 'no note')} "
+              f"(resume: temporal schedule toggle --schedule-id {schedule_id} --unpause --reason ...)")
+    else:
+        print(f"schedule {schedule_id} exists already, unchanged: {_describe(asked)}")
     return EXIT_OK

@@ -10,6 +10,8 @@ import argparse
 from datetime import timedelta
 from typing import Any
 
+from temporalio.service import RPCError, RPCStatusCode
+
 from platformctl.cli.common import EXIT_OK, connect_client, one_line, print_json
 from platformctl.config import Settings
 from platformctl.models import ModuleState
@@ -29,7 +31,7 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(run=run)
 
 
-def state_line(state: ModuleState, in_flight: dict[str, Any] | None) -> str:
+def state_line(state: ModuleState, in_flight: list[dict[str, Any]]) -> str:
     """One module's line. Its parts come from workflow state, which anyone with
     namespace access can write (a signal's `approved_by`), so it is shown plain."""
     last = state.last_applied
@@ -48,7 +50,7 @@ def state_line(state: ModuleState, in_flight: dict[str, Any] | None) -> str:
         pin = state.pinned
         line += f"; PINNED by rollback to {(pin.sha or '?')[:12]} by {pin.by} at {pin.at} (re-apply skips it)"
     if in_flight:
-        line += f"; in flight: {in_flight['workflow_id']} ({in_flight.get('phase')})"
+        line += "; in flight: " + ", ".join(f"{a['workflow_id']} ({a.get('phase')})" for a in in_flight)
     return one_line(line, limit=None)
 
 
@@ -56,33 +58,41 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect_client(settings)
     queue = settings.task_queue.replace("'", "")
     prefix = module_state_id(settings.task_queue, "")
-    if args.module:
-        modules = [args.module]
-    else:
-        query = f"WorkflowType = 'ModuleStateWorkflow' AND ExecutionStatus = 'Running' AND TaskQueue = '{queue}'"
-        modules = sorted({wf.id[len(prefix):] async for wf in client.list_workflows(query) if wf.id.startswith(prefix)})
-    flying: dict[str, dict[str, Any]] = {}
+    # Every apply in flight, oldest first: one may apply while the next waits for approval.
+    flying: dict[str, list[dict[str, Any]]] = {}
     running = f"WorkflowType = 'ApplyWorkflow' AND ExecutionStatus = 'Running' AND TaskQueue = '{queue}'"
-    async for wf in client.list_workflows(running):
+    applies = sorted([wf async for wf in client.list_workflows(running)], key=lambda wf: wf.start_time)
+    for wf in applies:
         try:
             st = await client.get_workflow_handle(wf.id, run_id=wf.run_id).query("status", rpc_timeout=QUERY_TIMEOUT)
         except Exception:  # closed in between, or no worker to answer
             continue
         if isinstance(st, dict) and st.get("module"):
-            flying[str(st["module"])] = {"workflow_id": wf.id, "phase": st.get("phase")}
+            flying.setdefault(str(st["module"]), []).append({"workflow_id": wf.id, "phase": st.get("phase")})
+    if args.module:
+        modules = [args.module]
+    else:
+        query = f"WorkflowType = 'ModuleStateWorkflow' AND ExecutionStatus = 'Running' AND TaskQueue = '{queue}'"
+        recorded = {wf.id[len(prefix):] async for wf in client.list_workflows(query) if wf.id.startswith(prefix)}
+        modules = sorted(recorded | set(flying))  # a first apply in flight has no state yet
     rows: list[tuple[str, ModuleState | None, str]] = []
     for module in modules:
         handle = client.get_workflow_handle(module_state_id(settings.task_queue, module))
         try:
             state = await handle.query("state", result_type=ModuleState, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:
+                rows.append((module, None, one_line(f"{module}: no recorded state ({one_line(e, 80)})", limit=None)))
+                continue
+            state = None
         except Exception as e:
             rows.append((module, None, one_line(f"{module}: no recorded state ({one_line(e, 80)})", limit=None)))
             continue
         state = state or ModuleState(module=module)
-        rows.append((module, state, state_line(state, flying.get(module))))
+        rows.append((module, state, state_line(state, flying.get(module, []))))
     if args.json:
         print_json([
-            {"module": m, "state": s.model_dump(mode="json") if s else None, "in_flight": flying.get(m)}
+            {"module": m, "state": s.model_dump(mode="json") if s else None, "in_flight": flying.get(m, [])}
             for m, s, _ in rows
         ])
     else:
