@@ -60,3 +60,27 @@ def test_both_workflows_apply_merged_prs_through_the_script():
         ), (ci, runs)
         assert job["env"]["MERGE_SHA"] == "${{ github.event.pull_request.merge_commit_sha }}", ci
         assert job["env"]["PR_NUMBER"] == "${{ github.event.pull_request.number }}", ci
+
+
+def test_both_workflows_install_platform_apply_from_a_pinned_commit_never_by_name():
+    """A name on a package index can be registered by anyone, and the job holds the signing key."""
+    for ci in ("forgejo", "github"):
+        doc = yaml.safe_load((REPO / "examples" / "ci" / ci / "apply.yml").read_text())
+        [install] = [s for s in doc["jobs"]["apply"]["steps"] if s.get("name") == "Install platform-apply"]
+        assert "pip" not in install["run"], (ci, install)
+        assert install["run"].startswith('PLATFORM_APPLY=$(sh examples/ci/install.sh "$PLATFORM_APPLY_REPO" '
+                                         '"$PLATFORM_APPLY_REF" '), (ci, install)
+        assert install["env"]["PLATFORM_APPLY_REF"] == "${{ vars.PLATFORM_APPLY_REF }}", ci
+    script = (REPO / "examples" / "ci" / "install.sh").read_text()
+    assert "--require-hashes -r" in script and "--no-deps" in script
+
+
+async def test_install_sh_refuses_a_ref_that_is_not_a_full_commit(tmp_path):
+    for ref in ("v1.0", "main", "0" * 39, ""):
+        proc = await asyncio.create_subprocess_exec(
+            "sh", str(REPO / "examples" / "ci" / "install.sh"), str(REPO), ref, str(tmp_path / "venv"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 64 and b"full commit SHA" in err, (ref, err)
+    assert not (tmp_path / "venv").exists()
