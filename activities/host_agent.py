@@ -6,6 +6,7 @@ answers to `apply` and `rollback` mean for the apply."""
 from __future__ import annotations
 
 import asyncio
+from typing import NoReturn
 
 from temporalio import activity
 
@@ -92,6 +93,11 @@ def ran(command: commands.RemoteCommand, answer: AgentAnswer) -> ComposeUpResult
 def apply_outcome(target: Target, answer: AgentAnswer, run: str) -> AgentAnswer:
     """The answer to `apply` when compose up ran; any other answer ends the step, typed."""
     host = target.host.name
+    if answer.answer == "busy" and answer.busy_with == "checkout":
+        raise PolicyViolation(
+            f"{host}: the checkout {target.host.remote_root} is busy on the host (another apply syncs it, or "
+            "runs compose up from it while this one would sync it); nothing ran"
+        )
     if answer.answer == "busy":
         raise PolicyViolation(
             f"{host}: compose project {target.project} busy on the host (held by {holder(answer, run)}); nothing ran"
@@ -115,7 +121,36 @@ def apply_outcome(target: Target, answer: AgentAnswer, run: str) -> AgentAnswer:
         raise PolicyViolation(f"{host}: the host agent answered {answer.answer} to `apply`")
     if answer.reason == "compose_config":
         raise RemoteFailed(f"{host}: compose cannot load {target.compose_path} ({answer.error_class}); nothing ran")
+    if answer.reason is not None and answer.reason.startswith("sync_"):
+        sync_refused(target, answer)
     raise RemoteFailed(f"{host}: the host agent cannot record the run (host storage); nothing ran")
+
+
+def sync_refused(target: Target, answer: AgentAnswer) -> NoReturn:
+    """The agent's refusal to bring the checkout to the approved commit (sync_checkout), typed."""
+    host, root = target.host.name, target.host.remote_root
+    if answer.reason == "sync_not_allowed":
+        raise PolicyViolation(
+            f"{host}: hosts.yaml sets sync_checkout, but the host does not allow it (its deploy key's forced "
+            "command has no --allow-sync: run host/install --allow-sync there, or sync by hand, see "
+            "docs/security.md); nothing ran"
+        )
+    if answer.reason == "sync_dirty":
+        raise PolicyViolation(
+            f"{host}:{root} has local edits to tracked files: not synced to the approved commit, the edits "
+            "left as they are; nothing ran"
+        )
+    if answer.reason == "sync_unreachable":
+        why = {
+            True: "`git fetch` succeeded, but no branch it fetches holds it (push it to one)",
+            False: "`git fetch` from the checkout's remote failed (its output: platform-apply logs)",
+            None: "not found after `git fetch`",
+        }[answer.fetched]
+        raise PolicyViolation(f"{host}: the approved commit is not reachable in {root}: {why}; nothing ran")
+    raise RemoteFailed(
+        f"{host}: git could not read or check out {root} (not a git checkout the deploy user may change, or "
+        "untracked files in the way: platform-apply logs); nothing ran"
+    )
 
 
 def rollback_outcome(target: Target, answer: AgentAnswer, run: str) -> bool:

@@ -43,6 +43,13 @@ AGENT_MARGIN_S = 45
 READ_TIMEOUT_S = 30  # a read, or a lease call: seconds on a live host
 
 
+def _syncs(target: Target) -> bool:
+    """Whether the agent brings the checkout to the approved SHA first: on hosts with sync_checkout,
+    never for a re-apply's child (workflows/reapply.py names them `reapply-...`), which the contract
+    runs only where the checkout already is at that SHA: it must not move the checkout back."""
+    return target.host.sync_checkout and not (activity.info().workflow_id or "").startswith("reapply-")
+
+
 class RemoteSteps(StepActivities):
     def __init__(self, deps: Deps) -> None:
         super().__init__(deps)
@@ -56,6 +63,8 @@ class RemoteSteps(StepActivities):
         approved commit, or the approved plan is not what would run."""
         check_unchanged(self.deps.settings, inp.module, inp.target)
         host = inp.target.host
+        if _syncs(inp.target):
+            return  # the agent brings it there first, then checks it under the lease, right before compose up
         out = await self.deps.transport.run(host, commands.git_head(host.remote_root), timeout_s=READ_TIMEOUT_S)
         head = out.stdout.strip()
         if out.returncode != 0:
@@ -103,7 +112,7 @@ class RemoteSteps(StepActivities):
         # Built again from the guarded parts, never taken from a string.
         command = commands.agent_apply(
             run, inp.timeout_seconds, target.compose_path, target.compose_service,
-            inp.source_sha if target.host.verify_checkout else None,
+            inp.source_sha if target.host.verify_checkout else None, sync=_syncs(target),
         )  # fmt: skip
         # The gate is enforced where the I/O happens, whatever the workflow asked.
         if not (target.execute and settings.execute_remote):
@@ -152,14 +161,22 @@ class RemoteSteps(StepActivities):
         self, target: Target, command: commands.RemoteCommand, run: str, timeout_s: int
     ) -> AgentAnswer:
         """Ask the agent until it has this run's outcome; busy waits, bounded by the up timeout."""
+        sync = "--sync" in command.argv
+        margin = AGENT_MARGIN_S + (commands.SYNC_FETCH_TIMEOUT_S if sync else 0)
         try:
             answer = await host_agent.ask(
                 self.deps.transport, target, command, run, "apply",
-                timeout_s=timeout_s + AGENT_MARGIN_S, busy_for_s=timeout_s + AGENT_MARGIN_S,
+                timeout_s=timeout_s + margin, busy_for_s=timeout_s + margin,
             )  # fmt: skip
         except host_agent.OlderAgent:
+            if sync:
+                raise PolicyViolation(
+                    f"{target.host.name}: host agent older than v{commands.SYNC_PROTOCOL} (the gate refused "
+                    "`apply --sync`, asked for sync_checkout): install host/ on the host (host/install "
+                    "--allow-sync, docs/security.md); nothing ran"
+                ) from None
             raise PolicyViolation(
-                f"{target.host.name}: host agent older than v{commands.AGENT_PROTOCOL} (the gate refused "
+                f"{target.host.name}: host agent older than v{commands.LEASE_PROTOCOL} (the gate refused "
                 "`apply --lease`): install host/ on the host (docs/upgrade.md)"
             ) from None
         return host_agent.apply_outcome(target, answer, run)

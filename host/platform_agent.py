@@ -3,11 +3,11 @@
 host/platform_gate.py checks the command's shape (compose file under ROOT and
 not sacred, a service name, a run id) and then calls apply() or logs() here.
 
-    platform-agent apply RUN TIMEOUT FILE SERVICE SHA|- --lease
+    platform-agent apply RUN TIMEOUT FILE SERVICE SHA|- --lease [--sync]
     platform-agent health RUN FILE SERVICE
     platform-agent rollback RUN TIMEOUT FILE SERVICE
     platform-agent release RUN
-    platform-agent check
+    platform-agent check [--prerequisites]
     platform-agent logs RUN
 
 `apply` is compose up made safe on the host, whatever the control plane does:
@@ -36,7 +36,15 @@ not sacred, a service name, a run id) and then calls apply() or logs() here.
   does not stop compose half-way. The agent kills compose at TIMEOUT;
 - at the approved commit: with a SHA, HEAD must be it and
   `git status --porcelain --untracked-files=no` empty (a local edit on the
-  host is unapproved content); `-` is a host that opted out;
+  host is unapproved content); `-` is a host that opted out. The checkout is
+  one for all projects, so its lock (locks/_checkout.lock) is held shared
+  from that check until compose up ends;
+- with `--sync` (refused unless the admin's forced command says
+  --allow-sync), under the lease and that lock held alone, first: a checkout
+  with edited tracked files is refused (`sync_dirty`); `git fetch` from the
+  checkout's own configured remote when SHA is not there yet, refused
+  (`sync_unreachable`) when it still is not; then `git checkout --detach
+  SHA`. Git runs as argv, without hooks, and its output stays with the run's;
 - output stays here: the raw output is kept in STATE/output (0700, at most
   MAX_OUTPUT_BYTES a stream, the newest 200 runs), and what leaves
   the host is one JSON line of facts: exit code, duration, byte count and
@@ -54,8 +62,11 @@ taken back (`retaken`), one another run took is `lease_lost`.
 for this run (recorded here, never taken from the request), refused for a
 service the compose file does not define; once per run, under the lease.
 
-`release RUN` frees the run's lease; `check` lists the held leases and the
-protocol version; `logs RUN` prints one run's kept output, for
+`release RUN` frees the run's lease; `check` lists the held leases, the
+protocol version and whether sync is allowed, and with --prerequisites what
+applies need of the host, as facts for `doctor` (the engine reachable by
+this user, the compose plugin's version, group docker, a remote to sync
+from); `logs RUN` prints one run's kept output, for
 `platform-apply logs` (the operator's read-only key may run these two).
 
 A host admin breaks a stuck lease locally, never over SSH (and host/install
@@ -69,6 +80,7 @@ not pay for `re`, `json` and `hashlib` at start-up.
 """
 
 import fcntl
+import grp
 import hashlib
 import json
 import os
@@ -79,7 +91,7 @@ from _signal import SIG_IGN, SIGHUP, SIGKILL, SIGPIPE, SIGXFSZ, signal
 
 from platform_gate import Refused, find_program
 
-PROTOCOL = 3  # AGENT_PROTOCOL in platformctl/commands.py
+PROTOCOL = 4  # AGENT_PROTOCOL in platformctl/commands.py
 LOCK_WAIT_S = 5.0
 LEASE_TTL_S = 600  # the gate's --lease-ttl default
 MAX_LEASE_TTL_S = 3600
@@ -89,6 +101,11 @@ MAX_OUTPUT_FILES = 400  # two a run (stdout, stderr): the newest 200 runs
 RECORD_FORMAT = 1
 RECORD_DAYS = 14  # records of finished runs older than this are removed
 NO_OUTPUT = 66  # `logs` of a run with nothing kept (EX_NOINPUT)
+# No project is called this (PROJECT starts with a letter or digit): the checkout's own lock.
+CHECKOUT_LOCK = "_checkout.lock"
+SYNC_FETCH_TIMEOUT_S = 60  # SYNC_FETCH_TIMEOUT_S in platformctl/commands.py
+PROBE_TIMEOUT_S, PROBE_MAX_BYTES = 20, 65536  # `check --prerequisites`'s reads
+VERSION = re.compile(r"v?([0-9]{1,5}(?:\.[0-9]{1,5}){1,3}(?:[-+~][0-9A-Za-z.+~-]{1,40})?)")
 PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")  # compose's own rule for project names
 IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
@@ -123,9 +140,10 @@ PROGRESS = re.compile(rf"\s*(?:(Container|Network|Volume) \"?({NAME})\"?|({NAME}
 MAX_PROGRESS = 100
 
 
-def apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha):
+def apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync=False, allow_sync=False):
     signal(SIGHUP, SIG_IGN)  # a closed session must not stop compose half-way
-    return _answer("apply", run, _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha))
+    up = _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync, allow_sync)
+    return _answer("apply", run, up)
 
 
 def health(bin_path, state, ttl, run, compose_file, service):
@@ -159,13 +177,53 @@ def release(state, run):
     return _answer("release", run, {"answer": "released", "released": released})
 
 
-def check(state, ttl):
-    """The protocol version, the lease TTL and the leases held now, for `platform-apply doctor`."""
+def check(state, ttl, allow_sync=False, root=None, bin_path=None, prerequisites=False):
+    """The protocol version, the lease TTL, the leases held now and whether sync is allowed, for
+    `platform-apply doctor` (and, with `prerequisites`, what applies need of the host)."""
     leases = [
         {"project": project, "run": lease["run"], "step": lease.get("step"), "expires_in": left}
         for project, lease, left in _held_leases(state)
     ]
-    return _answer("check", None, {"answer": "checked", "lease_ttl": ttl, "leases": leases})
+    facts = {"answer": "checked", "lease_ttl": ttl, "leases": leases, "sync_allowed": allow_sync}
+    if prerequisites:
+        facts.update(_prerequisites(root, dict(os.environ, PATH=bin_path), allow_sync))
+    return _answer("check", None, facts)
+
+
+def _prerequisites(root, env, allow_sync):
+    """Facts only: whether this user reaches the engine (else why, from a fixed list) and its
+    version, the compose plugin's version (None: no `docker compose`), whether this process is
+    in group docker (None: the host has none) and, where sync is allowed, whether the checkout
+    has a remote to fetch from."""
+    facts = {"docker": "missing", "engine_version": None, "compose_version": None}
+    try:
+        facts["docker_group"] = grp.getgrnam("docker").gr_gid in {os.getgid(), *os.getgroups()}
+    except KeyError:
+        facts["docker_group"] = None
+    if find_program("docker", env["PATH"]):
+        code, out, err = _probe(env, ["docker", "version", "--format", "{{.Server.Version}}"])
+        facts["docker"] = "ok" if code == 0 else _engine_failure(err)
+        facts["engine_version"] = _version(out) if code == 0 else None
+        code, out, _ = _probe(env, ["docker", "compose", "version", "--short"])
+        facts["compose_version"] = _version(out) if code == 0 else None
+    if allow_sync:
+        code, out, _ = _probe(env, ["git", "-C", root, "remote"])
+        facts["sync_remote"] = code == 0 and out.strip() != b""
+    return facts
+
+
+def _engine_failure(err):
+    lowered = err.lower()
+    if b"permission denied" in lowered:
+        return "permission"  # the socket is the docker group's: this user is not in it
+    if any(n in lowered for n in (b"cannot connect to the docker daemon", b"is the docker daemon running")):
+        return "engine"
+    return "unknown"
+
+
+def _version(out):
+    match = VERSION.fullmatch(out.strip().decode("ascii", "replace"))
+    return match[1] if match else None
 
 
 def _held_leases(state):
@@ -212,7 +270,7 @@ def _out(fd, data):
         view = view[os.write(fd, view) :]
 
 
-def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha):
+def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync, allow_sync):
     try:
         dirs, env, _ = _prepare(state, bin_path, run)
     except OSError:
@@ -237,10 +295,15 @@ def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha)
         return {"answer": "interrupted"}  # we hold the lock: whoever started it is gone
     if _lease_of(dirs, project, run) == "lost":
         return _busy(dirs, project)
+    if sync and not allow_sync:
+        return {"answer": "refused", "reason": "sync_not_allowed"}  # the host's admin holds this line
+    synced = False
     if sha != "-":
-        checkout = _checkout(root, env, sha)
-        if checkout is not None:
-            return checkout
+        checkout_lock = os.open(os.path.join(dirs["locks"], CHECKOUT_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        refusal, synced = _at_commit(dirs, run, root, env, sha, checkout_lock, sync)
+        if refusal is not None:
+            return refusal
+        os.set_inheritable(checkout_lock, True)  # no sync moves the files under compose, even if we die
     images = _images(env, compose_file, service)
     try:
         _take_lease(dirs, project, run, "apply", ttl)
@@ -250,7 +313,7 @@ def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha)
         return STORAGE
     os.set_inheritable(lock, True)  # compose holds the project's lock until it ends, even if we die
     facts = _run(dirs, run, "up", env, timeout, ["compose", "-f", compose_file, "up", "-d", service])
-    result = {"answer": "ran", **facts, "lease_ttl": ttl, "replayed": False}
+    result = {"answer": "ran", **facts, "lease_ttl": ttl, "replayed": False, "synced": synced}
     _take_lease(dirs, project, run, "apply", ttl, strict=False)  # its TTL counts from the end of compose up
     try:
         _write(path, {"format": RECORD_FORMAT, "request": request, "state": "done", "project": project,
@@ -468,11 +531,11 @@ def _lock_file(dirs, project):
     return os.open(os.path.join(dirs["locks"], project + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
 
 
-def _lock(fd):
+def _lock(fd, mode=fcntl.LOCK_EX):
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -584,6 +647,48 @@ def _restart_count(env, container):
     return int(out) if out is not None and re.fullmatch(rb"[0-9]{1,9}\n?", out) else None
 
 
+def _at_commit(dirs, run, root, env, sha, lock, sync):
+    """(None, whether it synced) once the checkout is at `sha`, unedited, with `lock` held shared
+    (no sync of another project moves it meanwhile); else (the refusal, False). With `sync`, a
+    checkout elsewhere is first moved to `sha` with `lock` held alone."""
+    if not _lock(lock, fcntl.LOCK_SH):
+        return _CHECKOUT_BUSY, False
+    refusal = _checkout(root, env, sha)
+    if refusal is None or not sync:
+        return refusal, False
+    fcntl.flock(lock, fcntl.LOCK_UN)  # then alone: a failed conversion would drop it anyway
+    if not _lock(lock, fcntl.LOCK_EX):
+        return _CHECKOUT_BUSY, False
+    refusal = _sync(dirs, run, root, env, sha)
+    # Not atomic: another sync may move it in between, and the check below then refuses.
+    if refusal is None and not _lock(lock, fcntl.LOCK_SH):
+        refusal = _CHECKOUT_BUSY
+    return refusal or _checkout(root, env, sha), refusal is None
+
+
+_CHECKOUT_BUSY = {"answer": "busy", "holder": None, "expires_in": None, "busy_with": "checkout"}
+
+
+def _sync(dirs, run, root, env, sha):
+    """None once `sha` is checked out detached, fetched from the checkout's own remote if it was
+    not there; else the refusal. Hooks off: the checkout's hooks are no approved content."""
+    git = ["git", "-c", "core.hooksPath=/dev/null", "-C", root]
+    code, status, _ = _probe(env, git + ["status", "--porcelain", "--untracked-files=no"])
+    if code != 0:
+        return {"answer": "refused", "reason": "sync_failed"}
+    if status:
+        return {"answer": "refused", "reason": "sync_dirty"}  # a local edit: never thrown away
+    commit = git + ["cat-file", "-e", sha + "^{commit}"]
+    if _probe(env, commit)[0] != 0:
+        fetch_env = dict(env, GIT_TERMINAL_PROMPT="0")  # no session to ask for a password
+        fetched = _run(dirs, run, "sync.fetch", fetch_env, SYNC_FETCH_TIMEOUT_S, git[1:] + ["fetch"], program="git")
+        if _probe(env, commit)[0] != 0:
+            return {"answer": "refused", "reason": "sync_unreachable", "fetched": fetched["returncode"] == 0}
+    out = _run(dirs, run, "sync.checkout", env, SYNC_FETCH_TIMEOUT_S, git[1:] + ["checkout", "--detach", sha],
+               program="git")  # fmt: skip
+    return None if out["returncode"] == 0 else {"answer": "refused", "reason": "sync_failed"}
+
+
 def _checkout(root, env, sha):
     head = _capture(env, ["git", "-C", root, "rev-parse", "HEAD"])
     status = _capture(env, ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"])
@@ -616,8 +721,8 @@ def _capture(env, argv):
     return b"".join(chunks) if code == 0 else None
 
 
-def _run(dirs, run, step, env, timeout, argv, stdin=None):
-    """Run docker with its stdout and stderr in STATE/output/RUN.STEP.{stdout,stderr}.log
+def _run(dirs, run, step, env, timeout, argv, stdin=None, program="docker"):
+    """Run docker (or `program`) with its stdout and stderr in STATE/output/RUN.STEP.{stdout,stderr}.log
     (two files: one would cut a line of one stream with a block of the other), and
     `stdin` (at most PIPE_BUF bytes) then EOF on its standard input; the facts of the run."""
     paths = [os.path.join(dirs["output"], f"{run}.{step}.{stream}.log") for stream in ("stdout", "stderr")]
@@ -632,7 +737,7 @@ def _run(dirs, run, step, env, timeout, argv, stdin=None):
     try:
         actions = [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate((source, *outs))]
         pid = os.posix_spawn(
-            _program("docker", env), ["docker", *argv], env, file_actions=actions, setsid=True,
+            _program(program, env), [program, *argv], env, file_actions=actions, setsid=True,
             setsigdef=(SIGPIPE, SIGXFSZ),
         )
     finally:
@@ -667,6 +772,41 @@ def _run(dirs, run, step, env, timeout, argv, stdin=None):
         "output_sha256": digest.hexdigest(),
         "output_kept": kept,
     }
+
+
+def _probe(env, argv, timeout=PROBE_TIMEOUT_S):
+    """(exit code, or None when it could not start or was killed at `timeout`, stdout, stderr) of a
+    read-only command, each stream cut at PROBE_MAX_BYTES."""
+    pipes = [os.pipe(), os.pipe()]
+    null = os.open(os.devnull, os.O_RDONLY)
+    actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, pipes[0][1], 1),
+               (os.POSIX_SPAWN_DUP2, pipes[1][1], 2)]  # fmt: skip
+    try:
+        pid = os.posix_spawn(_program(argv[0], env), argv, env, file_actions=actions, setsid=True,
+                             setsigdef=(SIGPIPE, SIGXFSZ))  # fmt: skip
+    except OSError:
+        pid = None  # not installed: spawn fails with ENOENT
+    finally:
+        for fd in (null, pipes[0][1], pipes[1][1]):
+            os.close(fd)
+    kept = {r: b"" for r, _ in pipes}
+    reading, timed_out = set(kept) if pid is not None else set(), False
+    deadline = time.monotonic() + timeout
+    while reading:
+        ready = select.select(list(reading), [], [], max(0, deadline - time.monotonic()))[0]
+        if not ready:
+            os.killpg(pid, SIGKILL)
+            timed_out = True
+            break
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                reading.discard(fd)
+            kept[fd] = (kept[fd] + chunk)[:PROBE_MAX_BYTES]
+    code = None if pid is None else os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    for r, _ in pipes:
+        os.close(r)
+    return None if timed_out else code, kept[pipes[0][0]], kept[pipes[1][0]]
 
 
 def _program(name, env):

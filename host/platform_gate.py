@@ -5,7 +5,8 @@ host/platform-gate, the program authorized_keys names, runs main() from here
 
     command="/usr/local/bin/platform-gate --sacred backups/ /opt/platform",restrict ssh-ed25519 AAAA...
 
-Usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--lease-ttl S] [--read-only] ROOT
+Usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--lease-ttl S] [--read-only]
+                     [--allow-sync] ROOT
 
 Run as root (effective uid 0, whatever the user is called), the gate refuses
 everything: the deploy user must not be root.
@@ -20,19 +21,22 @@ it is exactly one of
     docker compose -f ROOT/<rel>.yml|.yaml -f - up -d --no-deps --no-build --pull never SERVICE
     git -C ROOT rev-parse HEAD
     platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA|- --lease
+    platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA --lease --sync
     platform-agent health RUN ROOT/<rel>.yml|.yaml SERVICE
     platform-agent rollback RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE
     platform-agent release RUN
-    platform-agent check
+    platform-agent check [--prerequisites]
     platform-agent logs RUN
 
-The last six are the host agent's verbs (platform_agent.py, installed beside
+The last seven are the host agent's verbs (platform_agent.py, installed beside
 this file): RUN a lowercase UUID, TIMEOUT 1..3600 seconds, SHA 40 lowercase
 hex or `-`. Its records, leases and the raw output it keeps live in --state
 DIR (default ~/.platform-agent); a lease expires --lease-ttl seconds after
 its run last spoke (default 600, at most 3600). With --read-only (the
 operators' key) only `ps`, `images`, `git rev-parse HEAD` and the agent's
-`check` and `logs` are allowed.
+`check` and `logs` are allowed. `apply ... --sync` (fetch, then check out SHA
+first) runs only where the host's admin wrote --allow-sync; elsewhere the
+agent answers that the host does not allow it, and nothing runs.
 
 The compose file must also stay inside ROOT, and not be or lie under a sacred
 path, once symlinks are resolved. Sacred paths are the defaults below plus
@@ -85,7 +89,10 @@ PIN_MAX_BYTES = 4096  # the same bound as PIN_MAX_BYTES in platformctl/commands.
 # The same list as DEFAULT_SACRED_PATHS in platformctl/config.py: the gate is
 # copied to hosts without platformctl, so it keeps its own copy.
 DEFAULT_SACRED = (".env", ".git/", "secrets/", "/etc/", "/root/")
-USAGE = "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--lease-ttl S] [--read-only] ROOT"
+USAGE = (
+    "usage: platform-gate [--path DIR[:DIR...]] [--sacred PATH]... [--state DIR] [--lease-ttl S] [--read-only] "
+    "[--allow-sync] ROOT"
+)
 # The shapes the operator's read-only key may run: nothing that changes a host.
 READ_ONLY = frozenset({"ps", "images", "git_head", "agent_check", "agent_logs"})
 LEASE_TTL_S, MAX_LEASE_TTL_S = 600, 3600  # platform_agent.py's
@@ -105,13 +112,14 @@ class Refused(Exception):
 
 
 def parse_args(argv):
-    """(root, bin_path, sacred, state, ttl, read_only) from the gate's own arguments,
-    set by the host's admin."""
-    bin_path, sacred, state, ttl, read_only = DEFAULT_PATH, list(DEFAULT_SACRED), None, LEASE_TTL_S, False
+    """(root, bin_path, sacred, state, ttl, read_only, allow_sync) from the gate's own
+    arguments, set by the host's admin."""
+    bin_path, sacred, state, ttl = DEFAULT_PATH, list(DEFAULT_SACRED), None, LEASE_TTL_S
+    flags = {"--read-only": False, "--allow-sync": False}
     options = ("--path", "--sacred", "--state", "--lease-ttl")
-    while argv and argv[0] == "--read-only" or len(argv) >= 2 and argv[0] in options:
-        if argv[0] == "--read-only":
-            read_only, argv = True, argv[1:]
+    while argv and argv[0] in flags or len(argv) >= 2 and argv[0] in options:
+        if argv[0] in flags:
+            flags[argv[0]], argv = True, argv[1:]
             continue
         if argv[0] == "--path":
             bin_path = argv[1]
@@ -132,7 +140,7 @@ def parse_args(argv):
     state = state or os.path.join(os.path.expanduser("~"), ".platform-agent")
     if not normalized_absolute(state):
         raise Refused("platform-gate: --state must be a normalized absolute path")
-    return root, bin_path, sacred, state, ttl, read_only
+    return root, bin_path, sacred, state, ttl, flags["--read-only"], flags["--allow-sync"]
 
 
 def has_control(text):
@@ -194,7 +202,7 @@ def timeout_ok(value):
 def agent_shape(argv, root):
     """The agent verb argv is ("agent_apply", "agent_health", ...), or None."""
     verb, args = argv[1:2], argv[2:]
-    if argv == ["platform-agent", "check"]:
+    if argv[1:] in (["check"], ["check", "--prerequisites"]):
         return "agent_check"
     if verb in (["logs"], ["release"]) and len(args) == 1 and run_id_ok(args[0]):
         return "agent_" + verb[0]
@@ -206,17 +214,13 @@ def agent_shape(argv, root):
         run, timeout, compose_file, service = args
         if run_id_ok(run) and timeout_ok(timeout) and compose_file_ok(compose_file, root) and service_ok(service):
             return "agent_rollback"
-    # `--lease` last: a gate older than the lease (v2) refuses the shape, so a worker
-    # that needs it never runs compose up there without one.
-    if verb == ["apply"] and len(args) == 6 and args[5] == "--lease":
-        run, timeout, compose_file, service, sha, _ = args
-        if (
-            run_id_ok(run) and timeout_ok(timeout)
-            and compose_file_ok(compose_file, root)
-            and service_ok(service)
-            and (sha == "-" or len(sha) == 40 and set(sha) <= HEX)
-        ):  # fmt: skip
-            return "agent_apply"
+    # `--lease` after SHA: a gate older than the lease (v2) refuses the shape, so a worker
+    # that needs it never runs compose up there without one; `--sync` (v4) the same way.
+    if verb == ["apply"] and args[5:] in (["--lease"], ["--lease", "--sync"]):
+        run, timeout, compose_file, service, sha = args[:5]
+        sha_ok = len(sha) == 40 and set(sha) <= HEX or sha == "-" and len(args) == 6  # sync needs a SHA
+        if run_id_ok(run) and timeout_ok(timeout) and compose_file_ok(compose_file, root) and service_ok(service):
+            return "agent_apply" if sha_ok else None
     return None
 
 
@@ -394,7 +398,7 @@ def main(argv):
         # By uid, not name: a uid-0 account called "deploy" is root all the same.
         if os.geteuid() == 0:
             raise Refused("platform-gate: refusing to run as root (uid 0); use a non-root deploy user")
-        root, bin_path, sacred, state, ttl, read_only = parse_args(argv)
+        root, bin_path, sacred, state, ttl, read_only, allow_sync = parse_args(argv)
         command, name = parse(os.environ.get("SSH_ORIGINAL_COMMAND", ""), root, sacred)
         if read_only and name not in READ_ONLY:
             raise Refused(f"platform-gate: read-only key: {name} not allowed")
@@ -413,16 +417,19 @@ def main(argv):
         print(exc, file=sys.stderr)
         return REFUSED
     if name.startswith("agent_"):
-        return agent(name, command[2:], root, bin_path, state, ttl)
+        return agent(name, command[2:], root, bin_path, state, ttl, allow_sync)
     return run_supervised(program, command, bin_path, pin)
 
 
-def agent(name, args, root, bin_path, state, ttl):
+def agent(name, args, root, bin_path, state, ttl, allow_sync):
     import platform_agent  # here: the other shapes do not pay for its imports
 
     if name == "agent_apply":
-        run, timeout, compose_file, service, sha, _ = args
-        return platform_agent.apply(root, bin_path, state, ttl, run, int(timeout), compose_file, service, sha)
+        run, timeout, compose_file, service, sha = args[:5]
+        sync = "--sync" in args[5:]
+        return platform_agent.apply(
+            root, bin_path, state, ttl, run, int(timeout), compose_file, service, sha, sync, allow_sync
+        )
     if name == "agent_health":
         return platform_agent.health(bin_path, state, ttl, *args)
     if name == "agent_rollback":
@@ -431,6 +438,6 @@ def agent(name, args, root, bin_path, state, ttl):
     if name == "agent_release":
         return platform_agent.release(state, args[0])
     if name == "agent_check":
-        return platform_agent.check(state, ttl)
+        return platform_agent.check(state, ttl, allow_sync, root, bin_path, prerequisites=bool(args))
     return platform_agent.logs(state, args[0])
 

@@ -27,9 +27,13 @@ PIN_MAX_BYTES = 4096
 GATE_REFUSED = 126
 # The host agent protocol this worker speaks (host/platform_agent.py's PROTOCOL), and
 # the oldest whose answers it still reads: a run whose compose up ran on a v2 agent
-# (no lease, `health` or `rollback`) is watched and rolled back as v2 allowed.
-AGENT_PROTOCOL = 3
+# (no lease, `health` or `rollback`) is watched and rolled back as v2 allowed. v4 adds
+# `apply ... --sync` (asked only of hosts that opt in) and `check --prerequisites`.
+AGENT_PROTOCOL = 4
 MIN_AGENT_PROTOCOL = 2
+LEASE_PROTOCOL, SYNC_PROTOCOL = 3, 4  # the first with `apply ... --lease`, with `--sync`
+# How long the agent lets `git fetch` run before a synced compose up (its own cap is the same).
+SYNC_FETCH_TIMEOUT_S = 60
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SHA = re.compile(r"[0-9a-f]{40}")
 # The longest compose up the agent runs (its own cap is the same).
@@ -143,22 +147,28 @@ def _run_id(run_id: str) -> str:
     return run_id
 
 
-def agent_apply(run_id: str, timeout_s: int, compose_path: str, service: str, sha: str | None) -> RemoteCommand:
+def agent_apply(
+    run_id: str, timeout_s: int, compose_path: str, service: str, sha: str | None, *, sync: bool = False
+) -> RemoteCommand:
     """The host agent's `apply` verb: under the compose project's lock on the host,
     at most once per run id, the checkout checked at `sha` (None: the host opted
     out of verify_checkout), then `docker compose -f FILE up -d SERVICE` detached
     from the SSH channel, the project's lease taken first (`--lease`: a v2 gate, which
-    has no lease, refuses the shape). It answers one JSON line of facts; the output
-    stays on the host."""
+    has no lease, refuses the shape). With `sync` (`--sync`, hosts with sync_checkout),
+    the agent first fetches from the checkout's own remote and checks out `sha`, where
+    the host's admin allows it; a gate older than v4 refuses the shape. It answers one
+    JSON line of facts; the output stays on the host."""
     if not (isinstance(timeout_s, int) and 0 < timeout_s <= MAX_UP_TIMEOUT_S):
         raise UnsafeCommand(f"compose up timeout must be 1..{MAX_UP_TIMEOUT_S} seconds: {timeout_s!r}")
     if sha is not None and not SHA.fullmatch(sha):
         raise UnsafeCommand(f"not a commit SHA (40 lowercase hex): {sha!r}")
+    if sync and sha is None:
+        raise UnsafeCommand("a synced apply needs the commit SHA to check out")
     return RemoteCommand(
         "compose_up",
         (
             "platform-agent", "apply", _run_id(run_id), str(timeout_s), _compose_file(compose_path),
-            _service(service), sha or "-", "--lease",
+            _service(service), sha or "-", "--lease", *(("--sync",) if sync else ()),
         ),
     )  # fmt: skip
 
@@ -187,9 +197,10 @@ def agent_release(run_id: str) -> RemoteCommand:
     return RemoteCommand("agent_release", ("platform-agent", "release", _run_id(run_id)))
 
 
-def agent_check() -> RemoteCommand:
-    """Read-only: the agent's protocol version and the leases it holds."""
-    return RemoteCommand("agent_check", ("platform-agent", "check"))
+def agent_check(*, prerequisites: bool = False) -> RemoteCommand:
+    """Read-only: the agent's protocol version and the leases it holds; with `prerequisites`
+    (v4, for `doctor`), also what applies need of the host, as facts."""
+    return RemoteCommand("agent_check", ("platform-agent", "check", *(("--prerequisites",) if prerequisites else ())))
 
 
 def agent_logs(run_id: str) -> RemoteCommand:

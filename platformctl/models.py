@@ -221,6 +221,14 @@ class HostConfig(BaseModel):
     connect_timeout_seconds: float = Field(default=10, gt=0, le=120)
     # On by default: an apply records the approved SHA, so the host must hold it.
     verify_checkout: StrictBool = True
+    # Opt-in: the host agent fetches and checks out the approved SHA before compose up.
+    sync_checkout: StrictBool = False
+
+    @model_validator(mode="after")
+    def _sync_verifies(self) -> HostConfig:
+        if self.sync_checkout and not self.verify_checkout:
+            raise ValueError("sync_checkout needs verify_checkout: a synced checkout is checked at the approved SHA")
+        return self
 
 
 # ---- activity inputs and outputs ------------------------------------------

@@ -127,6 +127,10 @@ class SshHost:
     def set_behaviour(self, service: str, behaviour: str) -> None:
         Path(self.state_dir, "behaviour", service).write_text(behaviour + "\n")
 
+    def set_engine(self, words: str) -> None:
+        """How the stand-in's `docker version` and `docker compose version` fail (tests/stand_in/docker)."""
+        Path(self.state_dir, "engine").write_text(words + "\n")
+
     def set_head_sha(self, sha: str) -> None:
         Path(self.state_dir, "head_sha").write_text(sha + "\n")
 
@@ -178,6 +182,7 @@ class SshHost:
         os.truncate(Path(self.state_dir, "calls.jsonl"), 0)
         Path(self.state_dir, "stdin.jsonl").unlink(missing_ok=True)  # what the rollbacks were given
         Path(self.state_dir, "release").unlink(missing_ok=True)  # what lets a `hold` up finish
+        Path(self.state_dir, "engine").unlink(missing_ok=True)  # how `docker version` fails, if it does
         for lease in Path(self.base_dir, "agent-state", "leases").glob("*.json"):
             lease.unlink()  # one test's unreleased lease (a killed worker's) is not the next test's
         os.truncate(self.log_path, 0)  # sshd appends (O_APPEND), so this is safe
@@ -283,13 +288,13 @@ def _free_port(address: str) -> int:
         return s.getsockname()[1]
 
 
-def _wait_listening(host: SshHost, deadline_s: float = 5.0) -> bool:
+def _wait_listening(process: subprocess.Popen, address: str, port: int, deadline_s: float = 5.0) -> bool:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        if host.process.poll() is not None:
+        if process.poll() is not None:
             return False
         try:
-            socket.create_connection((host.address, host.port), timeout=0.2).close()
+            socket.create_connection((address, port), timeout=0.2).close()
             return True
         except OSError:
             time.sleep(0.005)
@@ -374,11 +379,14 @@ def start_sshd(
     gate: bool = False,
     sacred: tuple[str, ...] = (),
     engine: DockerEngine | None = None,
+    real_git: bool = False,
+    gate_options: tuple[str, ...] = (),
 ) -> SshHost:
     """Start a test sshd on `address`. With `gate`, every login of the deploy
     key runs host/platform-gate as a forced command, as on a production host,
-    with `--sacred` for each of `sacred`. With `engine`, `docker` is the real
-    client talking to that engine (see the module doc); git stays a stand-in."""
+    with `--sacred` for each of `sacred` and `gate_options` (e.g. `--allow-sync`).
+    With `engine`, `docker` is the real client talking to that engine (see the
+    module doc); git stays a stand-in unless `real_git` (the host's own git)."""
     entry = _ensure_user(user)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation chroot
 
@@ -387,7 +395,8 @@ def start_sshd(
     bin_dir = base / "bin"
     bin_dir.mkdir()
     bin_dir.chmod(0o755)  # mkdir's mode is cut down by the umask
-    stand_ins = STAND_INS if engine is None else tuple(n for n in STAND_INS if n != "docker")
+    real = {"docker": engine is not None, "git": real_git}
+    stand_ins = tuple(n for n in STAND_INS if not real[n])
     for name in stand_ins:
         _install(STAND_IN_BIN / name, bin_dir / name)
     session_path = f"{bin_dir}:{SYSTEM_PATH}"
@@ -414,7 +423,7 @@ def start_sshd(
     if gate:
         # By its path, as on a host, so that its #! line (/usr/bin/python3 -IS) applies.
         gate_program = install_gate(base / "lib" / "platform-gate", base / "platform-gate")
-        options = "".join(f" --sacred {path}" for path in sacred)
+        options = "".join(f" --sacred {path}" for path in sacred) + "".join(f" {o}" for o in gate_options)
         # The agent's records and kept output: this server's own, so parallel tests never share a lock.
         agent_state = base / "agent-state"
         agent_state.mkdir(mode=0o700)
@@ -428,6 +437,38 @@ def start_sshd(
     authorized_keys.write_text(f"{restrictions}{client_pub}\n")
     authorized_keys.chmod(0o644)
 
+    session_env = f"PATH={session_path} STAND_IN_DIR={state_dir}{engine_env}"
+    try:
+        process, port = launch_sshd(base, address, user, str(authorized_keys), session_env, gate=gate)
+    except RuntimeError:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    host = SshHost(
+        address=address,
+        port=port,
+        user=user,
+        host_key_line=f"{known_hosts_pattern(address, port)} {host_key_pub}",
+        client_key_path=str(base / "client_key"),
+        remote_root=str(remote_root),
+        state_dir=str(state_dir),
+        log_path=str(base / "sshd.log"),
+        base_dir=str(base),
+        bin_dir=str(bin_dir),
+        process=process,
+        engine=engine,
+    )
+    host.reset()
+    return host
+
+
+def launch_sshd(
+    base: Path, address: str, user: str, authorized_keys: str, session_env: str, *, gate: bool = True,
+    strict_modes: bool = False,
+) -> tuple[subprocess.Popen, int]:
+    """sshd -D on a free port of `address`, with the host key at base/host_key, its config and
+    log (base/sshd.log) in `base`, letting in `user` only, by the keys of `authorized_keys` (a
+    path, or sshd's own pattern such as `.ssh/authorized_keys`), with `session_env` set in
+    every session. (process, port) once it listens."""
     log_path = base / "sshd.log"
     log_path.touch()
     # OpenSSH >= 9.8 blocks a source address after failed logins, and the
@@ -445,7 +486,8 @@ def start_sshd(
                     "PidFile none",
                     f"AuthorizedKeysFile {authorized_keys}",
                     "UsePAM no",
-                    "StrictModes no",  # keys live under /tmp, not in the user's home
+                    # Off for keys under /tmp; on where host/install wrote them, as on a host.
+                    f"StrictModes {'yes' if strict_modes else 'no'}",
                     f"AllowUsers {user}",
                     "PubkeyAuthentication yes",
                     "PasswordAuthentication no",
@@ -454,7 +496,7 @@ def start_sshd(
                     # the default prohibit-password: the gate must refuse it itself.
                     f"PermitRootLogin {'forced-commands-only' if gate else 'no'}",
                     "LogLevel VERBOSE",
-                    f"SetEnv PATH={session_path} STAND_IN_DIR={state_dir}{engine_env}",
+                    f"SetEnv {session_env}",
                     *penalties,
                     "",
                 ]
@@ -466,27 +508,11 @@ def start_sshd(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        host = SshHost(
-            address=address,
-            port=port,
-            user=user,
-            host_key_line=f"{known_hosts_pattern(address, port)} {host_key_pub}",
-            client_key_path=str(base / "client_key"),
-            remote_root=str(remote_root),
-            state_dir=str(state_dir),
-            log_path=str(log_path),
-            base_dir=str(base),
-            bin_dir=str(bin_dir),
-            process=process,
-            engine=engine,
-        )
-        if _wait_listening(host):
-            host.reset()
-            return host
+        if _wait_listening(process, address, port):
+            return process, port
         process.kill()
         process.wait()
         last_error = log_path.read_text(errors="replace")
-    shutil.rmtree(base, ignore_errors=True)
     raise RuntimeError(f"test sshd on {address} did not start:\n{last_error}")
 
 

@@ -94,6 +94,8 @@ def failure(returncode: int | None, timed_out: bool, stdout: str, stderr: str) -
 
 
 RUN_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# A version as docker and compose print them (`27.3.1`, `2.29.7-desktop.1`): host/platform_agent.py's VERSION.
+VERSION_PATTERN = r"^[0-9]{1,5}(\.[0-9]{1,5}){1,3}([-+~][0-9A-Za-z.+~-]{1,40})?$"
 AgentVerb = Literal["apply", "health", "rollback", "release", "check"]
 
 
@@ -143,8 +145,10 @@ class AgentAnswer(BaseModel):
     replayed: StrictBool = False
     lease_ttl: int | None = Field(default=None, ge=1)
     image_id: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    synced: StrictBool = False  # the agent checked out the approved commit first (sync_checkout)
     # busy, lease_lost
     holder: str | None = Field(default=None, pattern=RUN_PATTERN)
+    busy_with: Literal["project", "checkout"] | None = None  # checkout: a sync or a compose up of another project
     held_s: int | None = Field(default=None, ge=0)  # agent v2
     expires_in: int | None = Field(default=None, ge=0)
     # observed (health)
@@ -154,12 +158,21 @@ class AgentAnswer(BaseModel):
     # released, checked
     released: int | None = Field(default=None, ge=0)
     leases: list[LeaseFacts] = Field(default_factory=list, max_length=1000)
+    sync_allowed: StrictBool | None = None  # v4: the forced command says --allow-sync
+    # checked with --prerequisites (v4): what applies need of the host
+    docker: Literal["ok", "missing", "permission", "engine", "unknown"] | None = None
+    engine_version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    compose_version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    docker_group: StrictBool | None = None  # None: the host has no group docker
+    sync_remote: StrictBool | None = None  # the checkout has a remote to fetch from (hosts allowing sync)
     # refused
     reason: Literal[
-        "checkout", "compose_config", "host_storage", "not_applied", "no_snapshot", "undefined_service"
-    ] | None = None
+        "checkout", "compose_config", "host_storage", "not_applied", "no_snapshot", "undefined_service",
+        "sync_not_allowed", "sync_dirty", "sync_unreachable", "sync_failed",
+    ] | None = None  # fmt: skip
     head: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
     dirty: StrictBool = False
+    fetched: StrictBool | None = None  # sync_unreachable: whether `git fetch` itself succeeded
 
     @field_validator("progress")
     @classmethod
