@@ -85,6 +85,7 @@ def add_parser(commands_: Any) -> None:
 class Report:
     lines: list[str] = field(default_factory=list)
     failed: bool = False
+    other_root: bool = False  # the gate serves another ROOT: it refuses every path under remote_root
 
     def ok(self, what: str, detail: str) -> None:
         self.lines.append(f"OK   {what}: {detail}")
@@ -102,19 +103,23 @@ class Report:
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     report = Report()
     host = _allowlisted(settings, args.host, report)
-    checked = None
+    unchecked = "not connected"
     if host is not None and _client_key_loads(host, report):
         transport = SshTransport()
         try:
             if await _checkout(transport, host, report):
                 checked = await _agent(transport, host, report)
+                unchecked = "" if checked is not None else "needs the host agent's v4 `check`"
                 if checked is not None:
                     _prerequisites(host, checked, report)
-                await _compose_files(transport, settings, host, report, checked.lease_ttl if checked else None)
+                if report.other_root:
+                    report.skip("compose ps", "not checked (the gate serves another ROOT than remote_root)")
+                else:
+                    await _compose_files(transport, settings, host, report, checked.lease_ttl if checked else None)
         finally:
             await transport.close()
-    if checked is None:
-        report.skip("docker engine, compose", "not checked (needs the host agent's v4 `check`)")
+    if unchecked:
+        report.skip("docker engine, compose", f"not checked ({unchecked})")
     for line in report.lines:
         print(line)
     return EXIT_NOT_READY if report.failed else EXIT_OK
@@ -185,6 +190,7 @@ async def _checkout(transport: SshTransport, host: HostConfig, report: Report) -
         report.ok("checkout", f"{host.remote_root} is at {head}{synced}")
     elif host.verify_checkout:
         cause, fix = _git_failure(host, out)
+        report.other_root = out.returncode == commands.GATE_REFUSED and "command not allowed" in out.stderr
         report.fail("checkout", f"git rev-parse HEAD in {host.remote_root}: {cause}", fix)
     else:
         report.skip("checkout", f"unreadable ({_git_failure(host, out)[0]}), and not required: verify_checkout is off")

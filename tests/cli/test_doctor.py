@@ -150,6 +150,7 @@ async def test_doctor_names_the_causes_of_a_refused_client_key_and_the_install_t
         f"{tmp_path / 'unlisted'}`): it creates the user, unlocks it without a password and writes the key's "
         "forced-command line; the host's sshd log says which it was"
     )
+    assert "-    docker engine, compose: not checked (not connected)" in lines
     assert sshd_host.calls() == []
 
 
@@ -159,6 +160,7 @@ async def test_doctor_fails_each_missing_prerequisite_with_its_fix_and_no_host_t
     root, env = doctor_env
     elsewhere = f"{sshd_host.remote_root}-elsewhere"
     write_hosts(root, {"h1": ssh_host_entry(sshd_host, remote_root=elsewhere, sync_checkout=True)})
+    write_module(root, "cache", "h1", "redis")
     sshd_host.set_engine("permission no_compose")
 
     code, lines = await doctor(env, "h1")
@@ -193,6 +195,8 @@ async def test_doctor_fails_each_missing_prerequisite_with_its_fix_and_no_host_t
         f"     fix: {install} --allow-sync --user {DEPLOY_USER} --key FILE --checkout {elsewhere} (rewrites the "
         "key's line), or set sync_checkout: false and sync by hand (docs/security.md)"
     )
+    assert "-    compose ps: not checked (the gate serves another ROOT than remote_root)" in lines
+    assert len(found) == 4, lines
     assert "platform-gate:" not in "\n".join(lines) and "denied while" not in "\n".join(lines)  # nothing of the host's
 
 
