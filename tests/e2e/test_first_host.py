@@ -19,6 +19,7 @@ import pytest
 from platformctl.policy.plan import plan_digest
 from tests.cli.test_doctor import doctor
 from tests.e2e.conftest import write_hosts, write_module
+from tests.host.test_install import needs_docker_group
 from tests.platform_files import apply_input, approval, change, plan
 from tests.sshd import (
     COMPOSE_FILE,
@@ -68,6 +69,7 @@ def git(checkout: Path, *args: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
+@needs_docker_group
 async def test_host_install_on_a_fresh_user_then_doctor_then_a_real_apply(e2e, bare_host):
     base, user, processes = bare_host
     checkout = base / "checkout"  # root's: the deploy user reads it only with safe.directory
