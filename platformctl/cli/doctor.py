@@ -109,8 +109,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             if await _checkout(transport, host, report):
                 checked = await _agent(transport, host, report)
-                unchecked = "" if checked is not None else "needs the host agent's v4 `check`"
-                if checked is not None:
+                current = checked is not None and checked.agent >= commands.AGENT_PROTOCOL
+                unchecked = "" if current else f"needs the host agent's v{commands.AGENT_PROTOCOL} `check`"
+                if checked is not None and current:
                     _prerequisites(host, checked, report)
                 if report.other_root:
                     report.skip("compose ps", "not checked (the gate serves another ROOT than remote_root)")
@@ -279,7 +280,7 @@ async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> A
     """The agent's `check --prerequisites` (a gate older than v4 refuses it, and is asked the plain
     `check`): its version, the leases it holds (a lease is an apply between its compose up and its
     end, or one whose worker vanished, until it expires) and, from v4, the host's prerequisites.
-    The answer when the agent is current, else None."""
+    The answer, or None when the agent is missing or older than this host needs."""
     upgrade = f"{INSTALL} --user {host.user}"
     try:
         out = await transport.run(host, commands.agent_check(prerequisites=True), timeout_s=COMMAND_TIMEOUT_S)
@@ -299,8 +300,14 @@ async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> A
         report.fail("host agent", f"{e} (exit {out.returncode})", upgrade)
         return None
     ttl = f", leases expire {answer.lease_ttl} s after their run last spoke" if answer.lease_ttl else ""
-    if answer.agent < commands.AGENT_PROTOCOL:
-        report.fail("host agent", f"v{answer.agent}, older than this worker's v{commands.AGENT_PROTOCOL}", upgrade)
+    # What this host's applies need: the lease (v3), and sync (v4) where hosts.yaml asks for it.
+    needed = commands.SYNC_PROTOCOL if host.sync_checkout else commands.LEASE_PROTOCOL
+    if answer.agent < needed:
+        why = " (sync_checkout needs it)" if host.sync_checkout else ""
+        report.fail("host agent", f"v{answer.agent}, older than v{needed}{why}", upgrade)
+    elif answer.agent < commands.AGENT_PROTOCOL:
+        report.ok("host agent", f"v{answer.agent}, behind the gate{ttl} (v{commands.AGENT_PROTOCOL}, from {upgrade}, "
+                  "also reports the host's prerequisites and can sync its checkout)")  # fmt: skip
     else:
         report.ok("host agent", f"v{answer.agent}, behind the gate{ttl}")
     if not answer.leases:
@@ -310,7 +317,7 @@ async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> A
             f"lease {lease.project}",
             f"held by run {lease.run} ({lease.step or 'apply'}), expires in {lease.expires_in} s unless renewed",
         )
-    return answer if answer.agent >= commands.AGENT_PROTOCOL else None
+    return answer if answer.agent >= needed else None
 
 
 def _prerequisites(host: HostConfig, answer: AgentAnswer, report: Report) -> None:

@@ -5,12 +5,16 @@ its fix, in our words (nothing the host printed)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from platformctl.commands import AGENT_PROTOCOL
+from platformctl.cli import doctor as doctor_module
+from platformctl.commands import AGENT_PROTOCOL, RemoteCommand
+from platformctl.models import HostConfig
+from platformctl.transport import RemoteOutput
 from tests.cli.conftest import PLATFORM_APPLY
 from tests.e2e.conftest import compose_ps_argv, ssh_host_entry, write_hosts, write_module, wrong_host_key_line
 from tests.platform_files import SHA
@@ -213,3 +217,39 @@ async def test_doctor_fails_for_a_host_not_in_hosts_yaml_or_not_allowed(doctor_e
     assert code == 4 and failed.startswith("FAIL allowlist: ") and "root" in failed, lines
     assert fix.startswith("     fix: correct rooted's entry in "), fix
     assert sshd_host.calls() == []
+
+
+class V3Gate:
+    """A host still on agent v3: its gate refuses `check --prerequisites`, answers `check`."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, ...]] = []
+
+    async def run(self, host: HostConfig, command: RemoteCommand, *, timeout_s: float) -> RemoteOutput:
+        self.sent.append(command.argv)
+        if command.argv[2:] == ("--prerequisites",):
+            return RemoteOutput(returncode=126, stdout="", stderr="platform-gate: command not allowed", duration_s=0.1)
+        answer = {"agent": 3, "verb": "check", "run": None, "answer": "checked", "lease_ttl": 600, "leases": []}
+        return RemoteOutput(returncode=0, stdout=json.dumps(answer), stderr="", duration_s=0.1)
+
+
+@pytest.mark.parametrize("sync_checkout", [False, True])
+async def test_a_v3_agent_still_serves_a_host_without_sync_and_fails_one_that_asks_for_it(sync_checkout):
+    host = HostConfig(name="h", address="h.example", user="deploy", remote_root="/opt/platform",
+                      sync_checkout=sync_checkout)  # fmt: skip
+    report, gate = doctor_module.Report(), V3Gate()
+    answer = await doctor_module._agent(gate, host, report)  # type: ignore[arg-type]
+    assert gate.sent == [("platform-agent", "check", "--prerequisites"), ("platform-agent", "check")]
+    install = "on the host, as root, from a checkout of this version: host/install --user deploy"
+    if sync_checkout:
+        assert answer is None and report.failed
+        assert report.lines[:2] == [
+            "FAIL host agent: v3, older than v4 (sync_checkout needs it)",
+            f"     fix: {install}",
+        ]
+    else:
+        assert answer is not None and answer.lease_ttl == 600 and not report.failed
+        assert report.lines[0] == (
+            "OK   host agent: v3, behind the gate, leases expire 600 s after their run last spoke (v4, from "
+            f"{install}, also reports the host's prerequisites and can sync its checkout)"
+        )
