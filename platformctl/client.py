@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.failure.v1 import Failure
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DefaultFailureConverter, PayloadConverter
 from temporalio.runtime import Runtime
 
 from platformctl.config import Settings
@@ -18,7 +21,28 @@ log = logging.getLogger(__name__)
 PLATFORM_MODULE = SearchAttributeKey.for_keyword("PlatformModule")
 PLATFORM_HOST = SearchAttributeKey.for_keyword("PlatformHost")
 PLATFORM_STATUS = SearchAttributeKey.for_keyword("PlatformStatus")
-SEARCH_ATTRIBUTES = (PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS)
+# On the lock and module-state workflows ("lock", "module_state"): the Web UI's list tells them from applies.
+PLATFORM_KIND = SearchAttributeKey.for_keyword("PlatformKind")
+SEARCH_ATTRIBUTES = (PLATFORM_MODULE, PLATFORM_HOST, PLATFORM_STATUS, PLATFORM_KIND)
+
+
+class PlainFailureConverter(DefaultFailureConverter):
+    """Our failures (ApplicationError: a contract type and a message that says why) without
+    the Python stack trace, which the Web UI shows as an apply's result and which tells an
+    operator nothing. Other failures (a bug) keep theirs."""
+
+    def to_failure(self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        while True:
+            if failure.HasField("application_failure_info"):
+                failure.stack_trace = ""
+            if not failure.HasField("cause"):
+                return
+            failure = failure.cause
+
+
+# The pydantic converter every client and worker of this platform uses.
+DATA_CONVERTER = dataclasses.replace(pydantic_data_converter, failure_converter_class=PlainFailureConverter)
 
 
 _shown: set[str] = set()
@@ -40,7 +64,7 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         tls=config.get("tls", False),
         api_key=config.get("api_key"),
         rpc_metadata=config.get("rpc_metadata", {}),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
+from platformctl.client import PLATFORM_KIND
 from platformctl.config import MODULE_ID
 from platformctl.models import AppliedRecord, FailedRecord, ModuleEvent, ModuleState, PersistStateInput
 from platformctl.policy.record_seal import seal
@@ -28,6 +29,7 @@ async def record_event(client: Client, task_queue: str, event: ModuleEvent) -> N
         start_signal_args=[event],
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=f"state of module {event.module}",
+        search_attributes=TypedSearchAttributes([SearchAttributePair(PLATFORM_KIND, "module_state")]),
     )
 
 

@@ -16,14 +16,13 @@ import pytest_timeout
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import Deps, build_activities
-from platformctl.client import SEARCH_ATTRIBUTES
+from platformctl.client import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from platformctl.config import Settings
 from platformctl.module_state import module_state_id
 from platformctl.transport.fake import FakeTransport
@@ -120,7 +119,7 @@ async def own_ts_env():
 async def _time_skipping():  # type: ignore[no-untyped-def]
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(VENV_BIN / "temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
     )
     # This server has no ListSearchAttributes, so add them without asking first.
     await env.client.operator_service.add_search_attributes(

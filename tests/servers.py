@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from platformctl.client import SEARCH_ATTRIBUTES
+from platformctl.client import DATA_CONVERTER, SEARCH_ATTRIBUTES
 
 TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
 NAMESPACE = "default"
@@ -46,7 +45,7 @@ async def dev_server():
     env = await WorkflowEnvironment.start_local(
         namespace=NAMESPACE,
         dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         ui=False,
         dev_server_extra_args=[
             "--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000",
@@ -69,7 +68,7 @@ async def dev_env():
     One per test process; each test isolates itself on its own task queue."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         ui=False,
         search_attributes=list(SEARCH_ATTRIBUTES),
     )

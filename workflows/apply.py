@@ -120,6 +120,7 @@ class ApplyWorkflow:
             Checks.validate_plan, ValidatePlanInput(plan=inp.plan, plan_digest=self._digest), local=True
         )
         self._known_target(plan)
+        self._headline(plan)
         return plan
 
     async def _check_approval(self, inp: ApplyInput, plan: ValidatedPlan) -> None:
@@ -127,6 +128,7 @@ class ApplyWorkflow:
         if given is None:
             given = await self._gate.wait(self._sha7(), inp.approval_timeout_seconds, plan.module, plan.host)
         await self._gate.check(inp, given, self._digest)
+        self._headline(plan)
 
     async def _resolve_target(self, plan: ValidatedPlan) -> Target:
         """Resolve and guard the compose path (3), then check the host allowlist and read
@@ -231,7 +233,7 @@ class ApplyWorkflow:
 
     def _on_apply_health(self, record: HealthRecord, cfg: HealthConfig) -> None:
         self._out.health = record
-        workflow.set_current_details(health_check.details(cfg, self._out.health))
+        self._steps.details(health_check.details(cfg, self._out.health))
 
     # ---- endings ----------------------------------------------------------
 
@@ -254,7 +256,7 @@ class ApplyWorkflow:
         await records.write(self._steps, self._out, self._persist_input(status))
 
     async def _record_again(self, status: Status) -> None:
-        await records.retry(self._out, status, lambda: self._record(status))
+        await records.retry(self._steps, self._out, status, lambda: self._record(status))
 
     # ---- plumbing ---------------------------------------------------------
 
@@ -279,8 +281,17 @@ class ApplyWorkflow:
         error = f": {self._out.error}" if self._out.error else ""
         image = self._out.rollback.image if self._out.rollback else None
         rolled = f"\n\nImage rollback: **{image.outcome}** {image.image_id or ''} {image.error or ''}" if image else ""
-        workflow.set_current_details(f"**{status}** (exit code {OUTCOMES[status].exit_code}){error}{rolled}")
+        error_type = OUTCOMES[status].error_type
+        kind = f"{error_type}, " if error_type else ""
+        self._steps.details(f"**{status}** ({kind}exit code {OUTCOMES[status].exit_code}){error}{rolled}")
         return self._result(status, self._out.error)
+
+    def _headline(self, plan: ValidatedPlan) -> None:
+        approval = self._gate.approval
+        who = "awaiting approval"
+        if approval is not None:
+            who = f"PR #{approval.approved_pr}, approved by {self._approved_by() or '?'}"
+        self._steps.headline = f"**{plan.module}@{plan.host}** `{self._sha7()}` {who}"
 
     def _sha7(self) -> str:
         return self._input.plan.source_sha[:7] if self._input else "?"

@@ -164,7 +164,7 @@ class ApprovalGate:
         except (Stop, ValidationError) as e:
             why = e.message if isinstance(e, Stop) else f"not a valid approval: {brief_errors(e)}"
             self.refused += 1
-            workflow.set_current_details(
+            self._steps.details(
                 f"{self._waiting_details} Approval {self.refused} of at most {MAX_REFUSED} refused: {why}"
             )
             error_type = OUTCOMES[e.status].error_type if isinstance(e, Stop) else None

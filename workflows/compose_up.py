@@ -73,7 +73,7 @@ async def _reask(steps: Steps, inp: ComposeUpInput, stop: Stop) -> ComposeUpResu
     host = inp.target.host.name
     until = workflow.now() + timedelta(seconds=inp.timeout_seconds) + REASK_FOR
     while workflow.now() < until:
-        workflow.set_current_details(
+        steps.details(
             f"{host} stopped answering during compose up ({stop.message}); asking its host "
             f"agent for the outcome every {REASK_EVERY.seconds} s until {until:%H:%M:%S} UTC."
         )

@@ -83,7 +83,7 @@ async def restore(steps: Steps, target: Target, plan: ValidatedPlan, snapshot: I
 
     def on_poll(record: HealthRecord, cfg: HealthConfig) -> None:
         seen.append(record)
-        workflow.set_current_details(f"Rolled back to {image_id}. {health_check.details(cfg, record)}")
+        steps.details(f"Rolled back to {image_id}. {health_check.details(cfg, record)}")
 
     try:
         health = await health_check.watch(steps, target, plan.module, plan.health, on_poll)

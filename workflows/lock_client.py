@@ -10,11 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue, RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.lookups import Lookups
+    from platformctl.client import PLATFORM_KIND
     from platformctl.models import LockHolderInput, LockRequest, Target
     from workflows.project_lock import (
         ENQUEUE,
@@ -92,6 +93,7 @@ class ProjectLockClient:
                     id=lock_id,
                     parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
                     static_summary=f"lock {target.host.name}/{target.project}: held by {me}",
+                    search_attributes=TypedSearchAttributes([SearchAttributePair(PLATFORM_KIND, "lock")]),
                 )
                 break
             except WorkflowAlreadyStartedError:

@@ -118,11 +118,13 @@ async def write(steps: Steps, outcome: Outcome, persist: PersistStateInput) -> N
     outcome.state_artifact = persisted.state_artifact or outcome.state_artifact
 
 
-async def retry(outcome: Outcome, status: Status, write_again: Callable[[], Awaitable[None]]) -> None:
+async def retry(
+    steps: Steps, outcome: Outcome, status: Status, write_again: Callable[[], Awaitable[None]]
+) -> None:
     """Write a pending record again on durable timers, backing off, for a day."""
     waited, delay = 0, RECORD_RETRY_FIRST_S
     while outcome.pending is not None and waited < RECORD_RETRY_FOR_S:
-        workflow.set_current_details(f"**{status}**; its record is pending, next try in {delay} s: {outcome.pending}")
+        steps.details(f"**{status}**; its record is pending, next try in {delay} s: {outcome.pending}")
         await workflow.sleep(delay)
         waited, delay = waited + delay, min(2 * delay, RECORD_RETRY_MAX_S)
         await write_again()

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from platformctl.outcomes import OUTCOMES, Outcome
     from platformctl.payload import UnreadablePayload, decode_json
+    from platformctl.redact import redact_and_cap
     from workflows import health_check, images
     from workflows.lock_client import ProjectLockClient
     from workflows.messages import first_json, rejection, stop_if_rejected
@@ -126,6 +127,10 @@ class OperatorRollback:
         except Stop as stop:
             raise _Ended(stop.status, stop.message) from None  # type: ignore[arg-type]
         target = plan.target
+        by = redact_and_cap(self.request.approved_by) if self.request.approved_by else "?"
+        self.steps.headline = (
+            f"Rollback of **{plan.plan.module}@{plan.plan.host}** to `{plan.to_sha[:7]}`, asked by {by}"
+        )
         workflow.upsert_search_attributes([PLATFORM_HOST.value_set(plan.plan.host)])
         if not target.execute:
             raise _Ended("dry_run", None)
@@ -205,7 +210,7 @@ class OperatorRollback:
 
     def _on_health(self, record: HealthRecord, cfg: HealthConfig) -> None:
         self.health = record
-        workflow.set_current_details(health_check.details(cfg, record))
+        self.steps.details(health_check.details(cfg, record))
 
     async def _end(self, status: RollbackStatus, message: str | None = None) -> RollbackOutcome:
         plan = self.plan
@@ -241,7 +246,9 @@ class OperatorRollback:
             workflow.logger.error("rollback record not written: %s", failed.message)
         self.steps.phase, self.result_status, self.error = "done", status, message
         workflow.upsert_search_attributes([PLATFORM_STATUS.value_set(status)])
-        workflow.set_current_details(f"**{status}** (exit code {exit_code}){': ' + message if message else ''}")
+        error_type = ROLLBACK_OUTCOMES[status].error_type
+        kind = f"{error_type}, " if error_type else ""
+        self.steps.details(f"**{status}** ({kind}exit code {exit_code}){': ' + message if message else ''}")
         return outcome
 
 

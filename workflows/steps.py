@@ -90,6 +90,9 @@ class Steps:
         self.phase: Phase = "validating"
         self.coalesce = False
         self._pending: dict[str, SearchAttributeUpdate[str]] = {}
+        # What the run is, on top of the Web UI's current details: its static summary is
+        # fixed at the start, before the PR and who approved may be known.
+        self.headline = ""
 
     async def run(
         self,
@@ -139,7 +142,11 @@ class Steps:
         if phase != self.phase:
             self.upsert(PLATFORM_STATUS.value_set(phase))
         self.phase = phase
-        workflow.set_current_details(details)
+        self.details(details)
+
+    def details(self, text: str) -> None:
+        """The UI's current details: the headline, then what the run does or how it ended."""
+        workflow.set_current_details(f"{self.headline}\n\n{text}" if self.headline else text)
 
     def upsert(self, update: SearchAttributeUpdate[str]) -> None:
         """Coalesced in an apply: kept until it next waits on the server (a scheduled

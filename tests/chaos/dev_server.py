@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 import worker as platform_worker
+from platformctl.client import DATA_CONVERTER
 from platformctl.config import Settings
 from tests.e2e.conftest import dev_server_port
 
@@ -61,7 +61,7 @@ class RestartableDevServer:
         self.starts += 1
         if self._client is None:
             self._client = await Client.connect(
-                self.address, namespace=NAMESPACE, data_converter=pydantic_data_converter
+                self.address, namespace=NAMESPACE, data_converter=DATA_CONVERTER
             )
 
     def kill9(self) -> None:

@@ -11,11 +11,11 @@ import uuid
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 
 from activities.base import StepActivities, step
+from platformctl.client import DATA_CONVERTER
 from platformctl.metrics import runtime_from_env
 from platformctl.outcomes import ApprovalMismatch
 from platformctl.transport.fake import failed
@@ -133,7 +133,7 @@ async def test_outcomes_are_counted_in_prometheus_metrics(ts_env, tmp_path):
     assert runtime is not None
     client = await Client.connect(
         ts_env.client.service_client.config.target_host, namespace="default",
-        data_converter=pydantic_data_converter, runtime=runtime,
+        data_converter=DATA_CONVERTER, runtime=runtime,
     )
     write_platform(tmp_path)
     harness = Harness(client=client, root=tmp_path)

@@ -23,10 +23,9 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from platformctl.client import register_search_attributes
+from platformctl.client import DATA_CONVERTER, register_search_attributes
 from tests.conftest import Harness
 from tests.platform_files import apply_input, module_doc, write_platform
 
@@ -129,7 +128,7 @@ async def ui_apply(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ui
     env = await WorkflowEnvironment.start_local(
         namespace=NAMESPACE,
         dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         ui=True,
         ui_port=ui_port,
         dev_server_log_level="error",

@@ -14,6 +14,7 @@ import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowExecutionStatus
 
+from platformctl.client import PLATFORM_KIND
 from platformctl.models import LockRequest
 from platformctl.policy.plan import plan_digest
 from platformctl.state import read_status
@@ -32,7 +33,7 @@ from tests.platform_files import (
 )
 from tests.workflows.test_replay import activity_types, replay
 from workflows.health_check import HOST_UNOBSERVED
-from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow
+from workflows.project_lock import LOCK_FREE, ProjectLockWorkflow, project_lock_id
 from workflows.registry import ALL_WORKFLOWS
 
 COMMAND = f"platform-agent apply RUN 300 /opt/platform/compose/core/compose.yaml honcho-redis {SHA} --lease"
@@ -620,3 +621,42 @@ async def test_a_person_is_told_when_an_apply_waits_and_before_the_wait_ends(har
     started = events[0].event_time.ToDatetime()
     # the warning comes a tenth of the wait (at most an hour) before the deadline: 720 s of 7200
     assert 6470 <= (scheduled[1][0] - started).total_seconds() <= 6500
+
+
+# ---- what an operator sees in the Web UI ----------------------------------------------
+
+
+async def test_current_details_name_the_apply_then_its_pr_and_who_approved(harness):
+    """The static summary is fixed at the start, before a later approval names its PR."""
+    async with harness.worker():
+        handle = await harness.start(apply_input(approval_=None))
+        await wait_for_phase(handle, "awaiting_approval")
+        waiting = (await handle.query("__temporal_workflow_metadata")).current_details
+        await handle.signal("approve", approval(approved_by="alice"))
+        out = await harness.outcome(handle)
+        done = (await handle.query("__temporal_workflow_metadata")).current_details
+    assert out.status == "applied"
+    assert waiting.startswith("**honcho-redis@rs2000** `0123456` awaiting approval\n\n"), waiting
+    assert done.startswith("**honcho-redis@rs2000** `0123456` PR #165, approved by alice\n\n"), done
+    assert "**applied** (exit code 9)" in done, done
+
+
+async def test_a_failed_apply_says_its_type_and_reason_with_no_stack_trace(harness):
+    harness.transport.script = {"compose_ps": [ps("honcho-redis", "running", "unhealthy")]}
+    async with harness.worker():
+        out = await harness.outcome(await harness.start(apply_input()))
+        details = (await out.handle.query("__temporal_workflow_metadata")).current_details
+    assert out.status == "unhealthy"
+    assert "**unhealthy** (Unhealthy, exit code 4): " in details, details
+    [failed] = [e.workflow_execution_failed_event_attributes.failure for e in (await out.handle.fetch_history()).events
+                if e.HasField("workflow_execution_failed_event_attributes")]
+    # What the Web UI shows as the Result: our message, not a Python traceback.
+    assert failed.message == out.result["error"] and failed.application_failure_info.type == "Unhealthy"
+    assert failed.stack_trace == "", failed.stack_trace
+
+
+async def test_the_lock_carries_platform_kind_so_a_list_can_leave_it_out(harness):
+    out = await harness.apply(apply_input())
+    assert out.status == "applied"
+    lock = await harness.client.get_workflow_handle(project_lock_id("rs2000", "core")).describe()
+    assert lock.typed_search_attributes.get(PLATFORM_KIND) == "lock"

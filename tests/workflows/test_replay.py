@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from platformctl.client import DATA_CONVERTER
 from platformctl.transport import ConnectFailed
 from platformctl.transport.fake import ps
 from tests.platform_files import apply_input, approval
@@ -32,7 +32,7 @@ RECORDED = PREVIOUS / "applied.json"
 
 
 async def replay(history: WorkflowHistory, workflows: list = ALL_WORKFLOWS) -> Exception | None:
-    replayer = Replayer(workflows=workflows, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=workflows, data_converter=DATA_CONVERTER)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     return result.replay_failure
 

@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from temporalio.client import WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Replayer
 
 import activities.single_flight as single_flight
 from activities.base import heartbeating
+from platformctl.client import DATA_CONVERTER
 from platformctl.models import ModuleState
 from platformctl.module_state import module_state_id
 from platformctl.state import read_status
@@ -226,7 +226,7 @@ async def test_a_cancel_whose_attempt_then_times_out_ends_compose_up_before_the_
     [line] = audit_lines(harness)
     assert (line["status"], line["exitCode"]) == ("cancelled", 5)
     assert line["rollback"]["image"]["outcome"] == "restored"
-    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=DATA_CONVERTER)
     await replayer.replay_workflow(await handle.fetch_history())  # the patched branch replays as it ran
 
 
