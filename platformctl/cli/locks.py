@@ -112,7 +112,7 @@ async def _leases(transport: SshTransport, name: str, entry: HostConfig, key: st
         host = check_host(name, {name: entry.model_copy(update={"client_key": key}) if key else entry})
         out = await transport.run(host, commands.agent_check(), timeout_s=30)
         if out.returncode == commands.GATE_REFUSED:
-            return [f"{name}: host leases unknown (its agent is older than v{commands.AGENT_PROTOCOL})"]
+            return [f"{name}: host leases unknown (its agent is older than v{commands.LEASE_PROTOCOL})"]
         answer = agent_answer(out.stdout, None, "check")
     except (ApplyError, TransportError, UnreadableAnswer) as e:
         return [one_line(f"{name}: host leases unknown ({redact(str(e))})", limit=None)]
