@@ -63,6 +63,14 @@ NOT_RUN = {
     "make test    # creates ./.venv, then: .venv/bin/python -m pytest\n":
         "README.md's two commands: `make run` serves until stopped (this test runs the worker.py it starts, "
         "on a dev server of its own), and `make test` is the whole suite, which .ci/run runs",
+    "host/install --user deploy --key platform_deploy.pub --checkout /opt/platform\n":
+        "README.md's step 2 runs on the host, as root: tests/e2e/test_first_host.py runs host/install with "
+        "these options on a fresh user of this machine, then doctor and a real apply through it",
+    "host/install --user platform-deploy --key platform_deploy.pub --checkout /opt/platform\n":
+        "docs/security.md's host preparation runs on the host, as root: tests/e2e/test_first_host.py runs it",
+    "sudo -u platform-deploy sh -c 'git -C /opt/platform fetch && git -C /opt/platform checkout --detach SHA'\n":
+        "docs/security.md's manual sync runs on a host with a real git remote: tests/host/test_sync_checkout.py "
+        "runs the agent's sync, the same fetch and detached checkout",
 }
 RUN_FENCE = "sh"
 NOT_RUN_FENCES = {"text", "json", "yaml"}  # illustrative only: never run
@@ -289,11 +297,13 @@ def checks(sha: str) -> list[Check]:
     return [
         Check(f"platform-apply doctor {HOST}", "every check of the host OK, the checkout at the plan's SHA",
               doctor_ok),
-        Check("platform-apply apply example/plan.json --approve-sha", "the one-line outcome of a real apply",
+        Check('platform-apply approve "$ID"', "the README's first apply approved",
+              lambda r: r.stdout.startswith(f"approved apply-{MODULE}-{sha[:12]}-")),
+        Check("platform-apply apply first.json   #", "the one-line outcome of the README's first real apply",
               lambda r: f"applied {MODULE}@{HOST} {sha[:7]} exit 9" in r.stdout),
-        Check("--no-wait", "the workflow id, first", lambda r: r.stdout.splitlines()[:1] == [wid]),
+        Check("--no-wait", "the workflow id, first", lambda r: r.stdout.splitlines()[:1] == [wid], unless="ID=$("),
         Check("platform-apply status", "the module's line: SHA, PR, applied by ci", lambda r: status_line(r.stdout)),
-        Check("platform-apply approve", "accepted", lambda r: f"approved {wid}" in r.stdout),
+        Check("platform-apply approve", "accepted", lambda r: f"approved {wid}" in r.stdout, unless='"$ID"'),
         Check("platform-apply locks", "any line about rs2000/core names the apply",
               held_by_the_apply),
         Check("platform-apply reject", "delivered, and the apply ends rejected by alice",
