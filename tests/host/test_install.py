@@ -181,8 +181,17 @@ def test_install_prepares_a_fresh_user_then_changes_nothing_and_repairs_what_sta
 
 
 def test_install_refuses_non_root_and_anything_a_shell_would_read_in_the_forced_command(scratch):
-    as_nobody = subprocess.run(["sh", str(INSTALL)], user="nobody", cwd="/", capture_output=True, text=True)
-    assert as_nobody.returncode == 77 and "run it as root" in as_nobody.stderr
+    # A copy nobody can read: the checkout this runs from may sit in a private (0700) folder.
+    readable = Path(tempfile.mkdtemp(prefix="platform-install-"))
+    try:
+        readable.chmod(0o755)
+        shutil.copy(INSTALL, readable / "install")
+        (readable / "install").chmod(0o644)
+        as_nobody = subprocess.run(["sh", str(readable / "install")], user="nobody", cwd="/", capture_output=True,
+                                   text=True)
+    finally:
+        shutil.rmtree(readable)
+    assert as_nobody.returncode == 77 and "run it as root" in as_nobody.stderr, as_nobody
     for options, words in [
         (("--checkout", "/opt/platform;id"), "may hold only"),
         (("--checkout", "/opt/../etc"), "normalized"),
