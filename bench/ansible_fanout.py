@@ -43,8 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench.* when
 from bench.fanout_hosts import Fanout, fanout_hosts  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
-# Found, not imported: the strategy plugin is loaded by ansible-playbook itself.
-MITOGEN_STRATEGIES = Path(str(find_spec("ansible_mitogen").origin)).parent / "plugins" / "strategy"
+
+
+def missing() -> str | None:
+    """What of the `bench` extra is not installed, or None."""
+    if not (VENV_BIN / "ansible-playbook").exists():
+        return "ansible-core (its ansible-playbook)"
+    return "mitogen" if find_spec("ansible_mitogen") is None else None
+
+
+def _mitogen_strategies() -> Path:
+    # Found, not imported: the strategy plugin is loaded by ansible-playbook itself.
+    return Path(str(find_spec("ansible_mitogen").origin)).parent / "plugins" / "strategy"  # type: ignore[union-attr]
 
 PLAYBOOK = """\
 - hosts: fanout
@@ -65,7 +75,7 @@ def _config(tmp: Path, known_hosts: str, mitogen: bool) -> str:
             "-o IdentitiesOnly=yes -o BatchMode=yes",
         ]
     )
-    strategy = f"strategy = mitogen_linear\nstrategy_plugins = {MITOGEN_STRATEGIES}\n" if mitogen else ""
+    strategy = f"strategy = mitogen_linear\nstrategy_plugins = {_mitogen_strategies()}\n" if mitogen else ""
     return (
         "[defaults]\n"
         f"inventory = {tmp / 'inventory.json'}\n"

@@ -6,7 +6,8 @@ They keep the stand-ins' contract that the bench reads back: every call is one
 JSON line in $STAND_IN_DIR/calls.jsonl; `up -d` sleeps 1 s when the service's
 behaviour is `slow ...` and records {file, service, start, end} in
 spans.jsonl; `ps` says running and healthy; `images` lists one fixed image
-ID; `git rev-parse HEAD` prints $STAND_IN_DIR/head_sha. Arguments are the
+ID; `config` names the file's folder and services; `git rev-parse HEAD`
+prints $STAND_IN_DIR/head_sha and `git status` nothing. Arguments are the
 bench's own (paths, service names): no quoting beyond that is needed.
 """
 
@@ -36,6 +37,11 @@ ps)
 images)
     echo "[{\"ID\":\"IMAGE_ID\",\"ContainerName\":\"p-$svc-1\",\"Repository\":\"example/$svc\",\"Tag\":\"latest\"}]"
     ;;
+config)
+    # What the agent reads before `up`: the project (the file's folder) and its services.
+    svcs=$(sed -n 's/^  \([A-Za-z0-9_.-]*\):.*/"\1": {}/p' "$3" | paste -sd, -)
+    echo "{\"name\": \"$(basename "$(dirname "$3")")\", \"services\": {$svcs}}"
+    ;;
 *)
     exit 125
     ;;
@@ -44,7 +50,8 @@ esac
 
 GIT = r"""#!/bin/sh
 echo "[\"git\", \"$1\", \"$2\", \"$3\", \"$4\"]" >> "$STAND_IN_DIR/calls.jsonl"
-cat "$STAND_IN_DIR/head_sha"
+# rev-parse HEAD prints the head; status --porcelain, nothing: a checkout with no local edits.
+[ "$3" != rev-parse ] || cat "$STAND_IN_DIR/head_sha"
 """
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import dry, fanout, overhead, real_engine, rss, ssh_latency  # noqa: E402
+from bench import ansible_fanout, dry, fanout, overhead, real_engine, rss, ssh_latency  # noqa: E402
 from bench.fanout_hosts import fanout_hosts  # noqa: E402
 from bench.report import last_line  # noqa: E402
 from bench.stack import Platform, dev_server, quiet_logs  # noqa: E402
@@ -54,6 +54,10 @@ async def main() -> int:
         parser.error(f"unknown metric(s): {', '.join(sorted(unknown))}")
     if reason := unavailable_reason():
         print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    if "fanout" in only and (absent := ansible_fanout.missing()):
+        print(f"cannot run: fanout needs the bench extra, and {absent} is not installed: "
+              "uv pip install --python .venv/bin/python -e '.[bench]' (or --only without fanout)", file=sys.stderr)
         return 2
     quiet_logs()
     # Fresh bytecode first: where no .pyc may be written (PYTHONDONTWRITEBYTECODE), a stale
