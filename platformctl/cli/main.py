@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from temporalio.service import RPCError
 
 import platformctl.dependency_warnings  # noqa: F401  (first of ours: before asyncssh loads)
-from platformctl.cli import apply, approve, doctor, locks, logs, reapply, reject, rollback, sign, status
+from platformctl.cli import apply, approve, doctor, locks, logs, plan, reapply, reject, rollback, sign, status
 from platformctl.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, CliError, one_line
 from platformctl.config import Settings
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "PLATFORM_ROOT, TEMPORAL_TLS_*, TEMPORAL_API_KEY, PLATFORM_APPROVAL_KEY_FILE.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (apply, approve, reject, rollback, status, reapply, locks, doctor, logs, sign):
+    for module in (plan, apply, approve, reject, rollback, status, reapply, locks, doctor, logs, sign):
         module.add_parser(commands)
     return parser
 
