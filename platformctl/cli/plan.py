@@ -177,8 +177,8 @@ async def recorded_base(settings: Settings, module: str) -> str | None:
     return sha
 
 
-def bind_files_changed(repo: Repo, base: str, target: str, service: dict[str, Any], compose: str) -> int:
-    paths = compose_diff.bind_sources(service, posixpath.dirname(compose))
+def files_changed(repo: Repo, base: str, target: str, paths: list[str]) -> int:
+    """How many repository files under `paths` differ between the two commits."""
     if not paths or base == target:
         return 0
     # :(literal): a path is a path, never a glob or other pathspec magic.
@@ -207,10 +207,12 @@ def make_plan(args: argparse.Namespace, settings: Settings, base: str | None, re
         raise usage_error(f"{compose} (module {args.module}) is in neither the target nor the base commit")
     if base is None and new.service is None:
         raise usage_error(f"service {service!r} is not in {compose} at {target[:12]} and was never applied")
-    changed = 0
+    binds = env_files = 0
     if base is not None and old.service is not None and new.service is not None:
-        changed = bind_files_changed(repo, base, target, new.service, compose)
-    decided = compose_diff.decide(old.service, new.service, changed, args.recreate)
+        here = posixpath.dirname(compose)
+        binds = files_changed(repo, base, target, compose_diff.bind_sources(new.service, here))
+        env_files = files_changed(repo, base, target, compose_diff.env_files(new.service, here))
+    decided = compose_diff.decide(old.service, new.service, binds, args.recreate, env_files)
     for name in new.unset:
         warn(
             f"variable {name} is unset at {target[:12]} ({posixpath.dirname(compose) or '.'}/.env) and has no "

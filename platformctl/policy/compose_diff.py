@@ -217,6 +217,12 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return names
 
 
+def _in_repo(compose_dir: str, source: str) -> str | None:
+    """`source` (relative to the compose file) as a repository path; None when it leaves the repository."""
+    path = posixpath.normpath(posixpath.join(compose_dir, source))
+    return None if path == ".." or path.startswith(("../", "/")) else path
+
+
 def bind_sources(service: Mapping[str, Any], compose_dir: str) -> list[str]:
     """Repository paths (relative to the repo root) of the service's relative bind mounts;
     a source that leaves the repository, or an absolute one, is not the repository's."""
@@ -233,11 +239,23 @@ def bind_sources(service: Mapping[str, Any], compose_dir: str) -> list[str]:
             continue
         if not source.startswith("."):  # compose: a relative bind source starts with `.`
             continue
-        path = posixpath.normpath(posixpath.join(compose_dir, source))
-        if path == ".." or path.startswith("../") or path.startswith("/"):
-            continue
-        sources.append(path)
+        if (path := _in_repo(compose_dir, source)) is not None:
+            sources.append(path)
     return sorted(set(sources))
+
+
+def env_files(service: Mapping[str, Any], compose_dir: str) -> list[str]:
+    """Repository paths of the service's `env_file` entries: their content is part of its
+    configuration (compose recreates the container when it changes)."""
+    entries = service.get("env_file")
+    items = entries if isinstance(entries, list) else [entries]
+    paths = []
+    for item in items:
+        source = item.get("path") if isinstance(item, dict) else item
+        if isinstance(source, str) and source and not source.startswith(("/", "~")):
+            if (path := _in_repo(compose_dir, source)) is not None:
+                paths.append(path)
+    return sorted(set(paths))
 
 
 def capped(text: str) -> str:
@@ -249,8 +267,10 @@ def decide(
     new: Mapping[str, Any] | None,
     bind_files_changed: int,
     recreate: bool,
+    env_files_changed: int = 0,
 ) -> tuple[Action, str] | None:
-    """The one change a plan carries for the service between two resolved versions, or None."""
+    """The one change a plan carries for the service between two resolved versions, or None.
+    `*_files_changed` count repository files that differ between the two commits."""
     if old is None and new is None:
         return None
     if old is None:
@@ -258,6 +278,8 @@ def decide(
     if new is None:
         return "remove", "remove: service no longer in the compose file"
     keys = changed_keys(old, new)
+    if env_files_changed and "env_file" not in keys:
+        keys.append("env_file (content)")
     if keys:
         action: Action = "recreate" if recreate else "update"
         return action, capped(f"{action}: " + ", ".join(keys))

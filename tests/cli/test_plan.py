@@ -147,6 +147,13 @@ def test_restart_when_only_a_bind_mounted_file_changed(repo, capsys):
         "summary": "restart: 1 bind-mounted repository file changed (volumes)"}
 
 
+def test_an_env_file_whose_content_changed_is_an_update(repo, capsys):
+    with_env_file = BASE.replace("    volumes:", "    env_file: ./redis.env\n    volumes:")
+    base = repo.commit(**{"compose__core__compose.yaml": with_env_file, "compose__core__redis.env": f"T={SECRET}\n"})
+    repo.commit(**{"compose__core__redis.env": f"T={SECRET}-rotated\n"})
+    assert only_change(plan(capsys, "--base", base)[1])["summary"] == "update: env_file (content)"
+
+
 def test_recreate_when_asked(repo, capsys):
     base = repo.commit(**{"compose__core__compose.yaml": BASE})
     repo.commit(**{"compose__core__conf__redis.conf": "maxclients 200\n"})

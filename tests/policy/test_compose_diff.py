@@ -11,6 +11,7 @@ from platformctl.policy.compose_diff import (
     bind_sources,
     changed_keys,
     decide,
+    env_files,
     interpolate,
     interpolate_text,
     parse_dotenv,
@@ -116,3 +117,12 @@ def test_a_summary_is_capped():
     old = {f"key{i:03}": 1 for i in range(200)}
     action, summary = decide(old, {}, 0, False) or ("", "")
     assert action == "update" and len(summary) == SUMMARY_MAX and summary.endswith("...")
+
+
+def test_env_files_are_repository_paths_and_their_content_is_configuration():
+    service = {"env_file": ["./app.env", {"path": "../shared.env", "required": False}, "/etc/host.env", "../../../x"]}
+    assert env_files(service, "compose/core") == ["compose/core/app.env", "compose/shared.env"]
+    assert env_files({"env_file": "app.env"}, "") == ["app.env"]
+    svc = {"image": "a", "env_file": "app.env"}
+    assert decide(svc, dict(svc), 0, False, env_files_changed=1) == ("update", "update: env_file (content)")
+    assert decide(svc, {**svc, "image": "b"}, 0, False, 1) == ("update", "update: image, env_file (content)")
