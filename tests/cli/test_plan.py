@@ -248,6 +248,8 @@ def test_usage_errors_exit_64(repo, capsys, tmp_path, monkeypatch):
         assert run_in_process(*argv) == 64, name
         out, err = capsys.readouterr()
         assert out == "" and err.strip(), (name, err)
+    assert run_in_process("plan", MODULE, "--base", "0" * 7) == 64  # a short SHA that names nothing
+    assert "is not a commit of this repository" in capsys.readouterr().err
     repo.git("rm", "-q", COMPOSE)
     gone = repo.commit("no compose file")
     assert run_in_process("plan", MODULE, "--base", gone) == 64
