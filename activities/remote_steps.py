@@ -109,10 +109,13 @@ class RemoteSteps(StepActivities):
         settings = self.deps.settings
         # The run id is the server's, never the input's: the agent's once-per-run key.
         run = activity.info().workflow_run_id or ""
+        if inp.action == "remove":
+            # A plan validated before remove was refused: `up -d` would leave the service running.
+            raise PolicyViolation("remove is not supported by this worker yet; nothing ran")
         # Built again from the guarded parts, never taken from a string.
         command = commands.agent_apply(
             run, inp.timeout_seconds, target.compose_path, target.compose_service,
-            inp.source_sha if target.host.verify_checkout else None, sync=_syncs(target),
+            inp.source_sha if target.host.verify_checkout else None, sync=_syncs(target), action=inp.action,
         )  # fmt: skip
         # The gate is enforced where the I/O happens, whatever the workflow asked.
         if not (target.execute and settings.execute_remote):
@@ -169,6 +172,13 @@ class RemoteSteps(StepActivities):
                 timeout_s=timeout_s + margin, busy_for_s=timeout_s + margin,
             )  # fmt: skip
         except host_agent.OlderAgent:
+            if "--action" in command.argv:
+                action = command.argv[-1]  # one of commands.ACTION_FLAGS' fixed values
+                raise PolicyViolation(
+                    f"{target.host.name}: host agent older than v{commands.ACTION_PROTOCOL} (the gate refused "
+                    f"`apply --action {action}`, the plan's action): install host/ on the host (docs/upgrade.md); "
+                    "nothing ran"
+                ) from None
             if sync:
                 raise PolicyViolation(
                     f"{target.host.name}: host agent older than v{commands.SYNC_PROTOCOL} (the gate refused "

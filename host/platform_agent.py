@@ -3,7 +3,7 @@
 host/platform_gate.py checks the command's shape (compose file under ROOT and
 not sacred, a service name, a run id) and then calls apply() or logs() here.
 
-    platform-agent apply RUN TIMEOUT FILE SERVICE SHA|- --lease [--sync]
+    platform-agent apply RUN TIMEOUT FILE SERVICE SHA|- --lease [--sync] [--action recreate|restart]
     platform-agent health RUN FILE SERVICE
     platform-agent rollback RUN TIMEOUT FILE SERVICE
     platform-agent release RUN
@@ -49,7 +49,11 @@ not sacred, a service name, a run id) and then calls apply() or logs() here.
   MAX_OUTPUT_BYTES a stream, the newest 200 runs), and what leaves
   the host is one JSON line of facts: exit code, duration, byte count and
   SHA-256 of the output, an error class from a fixed list and compose's
-  progress lines rebuilt from names that match a template.
+  progress lines rebuilt from names that match a template;
+- the plan's action from a fixed table (ACTIONS): none is `up -d SERVICE`,
+  `--action recreate` `up -d --force-recreate --no-deps SERVICE`, `--action
+  restart` `restart SERVICE`. The action is part of the run's record, so the
+  same run asking another action is a `run_conflict`.
 
 `health` is one observation of the service, stopped containers included:
 per container its state, health, exit code and restart count, facts only.
@@ -91,7 +95,13 @@ from _signal import SIG_IGN, SIGHUP, SIGKILL, SIGPIPE, SIGXFSZ, signal
 
 from platform_gate import Refused, find_program
 
-PROTOCOL = 4  # AGENT_PROTOCOL in platformctl/commands.py
+PROTOCOL = 5  # AGENT_PROTOCOL in platformctl/commands.py
+# compose's argv between FILE and SERVICE per action (the gate allows only these names).
+ACTIONS = {
+    "up": ("up", "-d"),
+    "recreate": ("up", "-d", "--force-recreate", "--no-deps"),
+    "restart": ("restart",),
+}
 LOCK_WAIT_S = 5.0
 LEASE_TTL_S = 600  # the gate's --lease-ttl default
 MAX_LEASE_TTL_S = 3600
@@ -140,9 +150,11 @@ PROGRESS = re.compile(rf"\s*(?:(Container|Network|Volume) \"?({NAME})\"?|({NAME}
 MAX_PROGRESS = 100
 
 
-def apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync=False, allow_sync=False):
+def apply(
+    root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync=False, allow_sync=False, action="up"
+):
     signal(SIGHUP, SIG_IGN)  # a closed session must not stop compose half-way
-    up = _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync, allow_sync)
+    up = _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync, allow_sync, action)
     return _answer("apply", run, up)
 
 
@@ -270,7 +282,8 @@ def _out(fd, data):
         view = view[os.write(fd, view) :]
 
 
-def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync, allow_sync):
+def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha, sync, allow_sync, action):
+    argv = ["compose", "-f", compose_file, *ACTIONS[action], service]  # KeyError: never past the gate
     try:
         dirs, env, _ = _prepare(state, bin_path, run)
     except OSError:
@@ -283,7 +296,9 @@ def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha,
     if not _lock(lock):
         return _busy(dirs, project)
     path = os.path.join(dirs["runs"], run + ".up.json")
-    request = hashlib.sha256(json.dumps([compose_file, service, sha, timeout]).encode()).hexdigest()
+    # `up` hashes as before v5, so a run recorded by a v4 agent still replays.
+    key = [compose_file, service, sha, timeout] + ([action] if action != "up" else [])
+    request = hashlib.sha256(json.dumps(key).encode()).hexdigest()
     record = _read(path)
     if record is not None:
         if record.get("request") != request:
@@ -308,16 +323,16 @@ def _apply(root, bin_path, state, ttl, run, timeout, compose_file, service, sha,
     try:
         _take_lease(dirs, project, run, "apply", ttl)
         _write(path, {"format": RECORD_FORMAT, "request": request, "state": "started", "boot_id": _boot_id(),
-                      "project": project, "images": images})  # fmt: skip
+                      "project": project, "images": images, "action": action})  # fmt: skip
     except OSError:
         return STORAGE
     os.set_inheritable(lock, True)  # compose holds the project's lock until it ends, even if we die
-    facts = _run(dirs, run, "up", env, timeout, ["compose", "-f", compose_file, "up", "-d", service])
-    result = {"answer": "ran", **facts, "lease_ttl": ttl, "replayed": False, "synced": synced}
+    facts = _run(dirs, run, "up", env, timeout, argv)
+    result = {"answer": "ran", **facts, "lease_ttl": ttl, "replayed": False, "synced": synced, "action": action}
     _take_lease(dirs, project, run, "apply", ttl, strict=False)  # its TTL counts from the end of compose up
     try:
         _write(path, {"format": RECORD_FORMAT, "request": request, "state": "done", "project": project,
-                      "images": images, "answer": result})  # fmt: skip
+                      "images": images, "action": action, "answer": result})  # fmt: skip
     except OSError:
         pass  # a retry then finds `started` and answers interrupted: never a second run
     _prune(dirs)

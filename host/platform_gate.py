@@ -22,6 +22,8 @@ it is exactly one of
     git -C ROOT rev-parse HEAD
     platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA|- --lease
     platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA --lease --sync
+    platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA|- --lease --action recreate|restart
+    platform-agent apply RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE SHA --lease --sync --action recreate|restart
     platform-agent health RUN ROOT/<rel>.yml|.yaml SERVICE
     platform-agent rollback RUN TIMEOUT ROOT/<rel>.yml|.yaml SERVICE
     platform-agent release RUN
@@ -34,7 +36,8 @@ hex or `-`. Its records, leases and the raw output it keeps live in --state
 DIR (default ~/.platform-agent); a lease expires --lease-ttl seconds after
 its run last spoke (default 600, at most 3600). With --read-only (the
 operators' key) only `ps`, `images`, `git rev-parse HEAD` and the agent's
-`check` and `logs` are allowed. `apply ... --sync` (fetch, then check out SHA
+`check` and `logs` are allowed. `--action` (v5) names the plan's action:
+the agent maps it to compose's argv from a fixed table (no flag: `up -d`). `apply ... --sync` (fetch, then check out SHA
 first) runs only where the host's admin wrote --allow-sync; elsewhere the
 agent answers that the host does not allow it, and nothing runs.
 
@@ -97,6 +100,12 @@ USAGE = (
 READ_ONLY = frozenset({"ps", "images", "git_head", "agent_check", "agent_logs"})
 LEASE_TTL_S, MAX_LEASE_TTL_S = 600, 3600  # platform_agent.py's
 MAX_UP_TIMEOUT_S = 3600  # MAX_UP_TIMEOUT_S in platformctl/commands.py
+# The tails `apply` may end with: `--action` (v5) only with a value from platform_agent.ACTIONS.
+APPLY_TAILS = tuple(
+    ["--lease", *sync, *action]
+    for sync in ([], ["--sync"])
+    for action in ([], ["--action", "recreate"], ["--action", "restart"])
+)
 # What may stand between `docker compose -f FILE` and SERVICE, by shape.
 COMPOSE_SHAPES = {
     ("up", "-d"): "up",
@@ -216,9 +225,10 @@ def agent_shape(argv, root):
             return "agent_rollback"
     # `--lease` after SHA: a gate older than the lease (v2) refuses the shape, so a worker
     # that needs it never runs compose up there without one; `--sync` (v4) the same way.
-    if verb == ["apply"] and args[5:] in (["--lease"], ["--lease", "--sync"]):
+    # `--action` (v5) the same: an older gate refuses it rather than run a plain `up -d`.
+    if verb == ["apply"] and args[5:] in APPLY_TAILS:
         run, timeout, compose_file, service, sha = args[:5]
-        sha_ok = len(sha) == 40 and set(sha) <= HEX or sha == "-" and len(args) == 6  # sync needs a SHA
+        sha_ok = len(sha) == 40 and set(sha) <= HEX or sha == "-" and "--sync" not in args  # sync needs a SHA
         if run_id_ok(run) and timeout_ok(timeout) and compose_file_ok(compose_file, root) and service_ok(service):
             return "agent_apply" if sha_ok else None
     return None
@@ -427,8 +437,9 @@ def agent(name, args, root, bin_path, state, ttl, allow_sync):
     if name == "agent_apply":
         run, timeout, compose_file, service, sha = args[:5]
         sync = "--sync" in args[5:]
+        action = args[-1] if "--action" in args[5:] else "up"
         return platform_agent.apply(
-            root, bin_path, state, ttl, run, int(timeout), compose_file, service, sha, sync, allow_sync
+            root, bin_path, state, ttl, run, int(timeout), compose_file, service, sha, sync, allow_sync, action
         )
     if name == "agent_health":
         return platform_agent.health(bin_path, state, ttl, *args)

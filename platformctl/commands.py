@@ -28,10 +28,16 @@ GATE_REFUSED = 126
 # The host agent protocol this worker speaks (host/platform_agent.py's PROTOCOL), and
 # the oldest whose answers it still reads: a run whose compose up ran on a v2 agent
 # (no lease, `health` or `rollback`) is watched and rolled back as v2 allowed. v4 adds
-# `apply ... --sync` (asked only of hosts that opt in) and `check --prerequisites`.
-AGENT_PROTOCOL = 4
+# `apply ... --sync` (asked only of hosts that opt in) and `check --prerequisites`; v5
+# `apply ... --action recreate|restart` (sent only for those actions).
+AGENT_PROTOCOL = 5
 MIN_AGENT_PROTOCOL = 2
-LEASE_PROTOCOL, SYNC_PROTOCOL = 3, 4  # the first with `apply ... --lease`, with `--sync`
+LEASE_PROTOCOL, SYNC_PROTOCOL, ACTION_PROTOCOL = 3, 4, 5  # the first with `--lease`, `--sync`, `--action`
+# A plan action's `apply` flag: create/update send none, so a gate older than v5 still runs
+# them; the values are fixed here and in the gate, never taken from input.
+ACTION_FLAGS: dict[str, tuple[str, ...]] = {
+    "create": (), "update": (), "recreate": ("--action", "recreate"), "restart": ("--action", "restart"),
+}  # fmt: skip
 # How long the agent lets `git fetch` run before a synced compose up (its own cap is the same).
 SYNC_FETCH_TIMEOUT_S = 60
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -148,7 +154,14 @@ def _run_id(run_id: str) -> str:
 
 
 def agent_apply(
-    run_id: str, timeout_s: int, compose_path: str, service: str, sha: str | None, *, sync: bool = False
+    run_id: str,
+    timeout_s: int,
+    compose_path: str,
+    service: str,
+    sha: str | None,
+    *,
+    sync: bool = False,
+    action: str = "update",
 ) -> RemoteCommand:
     """The host agent's `apply` verb: under the compose project's lock on the host,
     at most once per run id, the checkout checked at `sha` (None: the host opted
@@ -156,8 +169,13 @@ def agent_apply(
     from the SSH channel, the project's lease taken first (`--lease`: a v2 gate, which
     has no lease, refuses the shape). With `sync` (`--sync`, hosts with sync_checkout),
     the agent first fetches from the checkout's own remote and checks out `sha`, where
-    the host's admin allows it; a gate older than v4 refuses the shape. It answers one
-    JSON line of facts; the output stays on the host."""
+    the host's admin allows it; a gate older than v4 refuses the shape. `action` (the plan's)
+    `recreate` adds `--action recreate` (`up -d --force-recreate --no-deps SERVICE` on the host),
+    `restart` adds `--action restart` (`restart SERVICE`); a gate older than v5 refuses both.
+    It answers one JSON line of facts; the output stays on the host."""
+    flags = ACTION_FLAGS.get(action) if isinstance(action, str) else None
+    if flags is None:
+        raise UnsafeCommand(f"no host agent shape for action {str(action)[:40]!r}")
     if not (isinstance(timeout_s, int) and 0 < timeout_s <= MAX_UP_TIMEOUT_S):
         raise UnsafeCommand(f"compose up timeout must be 1..{MAX_UP_TIMEOUT_S} seconds: {timeout_s!r}")
     if sha is not None and not SHA.fullmatch(sha):
@@ -168,7 +186,7 @@ def agent_apply(
         "compose_up",
         (
             "platform-agent", "apply", _run_id(run_id), str(timeout_s), _compose_file(compose_path),
-            _service(service), sha or "-", "--lease", *(("--sync",) if sync else ()),
+            _service(service), sha or "-", "--lease", *(("--sync",) if sync else ()), *flags,
         ),
     )  # fmt: skip
 

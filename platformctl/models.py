@@ -306,6 +306,7 @@ class ComposeUpInput(_Model):
     approval: Approval  # compose up re-checks it: SHA, plan, expiry, and the signature when a key is set
     plan_digest: str | None = None  # None only from applies whose compose up was scheduled before it was sent
     poll_seconds: int | None = None  # the health poll, which renews the lease; None from before it was sent
+    action: Action = "update"  # policy.plan.compose_action; "update" (plain `up -d`) from before it was sent
 
 
 class ComposeUpResult(_Model):

@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
         VerifyCheckoutInput,
     )
     from platformctl.outcomes import OUTCOMES, SUCCESS, Status
-    from platformctl.policy.plan import plan_digest
+    from platformctl.policy.plan import compose_action, plan_digest
     from platformctl.redact import redact_and_cap
     from workflows import compose_up, health_check, images, records
     from workflows.approval import ApprovalGate
@@ -210,6 +210,7 @@ class ApplyWorkflow:
                 approval=self._gate.approval,
                 plan_digest=self._digest,
                 poll_seconds=plan.health.poll_seconds,
+                action=compose_action(self._input.plan),
             ),
         )
         self._out.command, self._out.remote = up.command, up.remote

@@ -7,11 +7,13 @@ import json
 import re
 
 from platformctl.config import MODULE_ID
-from platformctl.models import DESTRUCTIVE_ACTIONS, Plan
+from platformctl.models import DESTRUCTIVE_ACTIONS, Action, Plan
 from platformctl.outcomes import PolicyViolation
 
 SHA = re.compile(r"[0-9a-f]{40}")
 COMPOSE_SERVICE_TARGET = "compose.service."
+# Which plan actions run which host agent shape (platformctl.commands.ACTION_FLAGS).
+SHAPES = {"create": "up", "update": "up", "restart": "restart", "recreate": "recreate", "remove": "remove"}
 
 
 def validate_plan(plan: Plan, compose_service: str) -> None:
@@ -31,6 +33,22 @@ def validate_plan(plan: Plan, compose_service: str) -> None:
                 f"plan for module {plan.module!r} has change target {change.target[:200]!r}; every target must be "
                 f"exactly {ours!r}: split a plan that touches anything else into one plan per module"
             )
+    # A lone `remove` passes here (the planner checks its own plans with this): compose up's
+    # step refuses it, before anything changes on a host.
+    shapes = sorted({SHAPES[change.action] for change in plan.changes})
+    if len(shapes) > 1:
+        raise PolicyViolation(
+            f"plan mixes actions that run differently on the host ({', '.join(shapes)}): one plan, one action"
+        )
+
+
+def compose_action(plan: Plan) -> Action:
+    """The action compose up runs for `plan`: its changes' (validate_plan refuses a mix), `update`
+    (plain `up -d`) when it has none. Never raises: the workflow calls it, also for plans validated
+    before the action was honoured; the strongest wins there, and the step refuses `remove`."""
+    actions = {change.action for change in plan.changes}
+    order: tuple[Action, ...] = ("remove", "recreate", "restart", "create")
+    return next((a for a in order if a in actions), "update")
 
 
 def is_destructive(plan: Plan) -> bool:

@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import host_agent, remote_steps
 from activities.remote_steps import RemoteSteps
-from platformctl.models import Approval, ComposeUpInput
+from platformctl.models import Action, Approval, ComposeUpInput
 from platformctl.policy.approval import sign
 from platformctl.policy.plan import plan_digest
 from platformctl.target import derive_target
@@ -82,13 +82,15 @@ class AgentTransport:
         return RemoteOutput(returncode=0, stdout=json.dumps(body), stderr="", duration_s=0.1)
 
 
-async def run_up(tmp_path: Path, transport: AgentTransport, poll_seconds: int | None = None) -> Any:
+async def run_up(
+    tmp_path: Path, transport: AgentTransport, poll_seconds: int | None = None, action: Action = "update"
+) -> Any:
     settings = settings_for(tmp_path)
     write_platform(settings.platform_root)
     up = RemoteSteps(StubDeps(settings, transport)).compose_up  # type: ignore[arg-type]
     inp = ComposeUpInput(
         target=derive_target(settings, "honcho-redis"), timeout_seconds=60, module="honcho-redis", source_sha=SHA,
-        approval=Approval(approved_sha=SHA), poll_seconds=poll_seconds,
+        approval=Approval(approved_sha=SHA), poll_seconds=poll_seconds, action=action,
     )
     return await attempt(1).run(up, inp)
 
@@ -165,3 +167,36 @@ async def test_a_health_poll_longer_than_a_third_of_the_hosts_lease_ttl_is_block
         "renews: lower it to 200 or raise the gate's --lease-ttl; nothing ran"
     )
     assert [c.argv[1] for c in transport.sent] == ["check"]  # apply never sent
+
+
+@pytest.mark.parametrize("action", ["recreate", "restart"])
+async def test_a_gate_older_than_v5_refusing_the_action_is_blocked_naming_the_upgrade(tmp_path, action):
+    refused = RemoteOutput(returncode=126, stdout="", stderr="platform-gate: command not allowed", duration_s=0.1)
+    transport = AgentTransport(refused)
+    with pytest.raises(ApplicationError) as failed:
+        await run_up(tmp_path, transport, action=action)
+    assert (failed.value.type, failed.value.non_retryable) == ("PolicyViolation", True)
+    assert failed.value.message == (
+        f"rs2000: host agent older than v5 (the gate refused `apply --action {action}`, the plan's action): "
+        "install host/ on the host (docs/upgrade.md); nothing ran"
+    )
+    assert [c.argv[-3:] for c in transport.sent] == [("--lease", "--action", action)]
+
+
+@pytest.mark.parametrize("action, tail", [("create", ()), ("update", ()), ("recreate", ("--action", "recreate")),
+                                          ("restart", ("--action", "restart"))])
+async def test_the_plans_action_travels_as_the_apply_flag_and_create_update_send_none(tmp_path, action, tail):
+    transport = AgentTransport(RAN)
+    assert (await run_up(tmp_path, transport, action=action)).executed
+    (sent,) = transport.sent
+    assert sent.argv[:2] == ("platform-agent", "apply") and sent.argv[7:] == ("--lease", *tail)
+
+
+async def test_remove_is_refused_before_anything_reaches_the_host(tmp_path):
+    transport = AgentTransport()
+    with pytest.raises(ApplicationError) as failed:
+        await run_up(tmp_path, transport, action="remove")
+    assert (failed.value.type, failed.value.message) == (
+        "PolicyViolation", "remove is not supported by this worker yet; nothing ran"
+    )
+    assert transport.sent == []

@@ -9,7 +9,7 @@ import pytest
 
 from platformctl.models import Plan
 from platformctl.outcomes import PolicyViolation
-from platformctl.policy.plan import is_destructive, plan_digest, validate_plan
+from platformctl.policy.plan import compose_action, is_destructive, plan_digest, validate_plan
 from tests.platform_files import OTHER_SHA, SHA, change, plan
 
 SERVICE = "honcho-redis"
@@ -114,6 +114,23 @@ def test_empty_target_or_control_characters_are_rejected(target):
 )
 def test_destructive_detection(actions, destructive):
     assert is_destructive(make(changes=[change(action=a) for a in actions])) is destructive
+
+
+@pytest.mark.parametrize(
+    "actions, action",
+    [([], "update"), (["update"], "update"), (["create", "update"], "create"), (["restart"], "restart"),
+     (["recreate", "recreate"], "recreate"), (["remove"], "remove")],
+)
+def test_the_action_compose_up_runs_and_which_plans_pass(actions, action):
+    planned = make(changes=[change(action=a) for a in actions])
+    assert compose_action(planned) == action
+    validate_plan(planned, SERVICE)  # remove too: compose up's step refuses it (the planner writes such plans)
+
+
+@pytest.mark.parametrize("actions", [["update", "restart"], ["recreate", "create"], ["restart", "remove"]])
+def test_a_plan_mixing_actions_that_run_differently_is_refused(actions):
+    with pytest.raises(PolicyViolation, match="plan mixes actions .*: one plan, one action"):
+        validate_plan(make(changes=[change(action=a) for a in actions]), SERVICE)
 
 
 # ---- plan_digest --------------------------------------------------------------

@@ -359,7 +359,20 @@ async def test_destructive_action_needs_allow_destructive(harness, action):
     )
     assert harness.transport.calls == []
     out = await harness.apply(apply_input(plan(changes=[change(action=action)]), approval(allow_destructive=True)))
-    assert out.status == "applied"
+    if action == "recreate":
+        assert out.status == "applied"
+        (up,) = [c for _, c in harness.transport.calls if c.kind == "compose_up"]
+        assert up.argv[-3:] == ("--lease", "--action", "recreate")
+    else:  # not honoured yet: refused at compose up rather than run as a plain `up -d`
+        assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
+        assert "remove is not supported by this worker yet" in out.result["error"]
+        assert [c for _, c in harness.transport.calls if c.kind == "compose_up"] == []
+
+
+async def test_a_plan_mixing_actions_that_run_differently_is_blocked_before_any_host(harness):
+    out = await harness.apply(apply_input(plan(changes=[change(action="update"), change(action="restart")])))
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
+    assert "plan mixes actions" in out.result["error"] and harness.transport.calls == []
 
 
 # ---- bad input and bad config never touch a host ----------------------------------
