@@ -17,8 +17,11 @@ import time
 import uuid
 from pathlib import Path
 
+from platformctl import commands
 from platformctl.cli.apply import summary_line
+from platformctl.models import Action
 from platformctl.transport.fake import runless
+from platformctl.transport.ssh import SshTransport
 from tests.docker_engine import APP_V1, APP_V2, DockerEngine
 from tests.e2e.conftest import (
     ENGINE_HEALTH,
@@ -26,6 +29,7 @@ from tests.e2e.conftest import (
     VENV_BIN,
     engine_service,
     json_text,
+    write_engine_compose,
     write_engine_module,
 )
 from tests.platform_files import SHA, apply_input, change, plan
@@ -211,3 +215,38 @@ async def test_a_dollar_in_an_env_password_reaches_no_sink_on_a_successful_apply
         "the description": str(await out.handle.describe()),
     }
     assert [where for where, text in sinks.items() if tail in text] == []
+
+
+async def test_recreate_gives_a_new_container_and_restart_keeps_it_but_starts_it_again(
+    engine_host: SshHost, docker_engine: DockerEngine
+):
+    """The plan's action on the real engine, through sshd, the gate and the agent (no worker:
+    the actions' compose argv is what is under test here, the workflow's are elsewhere)."""
+    compose = write_engine_compose(engine_host, "rt-act", SERVICE, APP_V1)
+    transport, host = SshTransport(), engine_host.host_config()
+
+    async def apply(action: Action) -> dict:
+        command = commands.agent_apply(str(uuid.uuid4()), 60, compose, SERVICE, SHA, action=action)
+        out = await transport.run(host, command, timeout_s=90)
+        answer = json.loads(out.stdout)
+        assert (out.returncode, answer["answer"], answer["returncode"]) == (0, "ran", 0), answer
+        await transport.run(host, commands.agent_release(command.argv[2]), timeout_s=30)
+        return engine_service(docker_engine, compose, SERVICE)
+
+    def started_at(container: str) -> str:
+        return docker_engine.docker("inspect", "--format", "{{.State.StartedAt}}", container).stdout.strip()
+
+    try:
+        first = await apply("create")
+        started = started_at(first["ID"])
+        # Nothing changed in the file: plain `up -d` would leave the container as it is.
+        recreated = await apply("recreate")
+        assert recreated["ID"] != first["ID"] and recreated["State"] == "running"
+        before = started_at(recreated["ID"])
+        restarted = await apply("restart")
+        assert restarted["ID"] == recreated["ID"] and restarted["State"] == "running"
+        assert started_at(restarted["ID"]) > before > started  # RFC 3339 UTC: ordered as text
+        kept = await apply("update")
+        assert kept["ID"] == recreated["ID"] and started_at(kept["ID"]) == started_at(restarted["ID"])
+    finally:
+        await transport.close()
