@@ -250,6 +250,6 @@ async def test_a_v3_agent_still_serves_a_host_without_sync_and_fails_one_that_as
     else:
         assert answer is not None and answer.lease_ttl == 600 and not report.failed
         assert report.lines[0] == (
-            "OK   host agent: v3, behind the gate, leases expire 600 s after their run last spoke (v4, from "
+            "OK   host agent: v3, behind the gate, leases expire 600 s after their run last spoke (v5, from "
             f"{install}, also reports the host's prerequisites and can sync its checkout)"
         )
