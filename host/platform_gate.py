@@ -36,10 +36,11 @@ hex or `-`. Its records, leases and the raw output it keeps live in --state
 DIR (default ~/.platform-agent); a lease expires --lease-ttl seconds after
 its run last spoke (default 600, at most 3600). With --read-only (the
 operators' key) only `ps`, `images`, `git rev-parse HEAD` and the agent's
-`check` and `logs` are allowed. `--action` (v5) names the plan's action:
-the agent maps it to compose's argv from a fixed table (no flag: `up -d`). `apply ... --sync` (fetch, then check out SHA
+`check` and `logs` are allowed. `apply ... --sync` (fetch, then check out SHA
 first) runs only where the host's admin wrote --allow-sync; elsewhere the
-agent answers that the host does not allow it, and nothing runs.
+agent answers that the host does not allow it, and nothing runs. `--action`
+(v5) names the plan's action, which the agent maps to compose's argv from a
+fixed table (no flag: `up -d`).
 
 The compose file must also stay inside ROOT, and not be or lie under a sacred
 path, once symlinks are resolved. Sacred paths are the defaults below plus
@@ -228,7 +229,7 @@ def agent_shape(argv, root):
     # `--action` (v5) the same: an older gate refuses it rather than run a plain `up -d`.
     if verb == ["apply"] and args[5:] in APPLY_TAILS:
         run, timeout, compose_file, service, sha = args[:5]
-        sha_ok = len(sha) == 40 and set(sha) <= HEX or sha == "-" and "--sync" not in args  # sync needs a SHA
+        sha_ok = len(sha) == 40 and set(sha) <= HEX or sha == "-" and "--sync" not in args[5:]  # sync needs a SHA
         if run_id_ok(run) and timeout_ok(timeout) and compose_file_ok(compose_file, root) and service_ok(service):
             return "agent_apply" if sha_ok else None
     return None
