@@ -27,7 +27,7 @@ from platformctl.outcomes import PolicyViolation, ToolError
 from platformctl.policy.approval import check_approval, check_signature
 from platformctl.policy.compose_path import guard_compose_path
 from platformctl.policy.hosts import check_host, is_inline_pin, pinned_key_lines
-from platformctl.policy.plan import is_destructive, validate_plan
+from platformctl.policy.plan import compose_action, is_destructive, validate_plan
 from platformctl.target import make_target
 
 
@@ -40,6 +40,9 @@ class Checks(StepActivities):
         root = self.deps.settings.platform_root
         module = load_module(root, plan.module)
         validate_plan(plan, module.compose_service)
+        if compose_action(plan) == "remove":
+            # Compose up would leave the service running; refused before anything reaches a host.
+            raise PolicyViolation("remove is not supported by this worker yet; nothing ran")
         return validated(
             module,
             plan_digest=inp.plan_digest,

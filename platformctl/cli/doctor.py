@@ -307,7 +307,7 @@ async def _agent(transport: SshTransport, host: HostConfig, report: Report) -> A
         report.fail("host agent", f"v{answer.agent}, older than v{needed}{why}", upgrade)
     elif answer.agent < commands.AGENT_PROTOCOL:
         report.ok("host agent", f"v{answer.agent}, behind the gate{ttl} (v{commands.AGENT_PROTOCOL}, from {upgrade}, "
-                  "also reports the host's prerequisites and can sync its checkout)")  # fmt: skip
+                  "also runs a plan's recreate and restart; older agents refuse those plans)")  # fmt: skip
     else:
         report.ok("host agent", f"v{answer.agent}, behind the gate{ttl}")
     if not answer.leases:

@@ -251,5 +251,5 @@ async def test_a_v3_agent_still_serves_a_host_without_sync_and_fails_one_that_as
         assert answer is not None and answer.lease_ttl == 600 and not report.failed
         assert report.lines[0] == (
             "OK   host agent: v3, behind the gate, leases expire 600 s after their run last spoke (v5, from "
-            f"{install}, also reports the host's prerequisites and can sync its checkout)"
+            f"{install}, also runs a plan's recreate and restart; older agents refuse those plans)"
         )

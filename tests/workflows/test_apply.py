@@ -350,23 +350,27 @@ async def test_given_approval_must_match(harness, given, status):
     assert harness.transport.calls == []
 
 
-@pytest.mark.parametrize("action", ["recreate", "remove"])
-async def test_destructive_action_needs_allow_destructive(harness, action):
-    request = apply_input(plan(changes=[change(action=action)]))
+async def test_destructive_action_needs_allow_destructive(harness):
+    request = apply_input(plan(changes=[change(action="recreate")]))
     out = await harness.apply(request)
     assert (out.status, out.result["exitCode"], out.error_type) == (
         "destructive_needs_approval", 6, "DestructiveNeedsApproval"
     )
     assert harness.transport.calls == []
-    out = await harness.apply(apply_input(plan(changes=[change(action=action)]), approval(allow_destructive=True)))
-    if action == "recreate":
-        assert out.status == "applied"
-        (up,) = [c for _, c in harness.transport.calls if c.kind == "compose_up"]
-        assert up.argv[-3:] == ("--lease", "--action", "recreate")
-    else:  # not honoured yet: refused at compose up rather than run as a plain `up -d`
-        assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
-        assert "remove is not supported by this worker yet" in out.result["error"]
-        assert [c for _, c in harness.transport.calls if c.kind == "compose_up"] == []
+    out = await harness.apply(apply_input(plan(changes=[change(action="recreate")]), approval(allow_destructive=True)))
+    assert out.status == "applied"
+    (up,) = [c for _, c in harness.transport.calls if c.kind == "compose_up"]
+    assert up.argv[-3:] == ("--lease", "--action", "recreate")
+
+
+@pytest.mark.parametrize("allow_destructive", [False, True])
+async def test_a_remove_is_refused_before_anything_reaches_a_host(harness, allow_destructive):
+    """Not honoured yet (compose up would leave the service running): blocked at step 1."""
+    out = await harness.apply(apply_input(plan(changes=[change(action="remove")]),
+                                          approval(allow_destructive=allow_destructive)))
+    assert (out.status, out.error_type) == ("blocked", "PolicyViolation")
+    assert "remove is not supported by this worker yet" in out.result["error"]
+    assert harness.transport.calls == []
 
 
 async def test_a_plan_mixing_actions_that_run_differently_is_blocked_before_any_host(harness):
