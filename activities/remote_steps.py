@@ -43,11 +43,11 @@ AGENT_MARGIN_S = 45
 READ_TIMEOUT_S = 30  # a read, or a lease call: seconds on a live host
 
 
-def _syncs(target: Target) -> bool:
+def _syncs(target: Target, reapply: bool) -> bool:
     """Whether the agent brings the checkout to the approved SHA first: on hosts with sync_checkout,
-    never for a re-apply's child (workflows/reapply.py names them `reapply-...`), which the contract
-    runs only where the checkout already is at that SHA: it must not move the checkout back."""
-    return target.host.sync_checkout and not (activity.info().workflow_id or "").startswith("reapply-")
+    never for a re-apply's child, which the contract runs only where the checkout already is at
+    that SHA: it must not move the checkout back."""
+    return target.host.sync_checkout and not reapply
 
 
 class RemoteSteps(StepActivities):
@@ -63,7 +63,7 @@ class RemoteSteps(StepActivities):
         approved commit, or the approved plan is not what would run."""
         check_unchanged(self.deps.settings, inp.module, inp.target)
         host = inp.target.host
-        if _syncs(inp.target):
+        if _syncs(inp.target, inp.reapply):
             return  # the agent brings it there first, then checks it under the lease, right before compose up
         out = await self.deps.transport.run(host, commands.git_head(host.remote_root), timeout_s=READ_TIMEOUT_S)
         head = out.stdout.strip()
@@ -115,7 +115,8 @@ class RemoteSteps(StepActivities):
         # Built again from the guarded parts, never taken from a string.
         command = commands.agent_apply(
             run, inp.timeout_seconds, target.compose_path, target.compose_service,
-            inp.source_sha if target.host.verify_checkout else None, sync=_syncs(target), action=inp.action,
+            inp.source_sha if target.host.verify_checkout else None,
+            sync=_syncs(target, inp.reapply), action=inp.action,
         )  # fmt: skip
         # The gate is enforced where the I/O happens, whatever the workflow asked.
         if not (target.execute and settings.execute_remote):

@@ -296,6 +296,7 @@ class VerifyCheckoutInput(_Model):
     target: Target
     approved_sha: str
     module: str  # the remote steps re-derive their target from the platform files by module
+    reapply: bool = False  # a re-apply's child (it has a parent): it never syncs the checkout
 
 
 class ComposeUpInput(_Model):
@@ -307,6 +308,7 @@ class ComposeUpInput(_Model):
     plan_digest: str | None = None  # None only from applies whose compose up was scheduled before it was sent
     poll_seconds: int | None = None  # the health poll, which renews the lease; None from before it was sent
     action: Action = "update"  # policy.plan.compose_action; "update" (plain `up -d`) from before it was sent
+    reapply: bool = False  # a re-apply's child (it has a parent): it never syncs the checkout
 
 
 class ComposeUpResult(_Model):

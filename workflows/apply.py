@@ -190,7 +190,10 @@ class ApplyWorkflow:
             return
         await self._steps.run(
             RemoteSteps.verify_checkout,
-            VerifyCheckoutInput(target=target, approved_sha=sha, module=self._plan.module if self._plan else ""),
+            VerifyCheckoutInput(
+                target=target, approved_sha=sha, module=self._plan.module if self._plan else "",
+                reapply=workflow.info().parent is not None,
+            ),
             remote=True,
             **READ_STEP,
         )
@@ -211,6 +214,7 @@ class ApplyWorkflow:
                 plan_digest=self._digest,
                 poll_seconds=plan.health.poll_seconds,
                 action=compose_action(self._input.plan),
+                reapply=workflow.info().parent is not None,
             ),
         )
         self._out.command, self._out.remote = up.command, up.remote

@@ -35,30 +35,32 @@ def as_workflow(workflow_id: str) -> Any:
     return env
 
 
-async def up(tmp_path: Path, transport: Any, workflow_id: str = "apply-1", **host: Any) -> Any:
+async def up(tmp_path: Path, transport: Any, workflow_id: str = "apply-1", reapply: bool = False, **host: Any) -> Any:
     remote, target = steps(tmp_path, transport, **host)
     inp = ComposeUpInput(target=target, timeout_seconds=60, module="honcho-redis", source_sha=SHA,
-                         approval=Approval(approved_sha=SHA))  # fmt: skip
+                         approval=Approval(approved_sha=SHA), reapply=reapply)  # fmt: skip
     return await as_workflow(workflow_id).run(remote.compose_up, inp)
 
 
 @pytest.mark.parametrize(
-    "sync_checkout, workflow_id, sent",
-    [(True, "apply-honcho-redis-0123", True), (False, "apply-honcho-redis-0123", False),
-     (True, f"reapply-honcho-redis-{SHA[:12]}-0199", False)],  # fmt: skip
+    "sync_checkout, reapply, sent",
+    [(True, False, True), (False, False, False), (True, True, False)],
     ids=["opted-in", "not-opted-in", "re-apply"],
 )
 async def test_sync_is_asked_only_for_a_host_that_opted_in_and_never_by_a_re_apply(
-    tmp_path, sync_checkout, workflow_id, sent
+    tmp_path, sync_checkout, reapply, sent
 ):
     transport = AgentTransport(RAN, RemoteOutput(returncode=0, stdout=SHA + "\n", stderr="", duration_s=0.1))
-    await up(tmp_path, transport, workflow_id, sync_checkout=sync_checkout)
+    # The workflow id says nothing: a re-apply's child is told so by its workflow (it has a parent).
+    workflow_id = "reapply-honcho-redis-0123" if not reapply else "apply-honcho-redis-0123"
+    await up(tmp_path, transport, workflow_id, reapply=reapply, sync_checkout=sync_checkout)
     [command] = transport.sent
     assert command.argv[-2:] == (("--lease", "--sync") if sent else (SHA, "--lease"))
     # Before compose up: the worker's own read of HEAD is skipped where the agent syncs first.
     remote, target = steps(tmp_path, transport, sync_checkout=sync_checkout)
     await as_workflow(workflow_id).run(
-        remote.verify_checkout, VerifyCheckoutInput(target=target, approved_sha=SHA, module="honcho-redis")
+        remote.verify_checkout,
+        VerifyCheckoutInput(target=target, approved_sha=SHA, module="honcho-redis", reapply=reapply),
     )
     assert len(transport.sent) == (1 if sent else 2)
 

@@ -354,3 +354,18 @@ async def test_a_bad_reapply_input_fails_at_once_instead_of_wedging(harness, bad
         )
         with pytest.raises(WorkflowFailureError):
             await handle.result()
+
+
+async def test_on_a_host_that_syncs_its_checkout_an_apply_asks_for_sync_and_a_re_apply_never(harness, fresh_module):
+    """A re-apply runs only where the checkout already is at the approved SHA: it must not move it."""
+    write_platform(harness.root, modules=[module_doc(fresh_module, compose_service="honcho-redis", health=FAST_HEALTH)],
+                   hosts={"rs2000": host_doc(harness.root, sync_checkout=True)})
+    async with harness.worker():
+        applied = await harness.outcome(await harness.start(request_for(fresh_module)))
+        [first] = [c for _, c in harness.transport.calls if c.kind == "compose_up"]
+        harness.transport.calls.clear()
+        how, _ = await reapply(harness, {"modules": [fresh_module], "max_parallel": 1})
+        [again] = [c for _, c in harness.transport.calls if c.kind == "compose_up"]
+    assert applied.status == "applied" and how == "completed"
+    assert "--sync" in first.argv and "--sync" not in again.argv, (first.argv, again.argv)
+    assert harness.transport.commands("git_head") == ["git -C /opt/platform rev-parse HEAD"]  # the re-apply's own check
