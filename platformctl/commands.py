@@ -91,6 +91,24 @@ def compose_up(compose_path: str, service: str) -> RemoteCommand:
     )
 
 
+# What the host agent runs for a plan's action (host/platform_agent.py holds the same table).
+ACTION_ARGS: dict[str, tuple[str, ...]] = {
+    "create": ("up", "-d"), "update": ("up", "-d"),
+    "recreate": ("up", "-d", "--force-recreate", "--no-deps"), "restart": ("restart",),
+}
+
+
+def compose_action(compose_path: str, service: str, action: str) -> RemoteCommand:
+    """The compose command the agent's `apply` runs for `action`: shown to operators; sent only
+    through `agent_apply`."""
+    args = ACTION_ARGS.get(action)
+    if args is None:
+        raise UnsafeCommand(f"no compose command for action {action[:40]!r}")
+    return RemoteCommand(
+        "compose_up", ("docker", "compose", "-f", _compose_file(compose_path), *args, _service(service))
+    )
+
+
 def compose_ps(compose_path: str, service: str) -> RemoteCommand:
     """Read-only: the service's containers, stopped ones included (without --all
     compose lists no exited container, and a crashed service looks absent)."""

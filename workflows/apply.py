@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.checks import Checks
     from activities.remote_steps import RemoteSteps
+    from platformctl import commands
     from platformctl.client import PLATFORM_HOST, PLATFORM_MODULE, PLATFORM_STATUS
     from platformctl.models import (
         ApplyInput,
@@ -202,7 +203,11 @@ class ApplyWorkflow:
     async def _compose_up(self, target: Target, plan: ValidatedPlan) -> None:
         assert self._input is not None and self._gate.approval is not None
         timeout_s = plan.up_timeout_seconds
-        self._steps.enter("applying", f"Running `{target.command}` on {target.host.name} (killed after {timeout_s} s).")
+        action = compose_action(self._input.plan)
+        # Shown only; an action with no compose command (a remove of an older run) shows the plain up.
+        shown = (commands.compose_action(target.compose_path, target.compose_service, action).render()
+                 if action in commands.ACTION_ARGS else target.command)
+        self._steps.enter("applying", f"Running `{shown}` on {target.host.name} (killed after {timeout_s} s).")
         up = await compose_up.run(
             self._steps,
             ComposeUpInput(
@@ -213,7 +218,7 @@ class ApplyWorkflow:
                 approval=self._gate.approval,
                 plan_digest=self._digest,
                 poll_seconds=plan.health.poll_seconds,
-                action=compose_action(self._input.plan),
+                action=action,
                 reapply=workflow.info().parent is not None,
             ),
         )

@@ -677,3 +677,34 @@ async def test_the_lock_carries_platform_kind_so_a_list_can_leave_it_out(harness
     assert out.status == "applied"
     lock = await harness.client.get_workflow_handle(project_lock_id("rs2000", "core")).describe()
     assert lock.typed_search_attributes.get(PLATFORM_KIND) == "lock"
+
+
+COMPOSE = "docker compose -f /opt/platform/compose/core/compose.yaml"
+
+
+@pytest.mark.parametrize("action, shown", [
+    ("update", f"{COMPOSE} up -d honcho-redis"),
+    ("recreate", f"{COMPOSE} up -d --force-recreate --no-deps honcho-redis"),
+    ("restart", f"{COMPOSE} restart honcho-redis"),
+])
+async def test_the_ui_shows_the_compose_command_the_action_runs(harness, action, shown):
+    gate = asyncio.Event()
+
+    async def held_up(timeout_s: float):
+        await gate.wait()
+        return ok()
+
+    harness.transport.script = {"compose_up": [held_up]}
+    async with harness.worker():
+        request = apply_input(plan(changes=[change(action=action)]), approval(allow_destructive=True))
+        handle = await harness.start(request)
+        details = ""
+        for _ in range(200):  # compose up is held: the details say what runs until it returns
+            details = (await handle.query("__temporal_workflow_metadata")).current_details
+            if "Running `" in details:
+                break
+            await asyncio.sleep(0.05)
+        gate.set()
+        out = await harness.outcome(handle)
+    assert out.status == "applied"
+    assert f"Running `{shown}` on rs2000" in details, details
