@@ -23,7 +23,7 @@ from platformctl.models import (
     ReapplyCandidate,
     RollbackPlan,
 )
-from platformctl.module_state import module_state_id
+from platformctl.module_state import module_state_id, read_state
 from platformctl.outcomes import ApplyError, PolicyViolation
 from platformctl.policy.approval import check_signature
 from platformctl.policy.record_seal import check_seal
@@ -131,11 +131,4 @@ class Lookups(StepActivities):
         return RollbackPlan(plan=plan, target=target, to_sha=previous.sha, image_id=image_id, images=previous.images)
 
     async def _state(self, module: str) -> ModuleState | None:
-        handle = self.deps.client.get_workflow_handle(module_state_id(self.deps.settings.task_queue, module))
-        try:
-            state: ModuleState | None = await handle.query("state", result_type=ModuleState)
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-        return state
+        return await read_state(self.deps.client, self.deps.settings.task_queue, module)

@@ -1,9 +1,12 @@
-"""Reporting an outcome to the module's state workflow (workflows/module_state.py)."""
+"""Reporting an outcome to the module's state workflow (workflows/module_state.py), and reading it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from platformctl.client import PLATFORM_KIND
 from platformctl.config import MODULE_ID
@@ -16,6 +19,20 @@ RECORD = "record"
 def module_state_id(task_queue: str, module: str) -> str:
     """Per task queue: two platforms served in one namespace keep their own state."""
     return f"platform-module:{task_queue}/{module}"
+
+
+async def read_state(
+    client: Client, task_queue: str, module: str, rpc_timeout: timedelta | None = None
+) -> ModuleState | None:
+    """The module's recorded state; None when it never recorded anything (no state workflow)."""
+    handle = client.get_workflow_handle(module_state_id(task_queue, module))
+    try:
+        state: ModuleState | None = await handle.query("state", result_type=ModuleState, rpc_timeout=rpc_timeout)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return state
 
 
 async def record_event(client: Client, task_queue: str, event: ModuleEvent) -> None:

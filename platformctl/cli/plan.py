@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from temporalio.service import RPCError, RPCStatusCode
 
 from platformctl.cli.common import EXIT_OK, EXIT_UNREACHABLE, CliError, connect_client, module_id, usage_error
-from platformctl.config import Settings, load_module
-from platformctl.models import ModuleState, Plan
-from platformctl.module_state import module_state_id
+from platformctl.config import ModuleFile, Settings, load_module
+from platformctl.models import Plan
+from platformctl.module_state import read_state
 from platformctl.outcomes import PolicyViolation, ToolError
 from platformctl.policy import compose_diff
 from platformctl.policy.compose_diff import ComposeError, Interpolation
@@ -161,14 +160,7 @@ def read_side(repo: Repo, sha: str, compose: str, service: str) -> Side:
 
 async def recorded_base(settings: Settings, module: str) -> str | None:
     """The SHA the module last applied, from its state workflow; None when it has none."""
-    client = await connect_client(settings)
-    handle = client.get_workflow_handle(module_state_id(settings.task_queue, module))
-    try:
-        state = await handle.query("state", result_type=ModuleState, rpc_timeout=QUERY_TIMEOUT)
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
+    state = await read_state(await connect_client(settings), settings.task_queue, module, QUERY_TIMEOUT)
     if state is None or state.last_applied is None:
         return None
     sha = str(state.last_applied.sha)
@@ -190,13 +182,17 @@ def warn(message: str) -> None:
     print(f"platform-apply: warning: {message}", file=sys.stderr)
 
 
-def make_plan(args: argparse.Namespace, settings: Settings, base: str | None, repo: Repo) -> dict[str, Any]:
+def module_file(settings: Settings, module: str) -> ModuleFile:
+    """The module's file: an unknown or invalid module is a usage error (64), before any server is asked."""
     try:
-        module = load_module(settings.platform_root, args.module)
+        return load_module(settings.platform_root, module)
     except PolicyViolation as e:
         raise usage_error(str(e)) from None
     except ToolError as e:
         raise CliError(EXIT_UNREACHABLE, str(e)) from None
+
+
+def make_plan(args: argparse.Namespace, module: ModuleFile, base: str | None, repo: Repo) -> dict[str, Any]:
     service = module.compose_service
     compose = repo_path(module.spec.runtime.compose_file)
     head = repo.commit("HEAD", "HEAD")
@@ -241,16 +237,11 @@ def make_plan(args: argparse.Namespace, settings: Settings, base: str | None, re
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     repo = find_repo(settings.platform_root)
     base = repo.commit(args.base, "--base") if args.base else None
+    module = module_file(settings, args.module)
     if base is None:
-        try:
-            load_module(settings.platform_root, args.module)  # an unknown module is 64 before any server is asked
-        except PolicyViolation as e:
-            raise usage_error(str(e)) from None
-        except ToolError as e:
-            raise CliError(EXIT_UNREACHABLE, str(e)) from None
         recorded = await recorded_base(settings, args.module)
         base = repo.commit(recorded, "the last applied SHA (module state)") if recorded else None
-    plan = make_plan(args, settings, base, repo)
+    plan = make_plan(args, module, base, repo)
     text = json.dumps(plan, indent=2) + "\n"
     if args.output is None:
         sys.stdout.write(text)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from platformctl.cli.apply import exit_code as apply_exit_code
 from platformctl.cli.apply import module_host
@@ -43,8 +43,7 @@ from platformctl.cli.common import (
 )
 from platformctl.cli.progress import Progress, watch
 from platformctl.config import Settings
-from platformctl.models import ModuleState
-from platformctl.module_state import module_state_id
+from platformctl.module_state import read_state
 
 ROLLBACK_WORKFLOW = "RollbackWorkflow"
 EXIT_ROLLED_BACK = 9  # the host changed, like `applied`
@@ -124,16 +123,10 @@ def rollback_input(
 
 async def previous_sha(client: Client, settings: Settings, module: str) -> str:
     """The SHA of the module's successful apply before the last one, from its module state."""
-    handle = client.get_workflow_handle(module_state_id(settings.task_queue, module))
-    state: ModuleState | None
     try:
-        state = await handle.query("state", result_type=ModuleState, rpc_timeout=QUERY_TIMEOUT)
+        state = await read_state(client, settings.task_queue, module, QUERY_TIMEOUT)
     except RPCError as e:
-        if e.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: never recorded anything
-            raise CliError(
-                EXIT_UNREACHABLE, f"cannot read the module state of {module}: {one_line(e.message)}"
-            ) from None
-        state = None
+        raise CliError(EXIT_UNREACHABLE, f"cannot read the module state of {module}: {one_line(e.message)}") from None
     previous = state.previous_applied if state is not None else None
     if previous is None:
         raise CliError(

@@ -10,12 +10,10 @@ import argparse
 from datetime import timedelta
 from typing import Any
 
-from temporalio.service import RPCError, RPCStatusCode
-
 from platformctl.cli.common import EXIT_OK, connect_client, one_line, print_json
 from platformctl.config import Settings
 from platformctl.models import ModuleState
-from platformctl.module_state import module_state_id
+from platformctl.module_state import module_state_id, read_state
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -77,14 +75,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         modules = sorted(recorded | set(flying))  # a first apply in flight has no state yet
     rows: list[tuple[str, ModuleState | None, str]] = []
     for module in modules:
-        handle = client.get_workflow_handle(module_state_id(settings.task_queue, module))
         try:
-            state = await handle.query("state", result_type=ModuleState, rpc_timeout=QUERY_TIMEOUT)
-        except RPCError as e:
-            if e.status != RPCStatusCode.NOT_FOUND:
-                rows.append((module, None, one_line(f"{module}: no recorded state ({one_line(e, 80)})", limit=None)))
-                continue
-            state = None
+            state = await read_state(client, settings.task_queue, module, QUERY_TIMEOUT)
         except Exception as e:
             rows.append((module, None, one_line(f"{module}: no recorded state ({one_line(e, 80)})", limit=None)))
             continue
